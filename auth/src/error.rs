@@ -1,0 +1,57 @@
+//! Why a credential was refused.
+
+/// A refusal. [`AuthError::reason`] is short, safe to send to the client, and
+/// never contains any part of the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No credential was presented.
+    #[error("missing bearer token")]
+    Missing,
+    /// The credential is not a well-formed token.
+    #[error("malformed token")]
+    Malformed,
+    /// The signature does not verify.
+    #[error("invalid signature")]
+    BadSignature,
+    /// The token's algorithm is not one this server accepts for its keys.
+    #[error("unsupported signing algorithm")]
+    BadAlgorithm,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// A required claim is absent.
+    #[error("missing claim: {0}")]
+    MissingClaim(&'static str),
+    /// `aud` does not name this resource's audience.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// `iss` is not the configured issuer.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `sub` is not a user id (UUID).
+    #[error("subject is not a user id")]
+    InvalidSubject,
+    /// The token is the project's anonymous (`anon`) key, not a user's token.
+    #[error("anonymous tokens are not accepted")]
+    Anonymous,
+    /// A valid token whose role may not use this resource.
+    #[error("role '{0}' is not allowed")]
+    RoleNotAllowed(String),
+}
+
+impl AuthError {
+    /// The one-line reason for the client (the `Display` text).
+    pub fn reason(&self) -> String {
+        self.to_string()
+    }
+
+    /// Whether the credential was valid but lacks permission (HTTP 403)
+    /// rather than invalid (HTTP 401).
+    pub fn is_insufficient_scope(&self) -> bool {
+        matches!(self, AuthError::RoleNotAllowed(_))
+    }
+}

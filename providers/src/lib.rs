@@ -1,0 +1,112 @@
+//! AI model providers behind one trait.
+//!
+//! The daemon's tools talk to a [`Provider`], never to a vendor's API, so a
+//! tool does not care whether the answer came from Kimi, GLM, any
+//! OpenAI-compatible endpoint, or the offline [`EchoProvider`] that tests and
+//! a fresh install use.
+
+mod echo;
+
+use async_trait::async_trait;
+
+pub use echo::EchoProvider;
+
+/// Who said a chat message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The user's words.
+    User,
+    /// The model's words.
+    Assistant,
+}
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// A chat completion request.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ChatRequest {
+    /// The model to ask.
+    pub model: String,
+    /// The conversation so far, oldest first.
+    pub messages: Vec<ChatMessage>,
+}
+
+impl ChatRequest {
+    /// A request to `model` with `messages`.
+    pub fn new(model: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
+        ChatRequest {
+            model: model.into(),
+            messages,
+        }
+    }
+}
+
+/// Token counts reported by a provider.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens in the answer.
+    pub completion_tokens: u64,
+}
+
+/// A provider's answer.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ChatResponse {
+    /// The model that answered.
+    pub model: String,
+    /// The answer text.
+    pub content: String,
+    /// Token counts, when the provider reports them.
+    pub usage: Option<Usage>,
+}
+
+/// Why a provider call failed. Messages are short and never contain a key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// No configured provider serves this model.
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    /// The request is not one the provider can answer.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+/// A source of chat completions. Dropping the future returned by
+/// [`Provider::chat`] abandons the call.
+#[async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
+    /// The provider's name (`echo`, `kimi`, `glm`, …).
+    fn name(&self) -> &str;
+
+    /// The models it serves.
+    fn models(&self) -> Vec<String>;
+
+    /// Answers `request`.
+    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError>;
+}

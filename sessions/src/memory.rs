@@ -1,0 +1,117 @@
+//! The in-memory store: no IO, one process. The embedded default.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use exai_auth::{Principal, UserId};
+
+use crate::{OpenSession, SessionId, SessionRecord, SessionStatus, SessionStore, StoreError};
+
+/// How many ended sessions a user keeps in memory (for `list` and resume);
+/// older ones are dropped when the user opens a new session.
+const ENDED_SESSIONS_KEPT_PER_USER: usize = 64;
+
+/// Sessions in a `Mutex<HashMap>`, indexed by user.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    users: Mutex<HashMap<UserId, Vec<SessionRecord>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn with_session<T>(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        f: impl FnOnce(&mut SessionRecord) -> T,
+    ) -> Result<T, StoreError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .get_mut(&principal.user_id)
+            .and_then(|sessions| sessions.iter_mut().find(|s| s.session_id == *session))
+            .map(f)
+            .ok_or(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn open(
+        &self,
+        principal: &Principal,
+        request: OpenSession,
+    ) -> Result<SessionRecord, StoreError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions = users.entry(principal.user_id).or_default();
+        let live = sessions
+            .iter()
+            .filter(|s| s.status == SessionStatus::Connected)
+            .count();
+        if live >= request.max_connections as usize {
+            return Err(StoreError::LimitReached {
+                limit: request.max_connections,
+            });
+        }
+        let ended = sessions.len() - live;
+        if ended >= ENDED_SESSIONS_KEPT_PER_USER {
+            // Sessions are appended in creation order: drop the oldest ended ones.
+            let mut to_drop = ended + 1 - ENDED_SESSIONS_KEPT_PER_USER;
+            sessions.retain(|s| {
+                let drop = to_drop > 0 && s.status != SessionStatus::Connected;
+                to_drop -= usize::from(drop);
+                !drop
+            });
+        }
+        let now = SystemTime::now();
+        let record = SessionRecord {
+            session_id: SessionId::generate(),
+            user_id: principal.user_id,
+            status: SessionStatus::Connected,
+            created_at: now,
+            last_active: now,
+            metadata: request.metadata,
+        };
+        sessions.push(record.clone());
+        Ok(record)
+    }
+
+    async fn touch(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
+        self.with_session(principal, session, |s| match s.status {
+            SessionStatus::Connected => {
+                s.last_active = SystemTime::now();
+                Ok(())
+            }
+            other => Err(StoreError::Conflict(other)),
+        })?
+    }
+
+    async fn close(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
+        self.with_session(principal, session, |s| {
+            if s.status == SessionStatus::Connected {
+                s.status = SessionStatus::Disconnected;
+                s.last_active = SystemTime::now();
+            }
+        })
+    }
+
+    async fn get(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError> {
+        self.with_session(principal, session, |s| s.clone())
+    }
+
+    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = users.get(&principal.user_id).cloned().unwrap_or_default();
+        sessions.reverse();
+        Ok(sessions)
+    }
+}

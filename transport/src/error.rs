@@ -1,0 +1,120 @@
+//! The one place where failures become HTTP statuses, WebSocket close codes
+//! and JSON-RPC error codes.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use exai_auth::AuthError;
+use exai_sessions::StoreError;
+
+/// Why a request was refused before any upgrade.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EdgeError {
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("this endpoint speaks MCP over WebSocket: send an Upgrade: websocket request")]
+    UpgradeRequired,
+}
+
+impl IntoResponse for EdgeError {
+    fn into_response(self) -> Response {
+        let reason = self.to_string();
+        let (status, challenge) = match &self {
+            EdgeError::Auth(e) if e.is_insufficient_scope() => {
+                (StatusCode::FORBIDDEN, Some("insufficient_scope"))
+            }
+            EdgeError::Auth(_) => (StatusCode::UNAUTHORIZED, Some("invalid_token")),
+            EdgeError::Store(StoreError::LimitReached { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, None)
+            }
+            EdgeError::Store(StoreError::NotFound) => (StatusCode::NOT_FOUND, None),
+            EdgeError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, None),
+            EdgeError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            EdgeError::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, None),
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, source = ?std::error::Error::source(&self), "request refused");
+        } else {
+            tracing::info!(status = status.as_u16(), reason = %reason, "request refused");
+        }
+        let mut response = (status, format!("{reason}\n")).into_response();
+        let headers = response.headers_mut();
+        if let Some(code) = challenge {
+            let value = format!(
+                "Bearer error=\"{code}\", error_description=\"{}\"",
+                quoted_string_safe(&reason)
+            );
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        if status == StatusCode::UPGRADE_REQUIRED {
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        response
+    }
+}
+
+/// Keeps `s` inside an RFC 7230 quoted-string: printable ASCII without `"`
+/// and `\`.
+fn quoted_string_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+/// WebSocket close codes (RFC 6455 §7.4.1) the edge uses.
+pub(crate) mod close {
+    /// The server is shutting down.
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    /// The client sent a binary frame; MCP messages are text.
+    pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
+    /// The MCP session behind the socket ended.
+    pub(crate) const NORMAL: u16 = 1000;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_cannot_break_out_of_the_quoted_string() {
+        assert_eq!(
+            quoted_string_safe("role 'x\" y\\\r\n' é"),
+            "role 'x? y???' ?"
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        let check = |e: EdgeError, status: u16, challenge: Option<&str>| {
+            let r = e.into_response();
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(
+                r.headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .map(|v| v.to_str().unwrap()),
+                challenge
+            );
+        };
+        check(
+            AuthError::Expired.into(),
+            401,
+            Some(r#"Bearer error="invalid_token", error_description="token expired""#),
+        );
+        check(
+            AuthError::RoleNotAllowed("service_role".into()).into(),
+            403,
+            Some(
+                r#"Bearer error="insufficient_scope", error_description="role 'service_role' is not allowed""#,
+            ),
+        );
+        check(StoreError::LimitReached { limit: 5 }.into(), 429, None);
+        check(StoreError::Unavailable("db down".into()).into(), 503, None);
+        check(EdgeError::UpgradeRequired, 426, None);
+    }
+}

@@ -1,0 +1,146 @@
+//! The network edge of exai.
+//!
+//! This crate is the only one that knows wire formats: HTTP, WebSocket
+//! frames and JSON-RPC framing. It authenticates every connection before
+//! anything else happens (no credential, no upgrade), opens the caller's
+//! session in the [`SessionStore`](exai_sessions::SessionStore), and then
+//! bridges the socket to an MCP server built by the daemon's
+//! [`ServiceFactory`], through `rmcp`.
+//!
+//! Layout:
+//! - [`Edge`] holds what every request needs and [`serve`] runs it;
+//! - `http` routes requests and authenticates them;
+//! - `ws` runs one WebSocket connection as one task;
+//! - `framing` turns text frames into JSON-RPC messages (or precise errors);
+//! - `error` is the one place where failures become HTTP statuses and
+//!   WebSocket close codes.
+
+mod error;
+mod framing;
+mod http;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use exai_auth::{Authenticator, Principal};
+use exai_sessions::{SessionId, SessionStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What the daemon's MCP server for one connection gets to know about it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConnectionContext {
+    /// Who the connection acts for (verified).
+    pub principal: Principal,
+    /// The session the connection opened.
+    pub session_id: SessionId,
+}
+
+/// Builds the MCP server (an `rmcp` handler) for each new connection.
+///
+/// Implemented for every `Fn(&ConnectionContext) -> S`.
+pub trait ServiceFactory: Send + Sync + 'static {
+    /// The handler type.
+    type Service: rmcp::ServerHandler;
+    /// A handler for the connection described by `context`.
+    fn service(&self, context: &ConnectionContext) -> Self::Service;
+}
+
+impl<F, S> ServiceFactory for F
+where
+    F: Fn(&ConnectionContext) -> S + Send + Sync + 'static,
+    S: rmcp::ServerHandler,
+{
+    type Service = S;
+    fn service(&self, context: &ConnectionContext) -> S {
+        self(context)
+    }
+}
+
+/// Limits and sizes at the edge.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EdgeConfig {
+    /// Concurrent connections one user may hold (`MCP_MAX_CONNECTIONS_PER_USER`).
+    pub max_connections_per_user: u32,
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Messages queued towards one client before the server waits for it.
+    pub outbound_queue: usize,
+    /// How long closing a connection may take at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            max_connections_per_user: 5,
+            max_message_bytes: 32 * 1024 * 1024,
+            outbound_queue: 64,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the edge needs to serve requests.
+pub struct Edge<F> {
+    auth: Arc<Authenticator>,
+    store: Arc<dyn SessionStore>,
+    factory: F,
+    config: EdgeConfig,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl<F: ServiceFactory> Edge<F> {
+    /// An edge that authenticates with `auth`, records sessions in `store`
+    /// and serves each connection with a handler from `factory`.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        store: Arc<dyn SessionStore>,
+        factory: F,
+        config: EdgeConfig,
+    ) -> Self {
+        Edge {
+            auth,
+            store,
+            factory,
+            config,
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        }
+    }
+}
+
+/// Serves `edge` on `listener` until `shutdown` is cancelled; then stops
+/// accepting, closes every WebSocket with 1001 (going away), waits for the
+/// connections to finish (at most the configured grace), and returns.
+pub async fn serve<F: ServiceFactory>(
+    listener: TcpListener,
+    edge: Edge<F>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let edge = Arc::new(Edge {
+        shutdown: shutdown.clone(),
+        ..edge
+    });
+    let app = http::router(edge.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    edge.connections.close();
+    if tokio::time::timeout(edge.config.shutdown_grace, edge.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = edge.connections.len(),
+            "connections still open after the shutdown grace period"
+        );
+    }
+    Ok(())
+}
