@@ -1,1 +1,87 @@
-//! placeholder
+//! The `exai` command-line tool, as a library: the binary only parses
+//! [`Cli`] and calls [`run`].
+//!
+//! - [`client`] is a small MCP-over-WebSocket client (rmcp over
+//!   tokio-tungstenite), usable by other Rust programs too;
+//! - `commands` implements each subcommand.
+
+pub mod client;
+mod commands;
+
+use std::io::Write as _;
+
+use clap::{Parser, Subcommand};
+use exai_daemon::config::SecretArgs;
+
+pub use commands::CommandError;
+
+/// `exai`: talk to an exai daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "exai",
+    version,
+    about = "Command-line client and admin tool for the exai MCP daemon"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Development access tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Call one MCP tool on the daemon and print its result as JSON
+    Call(CallArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a Supabase-shaped access token signed with the daemon's secret
+    Mint(MintArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MintArgs {
+    /// The user's email
+    #[arg(long)]
+    email: String,
+    /// The user's id [default: derived stably from the email]
+    #[arg(long, value_name = "UUID")]
+    user_id: Option<uuid::Uuid>,
+    /// How long the token is valid (e.g. 30m, 1h, 7d)
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct CallArgs {
+    /// The tool's name (e.g. whoami, chat)
+    tool: String,
+    /// The daemon's MCP WebSocket URL
+    #[arg(long, env = "EXAI_URL", default_value = "ws://127.0.0.1:8079/mcp")]
+    url: String,
+    /// Access token [env: EXAI_TOKEN]
+    #[arg(long, env = "EXAI_TOKEN", hide_env_values = true)]
+    token: String,
+    /// A tool argument; the value is read as JSON when it parses, else as a string
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = commands::parse_arg)]
+    args: Vec<(String, serde_json::Value)>,
+}
+
+/// Runs the parsed command, writing its output to standard output.
+pub async fn run(cli: Cli) -> Result<(), CommandError> {
+    let output = match cli.command {
+        Command::Token(TokenCommand::Mint(args)) => {
+            commands::mint(&args.email, args.user_id, args.ttl, &args.secret)?
+        }
+        Command::Call(args) => {
+            commands::call(&args.url, &args.token, &args.tool, args.args).await?
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{output}").map_err(CommandError::Output)
+}

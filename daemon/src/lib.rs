@@ -1,1 +1,106 @@
-//! placeholder
+//! The exai daemon: configuration and composition.
+//!
+//! This crate wires the libraries together: an [`Authenticator`] from
+//! `exai-auth`, a session store from `exai-sessions`, a provider from
+//! `exai-providers`, and the MCP tools of [`tools`], served at the edge by
+//! `exai-transport`. The `exai-daemon` binary parses [`config::DaemonArgs`],
+//! calls [`start`], and waits for a signal; tests call [`start`] directly on
+//! `127.0.0.1:0`.
+
+pub mod config;
+mod secret_file;
+pub mod tools;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use exai_auth::{Authenticator, JwtVerifier};
+use exai_providers::{EchoProvider, Provider};
+use exai_sessions::{MemoryStore, SessionStore};
+use exai_transport::{ConnectionContext, Edge};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// The daemon could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("could not listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running daemon. Dropping it shuts the daemon down.
+#[derive(Debug)]
+pub struct Daemon {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Binds the listen address and starts serving.
+pub async fn start(config: Config) -> Result<Daemon, StartError> {
+    let listen = config.listen_addr();
+    let listener = TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen.clone(),
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
+
+    let auth = Arc::new(Authenticator::new(JwtVerifier::new(config.jwt)));
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let provider: Arc<dyn Provider> = Arc::new(EchoProvider);
+    let factory = move |connection: &ConnectionContext| {
+        tools::ExaiServer::new(connection.clone(), provider.clone())
+    };
+    let edge = Edge::new(auth, store, factory, config.edge);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(exai_transport::serve(listener, edge, shutdown.clone()));
+    Ok(Daemon {
+        local_addr,
+        shutdown,
+        task: Some(task),
+    })
+}
+
+impl Daemon {
+    /// The address the daemon listens on (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The MCP WebSocket URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}/mcp", self.local_addr)
+    }
+
+    /// Stops accepting, closes every connection with 1001, and waits until
+    /// the connections are gone (bounded by the shutdown grace).
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => task.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,56 @@
+//! `exai-daemon`: parse configuration, set up logging, run until a signal.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use exai_daemon::config::{DaemonArgs, SecretSource};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = DaemonArgs::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("exai-daemon: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let (config, secret) = args.into_config().context("invalid configuration")?;
+    match secret {
+        SecretSource::Environment => tracing::info!("verifying tokens with SUPABASE_JWT_SECRET"),
+        SecretSource::DevelopmentFile { path, created } => tracing::warn!(
+            path = %path.display(),
+            created,
+            "verifying tokens with a DEVELOPMENT secret; for development only: \
+             set SUPABASE_JWT_SECRET in production"
+        ),
+    }
+    let daemon = exai_daemon::start(config).await?;
+    tracing::info!(url = %daemon.url(), "listening");
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    daemon.stop().await.context("shutting down")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
