@@ -1,5 +1,6 @@
 //! `exai-daemon`: parse configuration, set up logging, run until a signal.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -14,7 +15,11 @@ async fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        // Reporting a failed log write goes through eprintln!, which panics
+        // when stderr is gone; a lost log line must not take a task with it.
+        .log_internal_errors(false)
         .init();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,193 @@
+//! `exai` as a process (the binary Cargo builds) against a real daemon.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Output};
+
+use exai_auth::UserId;
+use exai_tests::{TEST_SECRET, TestDaemon};
+use serde_json::Value;
+
+fn exai(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_exai"));
+    command
+        .args(args)
+        .env_remove("EXAI_TOKEN")
+        .env_remove("EXAI_URL")
+        .env_remove("EXAI_DATA_DIR")
+        .env(
+            "SUPABASE_JWT_SECRET",
+            std::str::from_utf8(TEST_SECRET).unwrap(),
+        );
+    command
+}
+
+async fn run(mut command: Command) -> Output {
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exai failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+async fn mint(email: &str) -> String {
+    stdout(&run(exai(&["token", "mint", "--email", email])).await)
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn mint_then_call_as_two_users() {
+    let daemon = TestDaemon::start().await;
+    for email in ["jazeel@example.com", "michelle@example.com"] {
+        let token = mint(email).await;
+        let output = run(exai(&[
+            "call",
+            "whoami",
+            "--url",
+            &daemon.url,
+            "--token",
+            &token,
+        ]))
+        .await;
+        let result: Value = serde_json::from_str(&stdout(&output)).unwrap();
+        let who = &result["structuredContent"];
+        assert_eq!(who["email"], email);
+        assert_eq!(who["user_id"], UserId::from_email(email).to_string());
+    }
+    let token = mint("jazeel@example.com").await;
+    let mut command = exai(&[
+        "call",
+        "chat",
+        "--url",
+        &daemon.url,
+        "--arg",
+        "prompt=hi there",
+    ]);
+    command.env("EXAI_TOKEN", &token);
+    let result: Value = serde_json::from_str(&stdout(&run(command).await)).unwrap();
+    assert_eq!(result["content"][0]["text"], "[echo] hi there");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn explicit_user_id_and_ttl() {
+    let daemon = TestDaemon::start().await;
+    let id = "1fb4fe69-33d1-456c-9b18-fe580006aaf7";
+    let token = stdout(
+        &run(exai(&[
+            "token",
+            "mint",
+            "--email",
+            "j@example.com",
+            "--user-id",
+            id,
+            "--ttl",
+            "5m",
+        ]))
+        .await,
+    );
+    let output = run(exai(&[
+        "call",
+        "whoami",
+        "--url",
+        &daemon.url,
+        "--token",
+        token.trim(),
+    ]))
+    .await;
+    let result: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(result["structuredContent"]["user_id"], id);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn failures_exit_non_zero_with_one_clear_line() {
+    let daemon = TestDaemon::start().await;
+    let token = mint("jazeel@example.com").await;
+    let check = |output: Output, expected: &str| {
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim_end(), expected);
+        assert!(output.stdout.is_empty());
+    };
+    let mut other_secret = exai(&["token", "mint", "--email", "x@example.com"]);
+    other_secret.env("SUPABASE_JWT_SECRET", "some-other-projects-secret-value!!");
+    let forged = stdout(&run(other_secret).await);
+    check(
+        run(exai(&[
+            "call",
+            "whoami",
+            "--url",
+            &daemon.url,
+            "--token",
+            forged.trim(),
+        ]))
+        .await,
+        "exai: the daemon refused the connection: HTTP 401: invalid signature",
+    );
+    check(
+        run(exai(&[
+            "call",
+            "nosuch",
+            "--url",
+            &daemon.url,
+            "--token",
+            &token,
+        ]))
+        .await,
+        "exai: the call failed: Mcp error: -32602: unknown tool 'nosuch'",
+    );
+    check(
+        run(exai(&[
+            "call",
+            "chat",
+            "--url",
+            &daemon.url,
+            "--token",
+            &token,
+            "--arg",
+            "prompt=x",
+            "--arg",
+            "model=gpt-9",
+        ]))
+        .await,
+        "exai: the tool reported an error: unknown model 'gpt-9'",
+    );
+    check(
+        run(exai(&[
+            "call",
+            "whoami",
+            "--url",
+            "http://nowhere",
+            "--token",
+            &token,
+        ]))
+        .await,
+        "exai: invalid daemon URL 'http://nowhere'",
+    );
+    let missing = run(exai(&["call", "whoami", "--url", &daemon.url])).await;
+    assert_eq!(missing.status.code(), Some(2), "clap usage error");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--token <TOKEN>"));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_secret_mint_creates_the_development_secret_privately() {
+    let data = tempfile::tempdir().unwrap();
+    let mut command = exai(&["token", "mint", "--email", "a@example.com"]);
+    command
+        .env_remove("SUPABASE_JWT_SECRET")
+        .env("EXAI_DATA_DIR", data.path());
+    let first = stdout(&run(command).await);
+    let secret = data.path().join("dev-jwt-secret");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(first.split('.').count(), 3, "a JWT: {first}");
+}

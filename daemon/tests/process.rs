@@ -1,0 +1,157 @@
+//! `exai-daemon` as a process, as the README runs it: the development secret
+//! is created on first start, tokens signed with it are accepted, SIGTERM
+//! closes sockets with 1001 and exits 0, bad configuration exits non-zero.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use exai_auth::{AccessTokenClaims, UserId, mint_hs256};
+use exai_daemon::config::SecretArgs;
+
+fn daemon(data_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_exai-daemon"));
+    command
+        .env_remove("SUPABASE_JWT_SECRET")
+        .env_remove("EXAI_WS_HOST")
+        .env_remove("EXAI_WS_PORT")
+        .env_remove("MCP_MAX_CONNECTIONS_PER_USER")
+        .env_remove("MCP_ENABLE_MULTI_USER")
+        .env("EXAI_DATA_DIR", data_dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Reads the daemon's log until it says where it listens; returns the URL and
+/// the lines read so far.
+fn wait_for_url(child: &mut Child) -> (String, Vec<String>) {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining after the test stops listening: a daemon whose
+        // stderr is closed would fail its next log write.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        seen.push(line.clone());
+        if let Some(url) = line.split("url=").nth(1) {
+            return (url.split_whitespace().next().unwrap().to_owned(), seen);
+        }
+    }
+    panic!("the daemon never said where it listens: {seen:#?}");
+}
+
+fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn runs_with_a_development_secret_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = daemon(data.path()).args(["--port", "0"]).spawn().unwrap();
+    let (url, log) = wait_for_url(&mut child);
+    assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+    let log = log.join("\n");
+    assert!(log.contains("DEVELOPMENT secret"), "{log}");
+    assert!(log.contains(&data.path().join("dev-jwt-secret").display().to_string()));
+
+    // The CLI signs with the same rules (SecretArgs) and the same directory.
+    let args = SecretArgs {
+        data_dir: Some(data.path().to_owned()),
+        jwt_secret: None,
+    };
+    let (secret, _) = args.resolve().unwrap();
+    let claims = AccessTokenClaims::new(
+        UserId::from_email("jazeel@example.com"),
+        Some("jazeel@example.com".into()),
+        std::time::SystemTime::now(),
+        Duration::from_secs(60),
+    );
+    let token = mint_hs256(&claims, &secret).unwrap();
+    assert!(!log.contains(std::str::from_utf8(secret.expose()).unwrap()));
+
+    let mut client = exai_tests::connect(&url, &token).await;
+    client.initialize().await;
+    assert_eq!(client.whoami(1).await["email"], "jazeel@example.com");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let frame = client.recv_close().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1001);
+    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
+}
+
+#[test]
+fn bad_configuration_stops_before_binding() {
+    let data = tempfile::tempdir().unwrap();
+    let check = |env: (&str, &str), expected: &str| {
+        let output = daemon(data.path()).env(env.0, env.1).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?} was accepted");
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+    };
+    check(("MCP_MAX_CONNECTIONS_PER_USER", "0"), "0 is not in 1..");
+    check(("EXAI_WS_PORT", "70000"), "70000");
+    check(
+        ("MCP_ENABLE_MULTI_USER", "false"),
+        "MCP_ENABLE_MULTI_USER=false",
+    );
+    check(
+        ("SUPABASE_JWT_SECRET", ""),
+        "SUPABASE_JWT_SECRET is set but empty",
+    );
+}
+
+/// A daemon whose log pipe is gone (a log collector restarted) keeps serving.
+#[tokio::test]
+async fn keeps_serving_when_its_stderr_is_closed() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = daemon(data.path()).args(["--port", "0"]).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the daemon logs where it listens")
+            .unwrap();
+        if let Some(url) = line.split("url=").nth(1) {
+            break url.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    drop(lines);
+    let args = SecretArgs {
+        data_dir: Some(data.path().to_owned()),
+        jwt_secret: None,
+    };
+    let (secret, _) = args.resolve().unwrap();
+    let claims = AccessTokenClaims::new(
+        UserId::from_email("a@example.com"),
+        Some("a@example.com".into()),
+        std::time::SystemTime::now(),
+        Duration::from_secs(60),
+    );
+    let token = mint_hs256(&claims, &secret).unwrap();
+    for id in 1..=2 {
+        let mut client = exai_tests::connect(&url, &token).await;
+        client.initialize().await;
+        assert_eq!(client.whoami(id).await["email"], "a@example.com");
+        client.close().await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

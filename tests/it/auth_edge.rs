@@ -1,0 +1,104 @@
+//! Authentication at the edge: nothing is upgraded without a valid token.
+
+use exai_tests::{TestDaemon, claims, now, sign, token};
+use serde_json::json;
+
+async fn check(daemon: &TestDaemon, token: Option<&str>, status: u16, challenge: &str) {
+    let refused = match daemon.try_connect(token).await {
+        Ok(_) => panic!("upgraded with token {token:?}"),
+        Err(refused) => refused,
+    };
+    assert_eq!(refused.status, status, "{refused:?}");
+    assert_eq!(refused.challenge(), Some(challenge), "{refused:?}");
+    let reason = challenge
+        .split("error_description=\"")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"');
+    assert_eq!(refused.body.trim_end(), reason);
+    if let Some(token) = token {
+        assert!(!refused.body.contains(token));
+    }
+}
+
+fn invalid(description: &str) -> String {
+    format!("Bearer error=\"invalid_token\", error_description=\"{description}\"")
+}
+
+#[tokio::test]
+async fn bad_credentials_get_401_before_any_upgrade() {
+    let daemon = TestDaemon::start().await;
+    let mut expired = claims("a@example.com");
+    expired["exp"] = json!(now() - 3600);
+    let mut anon = claims("a@example.com");
+    anon["role"] = json!("anon");
+    let mut service = claims("a@example.com");
+    service["role"] = json!("service_role");
+    let good = token("a@example.com");
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let bad_signature = "c2lnbmF0dXJlLWZyb20tc29tZS1vdGhlci1rZXk";
+    parts[2] = bad_signature;
+    let tampered = parts.join(".");
+
+    check(&daemon, None, 401, &invalid("missing bearer token")).await;
+    check(&daemon, Some(&tampered), 401, &invalid("invalid signature")).await;
+    check(
+        &daemon,
+        Some(&sign(&expired)),
+        401,
+        &invalid("token expired"),
+    )
+    .await;
+    check(
+        &daemon,
+        Some(&sign(&anon)),
+        401,
+        &invalid("anonymous tokens are not accepted"),
+    )
+    .await;
+    check(&daemon, Some("not.a.jwt"), 401, &invalid("malformed token")).await;
+    check(
+        &daemon,
+        Some(&sign(&service)),
+        403,
+        "Bearer error=\"insufficient_scope\", error_description=\"role 'service_role' is not allowed\"",
+    )
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_get_is_authenticated_too_and_health_is_open() {
+    let daemon = TestDaemon::start().await;
+    let (status, _) = http_get(&daemon, "/mcp", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = http_get(&daemon, "/mcp", Some(&token("a@example.com"))).await;
+    assert_eq!(
+        status, 426,
+        "an authenticated GET without Upgrade is told to upgrade"
+    );
+    let (status, body) = http_get(&daemon, "/healthz", None).await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    daemon.stop().await;
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (no HTTP client dependency).
+async fn http_get(daemon: &TestDaemon, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = daemon.http.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real daemon, real sockets, real tokens.
+//!
+//! One test binary (see `autotests = false` in Cargo.toml); each module is a
+//! feature.
+
+mod auth_edge;
+mod framing;
+mod isolation;
+mod limits;
+mod shutdown;
+mod store_contract;
