@@ -105,7 +105,7 @@ impl JwtVerifier {
         if role == "anon" {
             return Err(AuthError::Anonymous);
         }
-        if !self.allowed_roles.iter().any(|r| *r == role) {
+        if !self.allowed_roles.contains(&role) {
             return Err(AuthError::RoleNotAllowed(role));
         }
         Ok(Principal {

@@ -15,6 +15,10 @@ async fn garbage_gets_a_parse_error_and_the_socket_stays_usable() {
     }
     client.send_text("{\"id\":1,\"method\":\"ping\"}").await;
     assert_eq!(client.recv_json().await["error"]["code"], -32600);
+    let unknown = client.request(json!(3), "no/such", json!({})).await;
+    assert_eq!(unknown["error"]["code"], -32601);
+    let bad_params = client.request(json!(4), "tools/call", json!(7)).await;
+    assert_eq!(bad_params["error"]["code"], -32602);
     let after = client.whoami(2).await;
     assert_eq!(after["email"], "a@example.com");
     client.close().await;

@@ -255,11 +255,18 @@ impl SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        if let Some((store, principal, session)) = self.session.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let Some((store, principal, session)) = self.session.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
                 self.tracker
                     .spawn_on(close_session(store, principal, session), &runtime);
             }
+            Err(_) => tracing::warn!(
+                session_id = %session,
+                "no runtime to record the session as closed"
+            ),
         }
     }
 }
