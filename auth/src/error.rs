@@ -17,6 +17,9 @@ pub enum AuthError {
     /// The token's algorithm is not one this server accepts for its keys.
     #[error("unsupported signing algorithm")]
     BadAlgorithm,
+    /// The token names a signing key this server does not know.
+    #[error("unknown signing key")]
+    UnknownKey,
     /// `exp` is in the past (beyond the leeway).
     #[error("token expired")]
     Expired,
@@ -38,9 +41,27 @@ pub enum AuthError {
     /// The token is the project's anonymous (`anon`) key, not a user's token.
     #[error("anonymous tokens are not accepted")]
     Anonymous,
-    /// A valid token whose role may not use this resource.
+    /// A valid token whose role may not do this.
     #[error("role '{0}' is not allowed")]
     RoleNotAllowed(String),
+    /// Unknown API key or wrong secret (the two are not told apart).
+    #[error("invalid API key")]
+    InvalidApiKey,
+    /// The API key was revoked.
+    #[error("API key revoked")]
+    ApiKeyRevoked,
+    /// The API key expired.
+    #[error("API key expired")]
+    ApiKeyExpired,
+    /// Single-user mode: not the configured shared token.
+    #[error("invalid token")]
+    InvalidSharedToken,
+    /// A token for another user was offered to refresh a connection.
+    #[error("token is for another user")]
+    OtherUser,
+    /// Credentials could not be checked (a store is down); try again.
+    #[error("authentication is temporarily unavailable")]
+    Unavailable,
 }
 
 impl AuthError {
@@ -53,5 +74,20 @@ impl AuthError {
     /// rather than invalid (HTTP 401).
     pub fn is_insufficient_scope(&self) -> bool {
         matches!(self, AuthError::RoleNotAllowed(_))
+    }
+
+    /// Whether the failure is ours, not the credential's (HTTP 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AuthError::Unavailable)
+    }
+
+    /// A role name as it may appear in a reason: safe characters, bounded.
+    pub(crate) fn role_not_allowed(role: &str) -> AuthError {
+        let safe: String = role
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            .take(32)
+            .collect();
+        AuthError::RoleNotAllowed(safe)
     }
 }

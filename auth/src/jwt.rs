@@ -2,127 +2,225 @@
 //!
 //! A Supabase access token is a JWT whose claims include `sub` (the user's
 //! UUID), `role` (`authenticated` for a signed-in user), `aud`
-//! (`authenticated`), `exp`, `iat`, `email` and `session_id`. See
-//! <https://supabase.com/docs/guides/auth/jwt-fields>.
+//! (`authenticated`), `iss` (`${SUPABASE_URL}/auth/v1`), `exp`, `iat`,
+//! `email`, `session_id`, `aal` and `is_anonymous`; see
+//! <https://supabase.com/docs/guides/auth/jwt-fields>. Projects sign them with
+//! the legacy shared secret (HS256) or with asymmetric keys published as a
+//! JWKS (ES256, RS256, EdDSA); both may be configured at once.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::TokenCache;
+use crate::jwks::{Jwks, JwksConfig, JwksError};
 use crate::{AuthError, AuthMethod, Principal, Secret, UserId};
 
 /// Longest token we look at. Real access tokens are well under 4 KiB; a
 /// larger one is refused before any parsing work.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
+/// Algorithms accepted from the JWKS (each key still allows only its own).
+const ASYMMETRIC: &[Algorithm] = &[
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::EdDSA,
+];
+
 /// What a valid access token must look like.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct JwtConfig {
     /// The project's legacy HS256 secret (`SUPABASE_JWT_SECRET`).
-    pub hs256_secret: Secret,
-    /// Required `aud` value.
+    pub hs256_secret: Option<Secret>,
+    /// The project's signing keys (`${SUPABASE_URL}/auth/v1/.well-known/jwks.json`).
+    pub jwks: Option<JwksConfig>,
+    /// Required `aud` value (`EXAI_JWT_AUDIENCE`).
     pub audience: String,
     /// Required `iss` value, when set (`${SUPABASE_URL}/auth/v1`).
     pub issuer: Option<String>,
-    /// Clock skew tolerated on `exp` and `nbf`.
+    /// Clock skew tolerated on `exp` and `nbf` (`EXAI_JWT_LEEWAY_SECS`).
     pub leeway: Duration,
-    /// Roles admitted (`anon` is always refused).
+    /// Roles admitted for ordinary access (`anon` is always refused).
     pub allowed_roles: Vec<String>,
+    /// Verified tokens remembered (0: no cache).
+    pub cache_capacity: usize,
 }
 
 impl JwtConfig {
     /// Supabase's defaults: audience and role `authenticated`, 30 s leeway,
-    /// no issuer check.
-    pub fn new(hs256_secret: Secret) -> Self {
+    /// no issuer check, a cache of 10,000 verified tokens, and no keys yet.
+    pub fn new() -> Self {
         JwtConfig {
-            hs256_secret,
+            hs256_secret: None,
+            jwks: None,
             audience: "authenticated".to_owned(),
             issuer: None,
             leeway: Duration::from_secs(30),
             allowed_roles: vec!["authenticated".to_owned()],
+            cache_capacity: 10_000,
         }
+    }
+
+    /// The same configuration verifying HS256 tokens with `secret`.
+    pub fn with_hs256(mut self, secret: Secret) -> Self {
+        self.hs256_secret = Some(secret);
+        self
+    }
+
+    /// The same configuration verifying asymmetric tokens with a JWKS.
+    pub fn with_jwks(mut self, jwks: JwksConfig) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig::new()
     }
 }
 
 /// Verifies access tokens against a [`JwtConfig`]. Build once, share.
 pub struct JwtVerifier {
-    key: DecodingKey,
-    validation: Validation,
-    allowed_roles: Vec<String>,
+    hs256: Option<DecodingKey>,
+    jwks: Option<Jwks>,
+    validations: HashMap<Algorithm, Validation>,
+    cache: Option<TokenCache>,
+    pub(crate) allowed_roles: Vec<String>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtVerifier")
-            .field("key", &"<redacted>")
+            .field("hs256", &self.hs256.as_ref().map(|_| "<redacted>"))
+            .field("jwks", &self.jwks)
             .field("allowed_roles", &self.allowed_roles)
             .finish_non_exhaustive()
     }
 }
 
 impl JwtVerifier {
-    /// A verifier for `config`.
-    pub fn new(config: JwtConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = config.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_audience(&[&config.audience]);
+    /// A verifier for `config`. The JWKS, if any, is fetched on first use;
+    /// [`JwtVerifier::start`] fetches it up front.
+    pub fn new(config: JwtConfig) -> Result<Self, JwksError> {
         let mut required = vec!["exp", "aud"];
-        if let Some(issuer) = &config.issuer {
-            validation.set_issuer(&[issuer]);
+        if config.issuer.is_some() {
             required.push("iss");
         }
-        validation.set_required_spec_claims(&required);
-        JwtVerifier {
-            key: DecodingKey::from_secret(config.hs256_secret.expose()),
-            validation,
+        let validations = std::iter::once(Algorithm::HS256)
+            .chain(ASYMMETRIC.iter().copied())
+            .map(|alg| {
+                let mut v = Validation::new(alg);
+                v.leeway = config.leeway.as_secs();
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.set_audience(&[&config.audience]);
+                if let Some(issuer) = &config.issuer {
+                    v.set_issuer(&[issuer]);
+                }
+                v.set_required_spec_claims(&required);
+                (alg, v)
+            })
+            .collect();
+        Ok(JwtVerifier {
+            hs256: config
+                .hs256_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.expose())),
+            jwks: config.jwks.map(Jwks::new).transpose()?,
+            validations,
+            cache: (config.cache_capacity > 0).then(|| TokenCache::new(config.cache_capacity)),
             allowed_roles: config.allowed_roles,
-        }
+        })
     }
 
-    /// Checks `token` and returns the principal it names.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    /// A verifier whose JWKS is fetched now. If the fetch fails, the verifier
+    /// starts anyway when an HS256 secret is configured (asymmetric tokens
+    /// then wait for a later refresh); otherwise the error is returned.
+    pub async fn start(config: JwtConfig) -> Result<Self, JwksError> {
+        let verifier = JwtVerifier::new(config)?;
+        if let Some(jwks) = &verifier.jwks
+            && let Err(error) = jwks.fetch_now().await
+        {
+            if verifier.hs256.is_none() {
+                return Err(error);
+            }
+            tracing::warn!(
+                error = %error,
+                "JWKS unavailable at start-up; verifying HS256 tokens only until it can be fetched"
+            );
+        }
+        Ok(verifier)
+    }
+
+    /// How many JWKS fetches were attempted so far.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, Jwks::fetches)
+    }
+
+    /// Checks `token` and returns the principal it names. The role is not
+    /// checked against the allowed roles here (the [`crate::Authenticator`]
+    /// does that for the access asked for), but `anon` is always refused.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Malformed);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(map_error)?;
-        if header.alg != Algorithm::HS256 {
-            return Err(AuthError::BadAlgorithm);
+        let cache_key = self.cache.as_ref().map(|_| TokenCache::key(token));
+        if let (Some(cache), Some(key)) = (&self.cache, &cache_key)
+            && let Some(hit) = cache.get(key)
+        {
+            let key_still_published = match (&hit.kid, &self.jwks) {
+                (Some(kid), Some(jwks)) => jwks.has_key(kid),
+                _ => true,
+            };
+            if key_still_published {
+                return Ok(hit.principal);
+            }
+            cache.remove(key);
         }
-        let claims = jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation)
+        let header = jsonwebtoken::decode_header(token).map_err(|e| header_error(token, e))?;
+        let (key, kid) = match header.alg {
+            Algorithm::HS256 => (self.hs256.clone().ok_or(AuthError::BadAlgorithm)?, None),
+            alg if ASYMMETRIC.contains(&alg) => {
+                let jwks = self.jwks.as_ref().ok_or(AuthError::BadAlgorithm)?;
+                let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+                let key = jwks.key(&kid).await?;
+                if key.algorithm != alg {
+                    return Err(AuthError::BadAlgorithm);
+                }
+                (key.decoding.clone(), Some(kid))
+            }
+            _ => return Err(AuthError::BadAlgorithm),
+        };
+        let validation = &self.validations[&header.alg];
+        let claims = jsonwebtoken::decode::<RawClaims>(token, &key, validation)
             .map_err(map_error)?
             .claims;
-        let sub = claims.sub.ok_or(AuthError::MissingClaim("sub"))?;
-        let user_id: UserId = sub.parse().map_err(|_| AuthError::InvalidSubject)?;
-        let role = claims.role.ok_or(AuthError::MissingClaim("role"))?;
-        if role == "anon" {
-            return Err(AuthError::Anonymous);
+        let principal = claims.into_principal()?;
+        if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
+            cache.insert(key, &principal, kid);
         }
-        if !self.allowed_roles.contains(&role) {
-            return Err(AuthError::RoleNotAllowed(role));
-        }
-        Ok(Principal {
-            user_id,
-            email: claims.email,
-            role,
-            auth_session_id: claims.session_id,
-            aal: claims.aal,
-            is_anonymous: claims.is_anonymous.unwrap_or(false),
-            expires_at: claims.exp,
-            method: AuthMethod::Jwt,
-        })
+        Ok(principal)
     }
 }
 
 /// The claims we read; every field optional so that an absent claim becomes
 /// our own precise error rather than a generic parse failure.
+/// `user_metadata` is user-editable and deliberately not read.
 #[derive(Deserialize)]
 struct RawClaims {
     sub: Option<String>,
@@ -132,6 +230,48 @@ struct RawClaims {
     session_id: Option<String>,
     aal: Option<String>,
     is_anonymous: Option<bool>,
+    app_metadata: Option<serde_json::Value>,
+}
+
+impl RawClaims {
+    fn into_principal(self) -> Result<Principal, AuthError> {
+        let sub = self.sub.ok_or(AuthError::MissingClaim("sub"))?;
+        let user_id: UserId = sub.parse().map_err(|_| AuthError::InvalidSubject)?;
+        let role = self.role.ok_or(AuthError::MissingClaim("role"))?;
+        if role == "anon" {
+            return Err(AuthError::Anonymous);
+        }
+        Ok(Principal {
+            user_id,
+            email: self.email,
+            role,
+            auth_session_id: self.session_id,
+            aal: self.aal,
+            is_anonymous: self.is_anonymous.unwrap_or(false),
+            expires_at: self.exp,
+            app_metadata: self.app_metadata,
+            method: AuthMethod::Jwt,
+        })
+    }
+}
+
+/// A header that jsonwebtoken cannot read: an unsupported `alg` (such as
+/// `none`) is told apart from plain garbage.
+fn header_error(token: &str, error: jsonwebtoken::errors::Error) -> AuthError {
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .ok()
+        })
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+        .and_then(|h| h.get("alg").cloned());
+    match alg {
+        Some(serde_json::Value::String(_)) => AuthError::BadAlgorithm,
+        _ => map_error(error),
+    }
 }
 
 fn map_error(error: jsonwebtoken::errors::Error) -> AuthError {
@@ -226,7 +366,7 @@ mod tests {
     const SECRET: &[u8] = b"test-secret-with-at-least-32-bytes!!";
 
     fn verifier() -> JwtVerifier {
-        JwtVerifier::new(JwtConfig::new(Secret::new(SECRET.to_vec())))
+        JwtVerifier::new(JwtConfig::new().with_hs256(Secret::new(SECRET.to_vec()))).unwrap()
     }
 
     fn now() -> u64 {
@@ -264,14 +404,14 @@ mod tests {
         mint_hs256(claims, &Secret::new(SECRET.to_vec())).unwrap()
     }
 
-    fn check(token: &str, expected: Result<(), AuthError>) {
-        let got = verifier().verify(token).map(|_| ());
-        assert_eq!(got, expected, "token claims: {token}");
+    async fn check(token: &str, expected: Result<(), AuthError>) {
+        let got = verifier().verify(token).await.map(|_| ());
+        assert_eq!(got, expected, "token: {token:.60}");
     }
 
-    #[test]
-    fn accepts_a_supabase_shaped_token() {
-        let p = verifier().verify(&sign(&good_claims())).unwrap();
+    #[tokio::test]
+    async fn accepts_a_supabase_shaped_token() {
+        let p = verifier().verify(&sign(&good_claims())).await.unwrap();
         assert_eq!(
             p.user_id.to_string(),
             "1fb4fe69-33d1-456c-9b18-fe580006aaf7"
@@ -282,52 +422,51 @@ mod tests {
         assert!(p.expires_at.is_some());
     }
 
-    #[test]
-    fn minted_claims_verify() {
+    #[tokio::test]
+    async fn minted_claims_verify() {
         let claims = AccessTokenClaims::new(
             UserId::from_email("m@example.com"),
             Some("m@example.com".into()),
             SystemTime::now(),
             Duration::from_secs(60),
         );
-        let p = verifier().verify(&mint_hs256(&claims, &Secret::new(SECRET.to_vec())).unwrap());
+        let p = verifier()
+            .verify(&mint_hs256(&claims, &Secret::new(SECRET.to_vec())).unwrap())
+            .await;
         assert_eq!(p.unwrap().user_id, UserId::from_email("m@example.com"));
     }
 
-    #[test]
-    fn refusals_name_their_reason() {
+    #[tokio::test]
+    async fn refusals_name_their_reason() {
         use AuthError::*;
-        check("", Err(Missing));
-        check("not-a-token", Err(Malformed));
-        check("a.b.c", Err(Malformed));
-        check(&"x".repeat(MAX_TOKEN_BYTES + 1), Err(Malformed));
-        check(&sign(&with(json!({"exp": now() - 3600}))), Err(Expired));
-        check(&sign(&with(json!({"exp": null}))), Err(MissingClaim("exp")));
-        check(&sign(&with(json!({"nbf": now() + 3600}))), Err(NotYetValid));
-        check(&sign(&with(json!({"aud": "other"}))), Err(WrongAudience));
-        check(&sign(&with(json!({"aud": null}))), Err(MissingClaim("aud")));
-        check(&sign(&with(json!({"role": "anon"}))), Err(Anonymous));
+        check("", Err(Missing)).await;
+        check("not-a-token", Err(Malformed)).await;
+        check("a.b.c", Err(Malformed)).await;
+        check(&"x".repeat(MAX_TOKEN_BYTES + 1), Err(Malformed)).await;
+        check(&sign(&with(json!({"exp": now() - 3600}))), Err(Expired)).await;
+        check(&sign(&with(json!({"exp": null}))), Err(MissingClaim("exp"))).await;
+        check(&sign(&with(json!({"nbf": now() + 3600}))), Err(NotYetValid)).await;
+        check(&sign(&with(json!({"aud": "other"}))), Err(WrongAudience)).await;
+        check(&sign(&with(json!({"aud": null}))), Err(MissingClaim("aud"))).await;
+        check(&sign(&with(json!({"role": "anon"}))), Err(Anonymous)).await;
         check(
             &sign(&with(json!({"role": null}))),
             Err(MissingClaim("role")),
-        );
-        check(
-            &sign(&with(json!({"role": "service_role"}))),
-            Err(RoleNotAllowed("service_role".into())),
-        );
-        check(&sign(&with(json!({"sub": null}))), Err(MissingClaim("sub")));
-        check(&sign(&with(json!({"sub": "alice"}))), Err(InvalidSubject));
+        )
+        .await;
+        check(&sign(&with(json!({"sub": null}))), Err(MissingClaim("sub"))).await;
+        check(&sign(&with(json!({"sub": "alice"}))), Err(InvalidSubject)).await;
         let other = mint_hs256(
             &good_claims(),
             &Secret::new(b"another-project-secret".to_vec()),
         );
-        check(&other.unwrap(), Err(BadSignature));
+        check(&other.unwrap(), Err(BadSignature)).await;
         // Within the leeway an expired token still passes.
-        check(&sign(&with(json!({"exp": now() - 5}))), Ok(()));
+        check(&sign(&with(json!({"exp": now() - 5}))), Ok(())).await;
     }
 
-    #[test]
-    fn alg_none_and_tampering_are_refused() {
+    #[tokio::test]
+    async fn alg_none_and_tampering_are_refused() {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let token = sign(&good_claims());
@@ -335,25 +474,28 @@ mod tests {
         let none_header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
         check(
             &format!("{none_header}.{}.", parts[1]),
-            Err(AuthError::Malformed),
-        );
+            Err(AuthError::BadAlgorithm),
+        )
+        .await;
         let forged =
             b64.encode(with(json!({"sub": "4609d0cf-25f3-4991-b6d2-d5b9a8ac4c73"})).to_string());
         check(
             &format!("{}.{forged}.{}", parts[0], parts[2]),
             Err(AuthError::BadSignature),
-        );
+        )
+        .await;
         let hs512 = b64.encode(br#"{"alg":"HS512","typ":"JWT"}"#);
         check(
             &format!("{hs512}.{}.{}", parts[1], parts[2]),
             Err(AuthError::BadAlgorithm),
-        );
+        )
+        .await;
     }
 
-    #[test]
-    fn errors_never_contain_the_token() {
+    #[tokio::test]
+    async fn errors_never_contain_the_token() {
         let token = sign(&with(json!({"exp": now() - 3600})));
-        let err = verifier().verify(&token).unwrap_err();
+        let err = verifier().verify(&token).await.unwrap_err();
         for part in token.split('.') {
             assert!(!err.reason().contains(part));
             assert!(!format!("{err:?}").contains(part));

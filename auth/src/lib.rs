@@ -1,62 +1,235 @@
 //! Credential validation for exai.
 //!
-//! This crate turns what a client presents (today: a Supabase Auth access
-//! token) into a [`Principal`]: the user a connection acts for. It knows
-//! nothing about HTTP, WebSockets or databases; the transport hands it a
-//! credential and gets back a principal or an [`AuthError`] whose
+//! This crate turns what a client presents into a [`Principal`]: the user a
+//! connection acts for. It accepts exactly what a Supabase project issues —
+//! access tokens signed with the legacy shared secret (HS256) or with the
+//! project's asymmetric keys (ES256, RS256, EdDSA, via its JWKS) — plus exai
+//! API keys (`exai_<id>_<secret>`), and, in single-user mode, one shared
+//! token. It knows nothing about HTTP or databases: the transport hands it a
+//! [`Credential`] and gets a principal or an [`AuthError`] whose
 //! [`reason`](AuthError::reason) is safe to show to the client.
 //!
 //! Invariants:
-//! - no token, secret or key material ever appears in an error, a `Debug`
+//! - no token, secret, key or hash ever appears in an error, a `Debug`
 //!   output or a log line produced here ([`Secret`] redacts itself);
-//! - verification fails closed: a claim we cannot check is a refusal.
+//! - verification fails closed: a claim we cannot check is a refusal;
+//! - the only network IO is fetching the JWKS (`jwks`).
 
+mod api_key;
+mod cache;
 mod error;
+mod jwks;
 mod jwt;
 mod principal;
 mod secret;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use subtle::ConstantTimeEq as _;
+
+pub use api_key::{
+    API_KEY_PREFIX, ApiKeyRecord, ApiKeyStore, KeyStoreError, NewApiKey, RandomnessError,
+};
 pub use error::AuthError;
+pub use jwks::{JwksConfig, JwksError};
 pub use jwt::{AccessTokenClaims, JwtConfig, JwtVerifier, MintError, mint_hs256};
 pub use principal::{AuthMethod, Principal, UserId};
 pub use secret::Secret;
+
+/// `last_used_at` of an API key is written at most this often.
+const KEY_USE_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What a client presented to prove who it is.
 #[derive(Clone, Copy)]
 #[non_exhaustive]
 pub enum Credential<'a> {
-    /// An `Authorization: Bearer …` value.
+    /// An `Authorization: Bearer …` value: an access token or an API key.
     Bearer(&'a str),
+    /// An `X-API-Key: …` value.
+    ApiKey(&'a str),
 }
 
 impl std::fmt::Debug for Credential<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credential::Bearer(_) => f.write_str("Credential::Bearer(<redacted>)"),
+            Credential::ApiKey(_) => f.write_str("Credential::ApiKey(<redacted>)"),
         }
     }
 }
 
+/// What the caller wants to do, which decides the roles admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Access {
+    /// Ordinary use (MCP connections): the configured user roles.
+    User,
+    /// An operation marked admin: only `service_role` tokens.
+    Admin,
+}
+
+enum Mode {
+    MultiUser {
+        jwt: JwtVerifier,
+        api_keys: Option<Arc<dyn ApiKeyStore>>,
+    },
+    SingleUser {
+        token: Option<Secret>,
+    },
+}
+
 /// Checks credentials. The one entry point the transport calls.
 ///
-/// It is cheap to share (`Arc`) and safe to call from many tasks at once.
-#[derive(Debug)]
+/// Cheap to share (`Arc`) and safe to call from many tasks at once.
 pub struct Authenticator {
-    jwt: JwtVerifier,
+    mode: Mode,
+    /// When each API key's use was last written to the store.
+    key_use_written: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match &self.mode {
+            Mode::MultiUser { .. } => "multi-user",
+            Mode::SingleUser { token: Some(_) } => "single-user (shared token)",
+            Mode::SingleUser { token: None } => "single-user (no token)",
+        };
+        f.debug_struct("Authenticator")
+            .field("mode", &mode)
+            .finish()
+    }
 }
 
 impl Authenticator {
-    /// An authenticator that accepts access tokens checked by `jwt`.
-    pub fn new(jwt: JwtVerifier) -> Self {
-        Authenticator { jwt }
+    /// Multi-user mode: access tokens checked by `jwt`, and API keys from
+    /// `api_keys` when given.
+    pub fn multi_user(jwt: JwtVerifier, api_keys: Option<Arc<dyn ApiKeyStore>>) -> Self {
+        Authenticator {
+            mode: Mode::MultiUser { jwt, api_keys },
+            key_use_written: Mutex::default(),
+        }
     }
 
-    /// Verifies `credential` and returns the principal it proves.
-    ///
-    /// Async because later credential kinds (API keys, JWKS refresh) need IO.
-    pub async fn authenticate(&self, credential: Credential<'_>) -> Result<Principal, AuthError> {
-        match credential {
-            Credential::Bearer(token) => self.jwt.verify(token),
+    /// Single-user mode: every connection is the one local user. With
+    /// `token`, connections must present it; without, anyone who can reach
+    /// the daemon is admitted (the daemon binds loopback only then).
+    pub fn single_user(token: Option<Secret>) -> Self {
+        Authenticator {
+            mode: Mode::SingleUser { token },
+            key_use_written: Mutex::default(),
+        }
+    }
+
+    /// The JWT verifier, in multi-user mode.
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        match &self.mode {
+            Mode::MultiUser { jwt, .. } => Some(jwt),
+            Mode::SingleUser { .. } => None,
+        }
+    }
+
+    /// Verifies `credential` for `access` and returns the principal it proves.
+    pub async fn authenticate(
+        &self,
+        credential: Option<Credential<'_>>,
+        access: Access,
+    ) -> Result<Principal, AuthError> {
+        match &self.mode {
+            Mode::SingleUser { token: None } => Ok(Principal::local(AuthMethod::Local)),
+            Mode::SingleUser {
+                token: Some(expected),
+            } => {
+                let presented = match credential.ok_or(AuthError::Missing)? {
+                    Credential::Bearer(t) | Credential::ApiKey(t) => t,
+                };
+                if bool::from(presented.as_bytes().ct_eq(expected.expose())) {
+                    Ok(Principal::local(AuthMethod::SharedToken))
+                } else {
+                    Err(AuthError::InvalidSharedToken)
+                }
+            }
+            Mode::MultiUser { jwt, api_keys } => {
+                let principal = match credential.ok_or(AuthError::Missing)? {
+                    Credential::Bearer(token) if !token.starts_with(API_KEY_PREFIX) => {
+                        jwt.verify(token).await?
+                    }
+                    Credential::Bearer(key) | Credential::ApiKey(key) => {
+                        let store = api_keys.as_ref().ok_or(AuthError::InvalidApiKey)?;
+                        self.verify_api_key(store.as_ref(), key).await?
+                    }
+                };
+                let allowed = match access {
+                    Access::User => jwt.allowed_roles.contains(&principal.role),
+                    Access::Admin => principal.role == "service_role",
+                };
+                if !allowed {
+                    return Err(AuthError::role_not_allowed(&principal.role));
+                }
+                Ok(principal)
+            }
+        }
+    }
+
+    async fn verify_api_key(
+        &self,
+        store: &dyn ApiKeyStore,
+        key: &str,
+    ) -> Result<Principal, AuthError> {
+        let (key_id, secret) = api_key::parse(key).ok_or(AuthError::InvalidApiKey)?;
+        let record = store
+            .find_api_key(key_id)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "API key lookup failed");
+                AuthError::Unavailable
+            })?
+            .ok_or(AuthError::InvalidApiKey)?;
+        let hash = api_key::hash_secret(secret);
+        if !bool::from(hash.ct_eq(&record.secret_hash)) {
+            return Err(AuthError::InvalidApiKey);
+        }
+        // Only a holder of the right secret learns that a key was revoked
+        // or expired.
+        let now = SystemTime::now();
+        if record.revoked_at.is_some() {
+            return Err(AuthError::ApiKeyRevoked);
+        }
+        if record.expires_at.is_some_and(|at| at <= now) {
+            return Err(AuthError::ApiKeyExpired);
+        }
+        self.record_key_use(store, key_id, now).await;
+        let mut principal = Principal::new(
+            record.user_id,
+            AuthMethod::ApiKey {
+                key_id: record.key_id,
+            },
+        );
+        principal.expires_at = record.expires_at.and_then(|at| {
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        });
+        Ok(principal)
+    }
+
+    /// Writes `last_used_at` at most once a minute per key (per process).
+    async fn record_key_use(&self, store: &dyn ApiKeyStore, key_id: &str, now: SystemTime) {
+        {
+            let mut written = self
+                .key_use_written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match written.get(key_id) {
+                Some(at) if at.elapsed() < KEY_USE_WRITE_INTERVAL => return,
+                _ => {
+                    written.insert(key_id.to_owned(), Instant::now());
+                }
+            }
+        }
+        if let Err(error) = store.record_api_key_use(key_id, now).await {
+            tracing::warn!(%error, key_id, "could not record the API key's use");
         }
     }
 }

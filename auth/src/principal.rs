@@ -46,11 +46,20 @@ impl std::str::FromStr for UserId {
 }
 
 /// How a principal proved who it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuthMethod {
     /// A Supabase Auth access token (JWT).
     Jwt,
+    /// An exai API key.
+    ApiKey {
+        /// The key's public id.
+        key_id: String,
+    },
+    /// Single-user mode: the shared `EXAI_WS_TOKEN`.
+    SharedToken,
+    /// Single-user mode on loopback without a token.
+    Local,
 }
 
 /// The verified identity a connection acts for.
@@ -73,6 +82,9 @@ pub struct Principal {
     pub is_anonymous: bool,
     /// When the credential stops being valid, as Unix seconds.
     pub expires_at: Option<u64>,
+    /// The token's `app_metadata` (set by the project, not the user). The
+    /// user-editable `user_metadata` is deliberately never read.
+    pub app_metadata: Option<serde_json::Value>,
     /// How the principal authenticated.
     pub method: AuthMethod,
 }
@@ -90,8 +102,14 @@ impl Principal {
             aal: None,
             is_anonymous: false,
             expires_at: None,
+            app_metadata: None,
             method,
         }
+    }
+
+    /// The one user of single-user mode.
+    pub fn local(method: AuthMethod) -> Self {
+        Principal::new(UserId(Uuid::from_u128(1)), method)
     }
 
     /// The same principal with `email` set.

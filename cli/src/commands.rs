@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use exai_auth::{AccessTokenClaims, UserId, mint_hs256};
-use exai_daemon::config::{ConfigError, SecretArgs};
+use exai_daemon::config::{AuthArgs, ConfigError};
 use serde_json::{Map, Value};
 
 use crate::client::{self, ClientError};
@@ -36,14 +36,17 @@ pub(crate) fn mint(
     email: &str,
     user_id: Option<uuid::Uuid>,
     ttl: Duration,
-    secret: &SecretArgs,
+    auth: &AuthArgs,
 ) -> Result<String, CommandError> {
     if ttl.is_zero() {
         return Err(CommandError::Usage("--ttl must be longer than zero".into()));
     }
-    let (secret, _) = secret.resolve()?;
+    let secret = auth.signing_secret()?;
     let user_id = user_id.map_or_else(|| UserId::from_email(email), UserId::new);
-    let claims = AccessTokenClaims::new(user_id, Some(email.to_owned()), SystemTime::now(), ttl);
+    let mut claims =
+        AccessTokenClaims::new(user_id, Some(email.to_owned()), SystemTime::now(), ttl);
+    claims.iss = auth.issuer()?;
+    claims.aud.clone_from(&auth.jwt_audience);
     Ok(mint_hs256(&claims, &secret)?)
 }
 

@@ -11,7 +11,7 @@ mod commands;
 use std::io::Write as _;
 
 use clap::{Parser, Subcommand};
-use exai_daemon::config::SecretArgs;
+use exai_daemon::config::AuthArgs;
 
 pub use commands::CommandError;
 
@@ -54,7 +54,7 @@ struct MintArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: std::time::Duration,
     #[command(flatten)]
-    secret: SecretArgs,
+    auth: AuthArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,7 +76,7 @@ struct CallArgs {
 pub async fn run(cli: Cli) -> Result<(), CommandError> {
     let output = match cli.command {
         Command::Token(TokenCommand::Mint(args)) => {
-            commands::mint(&args.email, args.user_id, args.ttl, &args.secret)?
+            commands::mint(&args.email, args.user_id, args.ttl, &args.auth)?
         }
         Command::Call(args) => {
             commands::call(&args.url, &args.token, &args.tool, args.args).await?

@@ -1,30 +1,50 @@
 //! The daemon's configuration, parsed once by the binary from flags and
 //! environment into the typed [`Config`] that [`crate::start`] takes.
 //!
-//! The signing-secret rules live here too ([`SecretArgs`]) because the `exai`
-//! CLI must sign development tokens with exactly the secret the daemon uses.
+//! The token rules live here too ([`AuthArgs`]) because the `exai` CLI must
+//! sign development tokens exactly as the daemon verifies them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use exai_auth::{JwtConfig, Secret};
+use exai_auth::{JwksConfig, JwtConfig, Secret};
 use exai_transport::EdgeConfig;
 
 use crate::secret_file;
 
-/// A configuration the daemon cannot run with.
+/// A configuration the daemon cannot run with. Each message names the
+/// setting to change.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// `MCP_ENABLE_MULTI_USER=false` asked for the shared-token mode.
+    /// Single-user mode without a token, bound to a non-loopback address.
     #[error(
-        "MCP_ENABLE_MULTI_USER=false (single-user mode with EXAI_WS_TOKEN) is not supported by this version; unset it"
+        "MCP_ENABLE_MULTI_USER=false without EXAI_WS_TOKEN would let anyone who can reach \
+         {host} in; set EXAI_WS_TOKEN or listen on a loopback address"
     )]
-    SingleUserUnsupported,
+    SingleUserNeedsToken {
+        /// The listen host.
+        host: String,
+    },
     /// `SUPABASE_JWT_SECRET` is set but empty.
     #[error("SUPABASE_JWT_SECRET is set but empty")]
     EmptySecret,
+    /// A URL setting is not an http(s) URL.
+    #[error("{variable} is not an http(s) URL: '{value}'")]
+    BadUrl {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// Minting needs a shared secret but only asymmetric keys are configured.
+    #[error(
+        "no HS256 secret to sign with: the project uses asymmetric keys (SUPABASE_URL / \
+         EXAI_JWKS_URL) and SUPABASE_JWT_SECRET is not set"
+    )]
+    NoSigningSecret,
     /// No data directory could be found for the development secret.
     #[error(
         "no data directory for the development secret: set EXAI_DATA_DIR or SUPABASE_JWT_SECRET"
@@ -59,9 +79,31 @@ pub enum ConfigError {
     },
 }
 
-/// Where the signing secret comes from. Shared by `exai-daemon` and `exai`.
+/// How tokens are verified (and, for `exai token mint`, signed). Shared by
+/// `exai-daemon` and `exai`, so both always agree.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SecretArgs {
+pub struct AuthArgs {
+    /// The Supabase project URL (https://<ref>.supabase.co); sets the JWKS
+    /// URL, the required issuer and the authorization server
+    #[arg(long, env = "SUPABASE_URL", value_name = "URL")]
+    pub supabase_url: Option<String>,
+
+    /// Where the project's signing keys are [default: SUPABASE_URL/auth/v1/.well-known/jwks.json]
+    #[arg(long, env = "EXAI_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+
+    /// Required `iss` claim [default: SUPABASE_URL/auth/v1, none without SUPABASE_URL]
+    #[arg(long, env = "EXAI_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim
+    #[arg(long, env = "EXAI_JWT_AUDIENCE", default_value = "authenticated")]
+    pub jwt_audience: String,
+
+    /// Clock skew tolerated on exp and nbf, in seconds
+    #[arg(long, env = "EXAI_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+
     /// Directory for the development signing secret
     /// [default: the user's data directory + /exai]
     #[arg(long, env = "EXAI_DATA_DIR", value_name = "DIR")]
@@ -77,7 +119,7 @@ pub struct SecretArgs {
     pub jwt_secret: Option<String>,
 }
 
-/// Which secret signs and verifies tokens.
+/// Which shared secret signs and verifies HS256 tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// `SUPABASE_JWT_SECRET`.
@@ -89,20 +131,49 @@ pub enum SecretSource {
         /// Whether it was created now.
         created: bool,
     },
+    /// No shared secret: asymmetric keys (JWKS) only.
+    None,
 }
 
-impl SecretArgs {
-    /// `SUPABASE_JWT_SECRET` if set; otherwise the development secret in the
-    /// data directory, created on first use with mode 0600.
-    pub fn resolve(&self) -> Result<(Secret, SecretSource), ConfigError> {
+impl AuthArgs {
+    /// `SUPABASE_URL`, checked, without a trailing slash.
+    pub fn supabase_url(&self) -> Result<Option<String>, ConfigError> {
+        self.supabase_url
+            .as_deref()
+            .map(|url| check_url("SUPABASE_URL", url))
+            .transpose()
+    }
+
+    fn jwks_url(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(url) = &self.jwks_url {
+            return check_url("EXAI_JWKS_URL", url).map(Some);
+        }
+        Ok(self
+            .supabase_url()?
+            .map(|base| format!("{base}/auth/v1/.well-known/jwks.json")))
+    }
+
+    /// The issuer tokens must name, if any.
+    pub fn issuer(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(issuer) = &self.jwt_issuer {
+            return Ok(Some(issuer.clone()));
+        }
+        Ok(self.supabase_url()?.map(|base| format!("{base}/auth/v1")))
+    }
+
+    /// The HS256 secret: `SUPABASE_JWT_SECRET`; else, when no asymmetric
+    /// keys are configured either, the development secret in the data
+    /// directory (created on first use with mode 0600).
+    pub fn hs256_secret(&self) -> Result<(Option<Secret>, SecretSource), ConfigError> {
         if let Some(secret) = &self.jwt_secret {
             if secret.is_empty() {
                 return Err(ConfigError::EmptySecret);
             }
-            return Ok((
-                Secret::new(secret.as_bytes().to_vec()),
-                SecretSource::Environment,
-            ));
+            let secret = Secret::new(secret.as_bytes().to_vec());
+            return Ok((Some(secret), SecretSource::Environment));
+        }
+        if self.jwks_url()?.is_some() {
+            return Ok((None, SecretSource::None));
         }
         let dir = match &self.data_dir {
             Some(dir) => dir.clone(),
@@ -110,8 +181,40 @@ impl SecretArgs {
         };
         let path = dir.join("dev-jwt-secret");
         let (secret, created) = secret_file::load_or_create(&path)?;
-        Ok((secret, SecretSource::DevelopmentFile { path, created }))
+        Ok((
+            Some(secret),
+            SecretSource::DevelopmentFile { path, created },
+        ))
     }
+
+    /// The secret `exai token mint` signs with.
+    pub fn signing_secret(&self) -> Result<Secret, ConfigError> {
+        self.hs256_secret()?.0.ok_or(ConfigError::NoSigningSecret)
+    }
+
+    /// What a valid access token is.
+    pub fn jwt_config(&self) -> Result<(JwtConfig, SecretSource), ConfigError> {
+        let (secret, source) = self.hs256_secret()?;
+        let mut config = JwtConfig::new();
+        config.hs256_secret = secret;
+        config.jwks = self.jwks_url()?.map(JwksConfig::new);
+        config.issuer = self.issuer()?;
+        config.audience = self.jwt_audience.clone();
+        config.leeway = Duration::from_secs(self.jwt_leeway_secs);
+        Ok((config, source))
+    }
+}
+
+fn check_url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::BadUrl {
+        variable,
+        value: value.to_owned(),
+    };
+    let parsed = url::Url::parse(value).map_err(|_| bad())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad());
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// Command-line flags and environment of `exai-daemon`.
@@ -120,8 +223,10 @@ impl SecretArgs {
     name = "exai-daemon",
     version,
     about = "Multi-user MCP daemon: authenticated MCP over WebSocket at /mcp",
-    after_help = "The signing secret comes from SUPABASE_JWT_SECRET; without it a development \
-                  secret is created in the data directory (for development only)."
+    after_help = "Tokens are verified with SUPABASE_JWT_SECRET (HS256) and/or the project's \
+                  signing keys (SUPABASE_URL or EXAI_JWKS_URL). With neither, a development \
+                  secret is created in the data directory (for development only). \
+                  EXAI_WS_TOKEN is the shared token of single-user mode."
 )]
 pub struct DaemonArgs {
     /// Address to listen on; overrides --host and --port
@@ -145,7 +250,8 @@ pub struct DaemonArgs {
     )]
     pub max_connections_per_user: u32,
 
-    /// Multi-user mode: every connection authenticates as a Supabase user
+    /// Multi-user mode: every connection authenticates as a Supabase user;
+    /// false: the single-user mode of the original daemon
     #[arg(
         long,
         env = "MCP_ENABLE_MULTI_USER",
@@ -155,26 +261,84 @@ pub struct DaemonArgs {
     )]
     pub multi_user: bool,
 
+    /// The public base URL of this daemon, for the metadata it publishes
+    #[arg(long, env = "EXAI_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Single-user mode's shared token; set it through the environment only.
+    #[arg(
+        long = "ws-token",
+        env = "EXAI_WS_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub ws_token: Option<String>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub secret: SecretArgs,
+    pub auth: AuthArgs,
 }
 
 impl DaemonArgs {
-    /// Checks the arguments and resolves the signing secret.
-    pub fn into_config(self) -> Result<(Config, SecretSource), ConfigError> {
-        if !self.multi_user {
-            return Err(ConfigError::SingleUserUnsupported);
-        }
-        let (secret, source) = self.secret.resolve()?;
+    /// Checks the arguments and resolves the signing keys. The returned
+    /// source says where the HS256 secret came from (multi-user mode only).
+    pub fn into_config(self) -> Result<(Config, Option<SecretSource>), ConfigError> {
         let (host, port) = match self.listen {
             Some(addr) => (addr.ip().to_string(), addr.port()),
             None => (self.host, self.port),
         };
-        let mut config = Config::new(host, port, secret);
-        config.edge.max_connections_per_user = self.max_connections_per_user;
-        Ok((config, source))
+        let (auth, source) = if self.multi_user {
+            let (jwt, source) = self.auth.jwt_config()?;
+            (AuthMode::MultiUser(jwt), Some(source))
+        } else {
+            let token = self.ws_token.filter(|t| !t.is_empty());
+            if token.is_none() && !is_loopback(&host) {
+                return Err(ConfigError::SingleUserNeedsToken { host });
+            }
+            let token = token.map(|t| Secret::new(t.into_bytes()));
+            (AuthMode::SingleUser { token }, None)
+        };
+        let mut edge = EdgeConfig::default();
+        edge.max_connections_per_user = self.max_connections_per_user;
+        edge.public_url = self
+            .public_url
+            .as_deref()
+            .map(|url| check_url("EXAI_PUBLIC_URL", url))
+            .transpose()?;
+        edge.authorization_servers = self
+            .auth
+            .supabase_url()?
+            .map(|base| format!("{base}/auth/v1"))
+            .into_iter()
+            .collect();
+        Ok((
+            Config {
+                host,
+                port,
+                auth,
+                edge,
+            },
+            source,
+        ))
     }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How connections authenticate.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AuthMode {
+    /// Every connection is a Supabase user (tokens) or an API key's user.
+    MultiUser(JwtConfig),
+    /// The original daemon's mode: one local user, one optional shared token.
+    SingleUser {
+        /// `EXAI_WS_TOKEN`.
+        token: Option<Secret>,
+    },
 }
 
 /// Everything the daemon needs to run.
@@ -185,19 +349,20 @@ pub struct Config {
     pub host: String,
     /// Port to bind (0: any free port).
     pub port: u16,
-    /// What a valid access token is.
-    pub jwt: JwtConfig,
+    /// How connections authenticate.
+    pub auth: AuthMode,
     /// Limits at the network edge.
     pub edge: EdgeConfig,
 }
 
 impl Config {
-    /// Defaults for everything but the listen address and the secret.
+    /// Multi-user mode verifying HS256 tokens with `jwt_secret`; defaults
+    /// for everything else.
     pub fn new(host: impl Into<String>, port: u16, jwt_secret: Secret) -> Self {
         Config {
             host: host.into(),
             port,
-            jwt: JwtConfig::new(jwt_secret),
+            auth: AuthMode::MultiUser(JwtConfig::new().with_hs256(jwt_secret)),
             edge: EdgeConfig::default(),
         }
     }
@@ -232,7 +397,7 @@ mod tests {
         assert_eq!(config.listen_addr(), "[::1]:9000");
         assert!(matches!(
             source,
-            SecretSource::DevelopmentFile { created: true, .. }
+            Some(SecretSource::DevelopmentFile { created: true, .. })
         ));
     }
 
@@ -241,10 +406,76 @@ mod tests {
         assert!(parse(&["--max-connections-per-user", "0"]).is_err());
         assert!(parse(&["--port", "70000"]).is_err());
         assert!(parse(&["--multi-user", "maybe"]).is_err());
-        let args = parse(&["--multi-user", "false"]).unwrap();
+        let args = parse(&["--multi-user", "false", "--host", "0.0.0.0"]).unwrap();
         assert!(matches!(
             args.into_config(),
-            Err(ConfigError::SingleUserUnsupported)
+            Err(ConfigError::SingleUserNeedsToken { .. })
         ));
+        let args = parse(&["--multi-user", "false", "--host", "localhost"]).unwrap();
+        assert!(matches!(
+            args.into_config(),
+            Ok((
+                Config {
+                    auth: AuthMode::SingleUser { token: None },
+                    ..
+                },
+                None
+            ))
+        ));
+        let args = parse(&["--supabase-url", "ftp://x"]).unwrap();
+        assert!(matches!(
+            args.into_config(),
+            Err(ConfigError::BadUrl {
+                variable: "SUPABASE_URL",
+                ..
+            })
+        ));
+    }
+}
+
+#[cfg(test)]
+mod auth_args_tests {
+    use super::*;
+
+    fn args(supabase_url: Option<&str>, secret: Option<&str>) -> AuthArgs {
+        AuthArgs {
+            supabase_url: supabase_url.map(str::to_owned),
+            jwks_url: None,
+            jwt_issuer: None,
+            jwt_audience: "authenticated".into(),
+            jwt_leeway_secs: 30,
+            data_dir: Some(std::env::temp_dir().join("exai-config-tests-unused")),
+            jwt_secret: secret.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn supabase_url_sets_jwks_issuer_and_drops_the_dev_secret() {
+        let (config, source) = args(Some("https://abc.supabase.co/"), None)
+            .jwt_config()
+            .unwrap();
+        assert_eq!(source, SecretSource::None);
+        assert!(config.hs256_secret.is_none());
+        assert_eq!(
+            config.jwks.unwrap().url,
+            "https://abc.supabase.co/auth/v1/.well-known/jwks.json"
+        );
+        assert_eq!(
+            config.issuer.as_deref(),
+            Some("https://abc.supabase.co/auth/v1")
+        );
+        assert!(matches!(
+            args(Some("https://abc.supabase.co"), None).signing_secret(),
+            Err(ConfigError::NoSigningSecret)
+        ));
+    }
+
+    #[test]
+    fn both_systems_at_once() {
+        let (config, source) = args(Some("https://abc.supabase.co"), Some("s3cret"))
+            .jwt_config()
+            .unwrap();
+        assert_eq!(source, SecretSource::Environment);
+        assert!(config.hs256_secret.is_some() && config.jwks.is_some());
     }
 }

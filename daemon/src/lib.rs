@@ -14,7 +14,7 @@ pub mod tools;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use exai_auth::{Authenticator, JwtVerifier};
+use exai_auth::{ApiKeyStore, Authenticator, JwksError, JwtVerifier};
 use exai_providers::{EchoProvider, Provider};
 use exai_sessions::{MemoryStore, SessionStore};
 use exai_transport::{ConnectionContext, Edge};
@@ -22,12 +22,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{AuthMode, Config};
 
 /// The daemon could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The project's signing keys could not be fetched, and no HS256 secret
+    /// is configured to fall back on.
+    #[error("could not load the signing keys")]
+    Jwks(#[source] JwksError),
     /// The listen address could not be bound.
     #[error("could not listen on {addr}")]
     Bind {
@@ -43,13 +47,23 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Daemon {
     local_addr: SocketAddr,
+    api_keys: Arc<dyn ApiKeyStore>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-/// Binds the listen address and starts serving.
+/// Loads the signing keys, binds the listen address and starts serving.
 pub async fn start(config: Config) -> Result<Daemon, StartError> {
+    let store = Arc::new(MemoryStore::new());
+    let api_keys: Arc<dyn ApiKeyStore> = store.clone();
     let listen = config.listen_addr();
+    let auth = match config.auth {
+        AuthMode::MultiUser(jwt) => {
+            let verifier = JwtVerifier::start(jwt).await.map_err(StartError::Jwks)?;
+            Authenticator::multi_user(verifier, Some(api_keys.clone()))
+        }
+        AuthMode::SingleUser { token } => Authenticator::single_user(token),
+    };
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .map_err(|source| StartError::Bind {
@@ -61,8 +75,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         source,
     })?;
 
-    let auth = Arc::new(Authenticator::new(JwtVerifier::new(config.jwt)));
-    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let auth = Arc::new(auth);
+    let store: Arc<dyn SessionStore> = store;
     let provider: Arc<dyn Provider> = Arc::new(EchoProvider);
     let factory = move |connection: &ConnectionContext| {
         tools::ExaiServer::new(connection.clone(), provider.clone())
@@ -72,6 +86,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let task = tokio::spawn(exai_transport::serve(listener, edge, shutdown.clone()));
     Ok(Daemon {
         local_addr,
+        api_keys,
         shutdown,
         task: Some(task),
     })
@@ -81,6 +96,11 @@ impl Daemon {
     /// The address the daemon listens on (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where API keys are kept (for issuing keys in-process).
+    pub fn api_keys(&self) -> Arc<dyn ApiKeyStore> {
+        self.api_keys.clone()
     }
 
     /// The MCP WebSocket URL.

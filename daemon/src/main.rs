@@ -33,12 +33,16 @@ async fn main() -> ExitCode {
 async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let (config, secret) = args.into_config().context("invalid configuration")?;
     match secret {
-        SecretSource::Environment => tracing::info!("verifying tokens with SUPABASE_JWT_SECRET"),
-        SecretSource::DevelopmentFile { path, created } => tracing::warn!(
+        None => tracing::warn!("single-user mode: every connection is the one local user"),
+        Some(SecretSource::Environment) => {
+            tracing::info!("verifying HS256 tokens with SUPABASE_JWT_SECRET");
+        }
+        Some(SecretSource::None) => tracing::info!("verifying tokens with the project's JWKS only"),
+        Some(SecretSource::DevelopmentFile { path, created }) => tracing::warn!(
             path = %path.display(),
             created,
             "verifying tokens with a DEVELOPMENT secret; for development only: \
-             set SUPABASE_JWT_SECRET in production"
+             set SUPABASE_JWT_SECRET or SUPABASE_URL in production"
         ),
     }
     let daemon = exai_daemon::start(config).await?;

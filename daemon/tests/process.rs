@@ -6,8 +6,9 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser as _;
 use exai_auth::{AccessTokenClaims, UserId, mint_hs256};
-use exai_daemon::config::SecretArgs;
+use exai_daemon::config::AuthArgs;
 
 fn daemon(data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_exai-daemon"));
@@ -17,6 +18,9 @@ fn daemon(data_dir: &std::path::Path) -> Command {
         .env_remove("EXAI_WS_PORT")
         .env_remove("MCP_MAX_CONNECTIONS_PER_USER")
         .env_remove("MCP_ENABLE_MULTI_USER")
+        .env_remove("SUPABASE_URL")
+        .env_remove("EXAI_JWKS_URL")
+        .env_remove("EXAI_WS_TOKEN")
         .env("EXAI_DATA_DIR", data_dir)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -47,6 +51,18 @@ fn wait_for_url(child: &mut Child) -> (String, Vec<String>) {
     panic!("the daemon never said where it listens: {seen:#?}");
 }
 
+/// The secret `exai token mint` would sign with, for this data directory.
+fn signing_secret(data_dir: &std::path::Path) -> exai_auth::Secret {
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        auth: AuthArgs,
+    }
+    let dir = data_dir.to_str().unwrap();
+    let args = Args::try_parse_from(["test", "--data-dir", dir]).unwrap();
+    args.auth.signing_secret().unwrap()
+}
+
 fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -68,12 +84,8 @@ async fn runs_with_a_development_secret_and_stops_cleanly_on_sigterm() {
     assert!(log.contains("DEVELOPMENT secret"), "{log}");
     assert!(log.contains(&data.path().join("dev-jwt-secret").display().to_string()));
 
-    // The CLI signs with the same rules (SecretArgs) and the same directory.
-    let args = SecretArgs {
-        data_dir: Some(data.path().to_owned()),
-        jwt_secret: None,
-    };
-    let (secret, _) = args.resolve().unwrap();
+    // The CLI signs with the same rules (AuthArgs) and the same directory.
+    let secret = signing_secret(data.path());
     let claims = AccessTokenClaims::new(
         UserId::from_email("jazeel@example.com"),
         Some("jazeel@example.com".into()),
@@ -100,20 +112,34 @@ async fn runs_with_a_development_secret_and_stops_cleanly_on_sigterm() {
 #[test]
 fn bad_configuration_stops_before_binding() {
     let data = tempfile::tempdir().unwrap();
-    let check = |env: (&str, &str), expected: &str| {
-        let output = daemon(data.path()).env(env.0, env.1).output().unwrap();
+    let check = |env: &[(&str, &str)], expected: &str| {
+        let output = daemon(data.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{env:?} was accepted");
         assert!(stderr.contains(expected), "{env:?}: {stderr}");
     };
-    check(("MCP_MAX_CONNECTIONS_PER_USER", "0"), "0 is not in 1..");
-    check(("EXAI_WS_PORT", "70000"), "70000");
+    check(&[("MCP_MAX_CONNECTIONS_PER_USER", "0")], "0 is not in 1..");
+    check(&[("EXAI_WS_PORT", "70000")], "70000");
     check(
-        ("MCP_ENABLE_MULTI_USER", "false"),
-        "MCP_ENABLE_MULTI_USER=false",
+        &[
+            ("MCP_ENABLE_MULTI_USER", "false"),
+            ("EXAI_WS_HOST", "0.0.0.0"),
+        ],
+        "MCP_ENABLE_MULTI_USER=false without EXAI_WS_TOKEN would let anyone who can reach 0.0.0.0 in",
     );
     check(
-        ("SUPABASE_JWT_SECRET", ""),
+        &[("SUPABASE_URL", "not a url")],
+        "SUPABASE_URL is not an http(s) URL: 'not a url'",
+    );
+    check(
+        &[("SUPABASE_URL", "http://127.0.0.1:9")],
+        "could not load the signing keys: could not fetch the JWKS from http://127.0.0.1:9/auth/v1/.well-known/jwks.json",
+    );
+    check(
+        &[("SUPABASE_JWT_SECRET", "")],
         "SUPABASE_JWT_SECRET is set but empty",
     );
 }
@@ -134,11 +160,7 @@ async fn keeps_serving_when_its_stderr_is_closed() {
         }
     };
     drop(lines);
-    let args = SecretArgs {
-        data_dir: Some(data.path().to_owned()),
-        jwt_secret: None,
-    };
-    let (secret, _) = args.resolve().unwrap();
+    let secret = signing_secret(data.path());
     let claims = AccessTokenClaims::new(
         UserId::from_email("a@example.com"),
         Some("a@example.com".into()),

@@ -6,7 +6,8 @@
 //! ([`StoreError::NotFound`]), so ids cannot be probed.
 //!
 //! Backends: [`MemoryStore`] (no IO; the embedded default). Every backend is
-//! held to the same contract, in `tests/`.
+//! held to the same contract, in `tests/`. Stores also keep API keys, through
+//! the [`ApiKeyStore`](exai_auth::ApiKeyStore) trait that `exai-auth` defines.
 
 mod memory;
 mod model;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use exai_auth::{Principal, UserId};
+use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 
 use crate::{OpenSession, SessionId, SessionRecord, SessionStatus, SessionStore, StoreError};
 
@@ -13,16 +13,21 @@ use crate::{OpenSession, SessionId, SessionRecord, SessionStatus, SessionStore, 
 /// older ones are dropped when the user opens a new session.
 const ENDED_SESSIONS_KEPT_PER_USER: usize = 64;
 
-/// Sessions in a `Mutex<HashMap>`, indexed by user.
+/// Sessions in a `Mutex<HashMap>`, indexed by user; API keys by id.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     users: Mutex<HashMap<UserId, Vec<SessionRecord>>>,
+    api_keys: Mutex<HashMap<String, ApiKeyRecord>>,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         MemoryStore::default()
+    }
+
+    fn api_keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, ApiKeyRecord>> {
+        self.api_keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn with_session<T>(
@@ -113,5 +118,45 @@ impl SessionStore for MemoryStore {
         let mut sessions = users.get(&principal.user_id).cloned().unwrap_or_default();
         sessions.reverse();
         Ok(sessions)
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for MemoryStore {
+    async fn insert_api_key(&self, record: ApiKeyRecord) -> Result<(), KeyStoreError> {
+        self.api_keys().insert(record.key_id.clone(), record);
+        Ok(())
+    }
+
+    async fn find_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreError> {
+        Ok(self.api_keys().get(key_id).cloned())
+    }
+
+    async fn revoke_api_key(&self, key_id: &str, at: SystemTime) -> Result<bool, KeyStoreError> {
+        Ok(self
+            .api_keys()
+            .get_mut(key_id)
+            .map(|key| {
+                key.revoked_at.get_or_insert(at);
+            })
+            .is_some())
+    }
+
+    async fn record_api_key_use(&self, key_id: &str, at: SystemTime) -> Result<(), KeyStoreError> {
+        if let Some(key) = self.api_keys().get_mut(key_id) {
+            key.last_used_at = Some(at);
+        }
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
+        let mut keys: Vec<ApiKeyRecord> = self
+            .api_keys()
+            .values()
+            .filter(|key| key.user_id == user_id)
+            .cloned()
+            .collect();
+        keys.sort_by_key(|key| std::cmp::Reverse(key.created_at));
+        Ok(keys)
     }
 }

@@ -9,8 +9,13 @@ use exai_sessions::StoreError;
 /// Why a request was refused before any upgrade.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EdgeError {
-    #[error("{0}")]
-    Auth(#[from] AuthError),
+    /// A refused credential; `resource_metadata` is the URL of this
+    /// resource's RFC 9728 metadata, named in the challenge.
+    #[error("{error}")]
+    Auth {
+        error: AuthError,
+        resource_metadata: Option<String>,
+    },
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("this endpoint speaks MCP over WebSocket: send an Upgrade: websocket request")]
@@ -21,10 +26,13 @@ impl IntoResponse for EdgeError {
     fn into_response(self) -> Response {
         let reason = self.to_string();
         let (status, challenge) = match &self {
-            EdgeError::Auth(e) if e.is_insufficient_scope() => {
+            EdgeError::Auth { error, .. } if error.is_unavailable() => {
+                (StatusCode::SERVICE_UNAVAILABLE, None)
+            }
+            EdgeError::Auth { error, .. } if error.is_insufficient_scope() => {
                 (StatusCode::FORBIDDEN, Some("insufficient_scope"))
             }
-            EdgeError::Auth(_) => (StatusCode::UNAUTHORIZED, Some("invalid_token")),
+            EdgeError::Auth { .. } => (StatusCode::UNAUTHORIZED, Some("invalid_token")),
             EdgeError::Store(StoreError::LimitReached { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, None)
             }
@@ -41,10 +49,20 @@ impl IntoResponse for EdgeError {
         let mut response = (status, format!("{reason}\n")).into_response();
         let headers = response.headers_mut();
         if let Some(code) = challenge {
-            let value = format!(
+            let mut value = format!(
                 "Bearer error=\"{code}\", error_description=\"{}\"",
                 quoted_string_safe(&reason)
             );
+            if let EdgeError::Auth {
+                resource_metadata: Some(url),
+                ..
+            } = &self
+            {
+                value.push_str(&format!(
+                    ", resource_metadata=\"{}\"",
+                    quoted_string_safe(url)
+                ));
+            }
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(header::WWW_AUTHENTICATE, value);
             }
@@ -75,6 +93,17 @@ pub(crate) mod close {
     pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
     /// The MCP session behind the socket ended.
     pub(crate) const NORMAL: u16 = 1000;
+    /// The credential that opened the connection expired (reconnect with a
+    /// fresh one).
+    pub(crate) const TOKEN_EXPIRED: u16 = 4401;
+    /// An in-band refresh offered another user's credential.
+    pub(crate) const OTHER_USER: u16 = 4403;
+}
+
+/// JSON-RPC error codes the edge itself answers with (the rest are rmcp's).
+pub(crate) mod jsonrpc {
+    /// `auth/refresh` with a credential that does not verify.
+    pub(crate) const INVALID_CREDENTIAL: i32 = -32001;
 }
 
 #[cfg(test)]
@@ -101,13 +130,23 @@ mod tests {
                 challenge
             );
         };
+        let auth = |error| EdgeError::Auth {
+            error,
+            resource_metadata: None,
+        };
         check(
-            AuthError::Expired.into(),
+            EdgeError::Auth {
+                error: AuthError::Expired,
+                resource_metadata: Some("http://h/.well-known/oauth-protected-resource".into()),
+            },
             401,
-            Some(r#"Bearer error="invalid_token", error_description="token expired""#),
+            Some(
+                r#"Bearer error="invalid_token", error_description="token expired", resource_metadata="http://h/.well-known/oauth-protected-resource""#,
+            ),
         );
+        check(auth(AuthError::Unavailable), 503, None);
         check(
-            AuthError::RoleNotAllowed("service_role".into()).into(),
+            auth(AuthError::RoleNotAllowed("service_role".into())),
             403,
             Some(
                 r#"Bearer error="insufficient_scope", error_description="role 'service_role' is not allowed""#,

@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use exai_auth::{AuthError, Credential};
+use axum::{Json, Router};
+use exai_auth::{Access, AuthError, Credential};
 use exai_sessions::{OpenSession, SessionMetadata};
 use tracing::Instrument;
 
@@ -21,10 +21,15 @@ use crate::{ConnectionContext, Edge, ServiceFactory};
 /// would dominate the memory of an idle connection.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Where this resource describes itself (RFC 9728 §3).
+const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
 pub(crate) fn router<F: ServiceFactory>(edge: Arc<Edge<F>>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/mcp", get(mcp_upgrade::<F>))
+        .route(METADATA_PATH, get(resource_metadata::<F>))
+        .route(&format!("{METADATA_PATH}/mcp"), get(resource_metadata::<F>))
         .with_state(edge)
 }
 
@@ -40,7 +45,14 @@ async fn mcp_upgrade<F: ServiceFactory>(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, EdgeError> {
-    let principal = edge.auth.authenticate(bearer(&headers)?).await?;
+    let principal = edge
+        .auth
+        .authenticate(credential(&headers)?, Access::User)
+        .await
+        .map_err(|error| EdgeError::Auth {
+            error,
+            resource_metadata: Some(format!("{}{METADATA_PATH}", base_url(&edge, &headers))),
+        })?;
     let upgrade = upgrade.map_err(|_| EdgeError::UpgradeRequired)?;
     let metadata = SessionMetadata::new("websocket", Some(peer.to_string()));
     let request = OpenSession::new(edge.config.max_connections_per_user, metadata);
@@ -64,8 +76,14 @@ async fn mcp_upgrade<F: ServiceFactory>(
     };
     let service = edge.factory.service(&context);
     let tracker_token = edge.connections.token();
-    let shutdown = edge.shutdown.clone();
     let config = edge.config.clone();
+    let connection = ws::Connection {
+        guard,
+        shutdown: edge.shutdown.clone(),
+        outbound_queue: config.outbound_queue,
+        auth: edge.auth.clone(),
+        principal: context.principal.clone(),
+    };
     let mut response = upgrade
         .protocols(["mcp"])
         .max_message_size(config.max_message_bytes)
@@ -75,7 +93,7 @@ async fn mcp_upgrade<F: ServiceFactory>(
             async move {
                 let _counted = tracker_token;
                 tracing::info!(peer = %peer, "connection opened");
-                ws::run(socket, service, guard, shutdown, config.outbound_queue).await;
+                ws::run(socket, service, connection).await;
             }
             .instrument(span)
         });
@@ -85,17 +103,57 @@ async fn mcp_upgrade<F: ServiceFactory>(
     Ok(response)
 }
 
-/// The bearer credential of a request. The token itself is never logged.
-fn bearer(headers: &HeaderMap) -> Result<Credential<'_>, AuthError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(AuthError::Missing)?
-        .to_str()
-        .map_err(|_| AuthError::Malformed)?;
-    match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-            Ok(Credential::Bearer(token.trim()))
-        }
-        _ => Err(AuthError::Missing),
+/// The credential of a request: `Authorization: Bearer …` (an access token
+/// or an API key) or `X-API-Key: …`. Never from the query string, and never
+/// logged.
+fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, EdgeError> {
+    let malformed = || EdgeError::Auth {
+        error: AuthError::Malformed,
+        resource_metadata: None,
+    };
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| malformed())?;
+        return match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Ok(Some(Credential::Bearer(token.trim())))
+            }
+            _ => Ok(None),
+        };
     }
+    match headers.get("x-api-key") {
+        Some(value) => Ok(Some(Credential::ApiKey(
+            value.to_str().map_err(|_| malformed())?.trim(),
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// This server's base URL: `EXAI_PUBLIC_URL` when set, else from `Host`.
+fn base_url<F>(edge: &Edge<F>, headers: &HeaderMap) -> String {
+    if let Some(url) = &edge.config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// RFC 9728 protected-resource metadata: what this resource is and which
+/// authorization server (Supabase Auth) issues tokens for it.
+async fn resource_metadata<F: ServiceFactory>(
+    State(edge): State<Arc<Edge<F>>>,
+    headers: HeaderMap,
+) -> Response {
+    let base = base_url(&edge, &headers);
+    let mut metadata = serde_json::json!({
+        "resource": format!("{base}/mcp"),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "exai",
+    });
+    if !edge.config.authorization_servers.is_empty() {
+        metadata["authorization_servers"] = edge.config.authorization_servers.clone().into();
+    }
+    Json(metadata).into_response()
 }

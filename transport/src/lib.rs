@@ -73,6 +73,11 @@ pub struct EdgeConfig {
     pub outbound_queue: usize,
     /// How long closing a connection may take at shutdown.
     pub shutdown_grace: Duration,
+    /// The public base URL (`EXAI_PUBLIC_URL`), for the metadata this
+    /// resource publishes; from the request's `Host` when unset.
+    pub public_url: Option<String>,
+    /// Who issues tokens for this resource (`${SUPABASE_URL}/auth/v1`).
+    pub authorization_servers: Vec<String>,
 }
 
 impl Default for EdgeConfig {
@@ -82,6 +87,8 @@ impl Default for EdgeConfig {
             max_message_bytes: 32 * 1024 * 1024,
             outbound_queue: 64,
             shutdown_grace: Duration::from_secs(10),
+            public_url: None,
+            authorization_servers: Vec::new(),
         }
     }
 }

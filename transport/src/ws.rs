@@ -15,18 +15,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use exai_auth::Principal;
+use exai_auth::{Access, AuthError, Authenticator, Credential, Principal};
 use exai_sessions::{SessionId, SessionStore};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetMeta, ServerJsonRpcMessage};
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientRequest, ErrorCode, ErrorData, GetMeta, RequestId,
+    ServerJsonRpcMessage,
+};
 use rmcp::service::{RoleServer, serve_server_with_ct};
 use rmcp::transport::Transport;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::close;
+use crate::error::{close, jsonrpc};
 use crate::framing::{self, Decoded};
 
 /// Messages read but not yet taken by the MCP service.
@@ -42,6 +46,8 @@ enum End {
     BinaryFrame,
     ServiceEnded,
     SocketError,
+    TokenExpired,
+    OtherUser,
 }
 
 impl End {
@@ -50,6 +56,8 @@ impl End {
             End::Shutdown => (close::GOING_AWAY, "server shutting down"),
             End::BinaryFrame => (close::UNSUPPORTED_DATA, "MCP messages are text frames"),
             End::ServiceEnded => (close::NORMAL, "MCP session ended"),
+            End::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
+            End::OtherUser => (close::OTHER_USER, "token is for another user"),
             End::ClientClosed | End::SocketError => return None,
         };
         Some(CloseFrame {
@@ -59,13 +67,29 @@ impl End {
     }
 }
 
+/// What a connection task needs besides its socket and MCP service.
+pub(crate) struct Connection {
+    pub(crate) guard: SessionGuard,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) outbound_queue: usize,
+    /// For in-band `auth/refresh`.
+    pub(crate) auth: Arc<Authenticator>,
+    /// Who opened the connection.
+    pub(crate) principal: Principal,
+}
+
 pub(crate) async fn run<S: rmcp::ServerHandler>(
     socket: WebSocket,
     service: S,
-    guard: SessionGuard,
-    shutdown: CancellationToken,
-    outbound_queue: usize,
+    connection: Connection,
 ) {
+    let Connection {
+        guard,
+        shutdown,
+        outbound_queue,
+        auth,
+        principal,
+    } = connection;
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -77,8 +101,15 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
     let mut mcp = tokio::spawn(serve_mcp(service, transport, service_ct.clone()));
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
 
+    let reader = Reader {
+        inbound: in_tx,
+        outbound: &out_tx,
+        auth: &auth,
+        principal: &principal,
+        deadline: deadline(principal.expires_at),
+    };
     let end = tokio::select! {
-        end = read_loop(stream, in_tx, &out_tx) => end,
+        end = reader.run(stream) => end,
         () = shutdown.cancelled() => End::Shutdown,
         _ = &mut mcp => End::ServiceEnded,
     };
@@ -116,55 +147,156 @@ async fn serve_mcp<S: rmcp::ServerHandler>(
     }
 }
 
-async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
+/// The instant a credential expiring at `expires_at` (Unix seconds) expires.
+fn deadline(expires_at: Option<u64>) -> Option<Instant> {
+    let expires_at = expires_at?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Some(Instant::now() + Duration::from_secs(expires_at.saturating_sub(now)))
+}
+
+/// Reads frames until the connection ends, and says why it ended.
+struct Reader<'a> {
     inbound: mpsc::Sender<ClientJsonRpcMessage>,
-    outbound: &mpsc::Sender<Message>,
-) -> End {
-    // Until the client starts a lifecycle (initialize, or a request carrying
-    // its protocol version), rmcp accepts only requests; a stray
-    // notification would end the session, so it is dropped here instead.
-    let mut lifecycle_started = false;
-    while let Some(frame) = stream.next().await {
-        let text = match frame {
-            Ok(Message::Text(text)) => text,
-            Ok(Message::Binary(_)) => return End::BinaryFrame,
-            Ok(Message::Close(_)) => return End::ClientClosed,
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Err(error) => {
-                tracing::debug!(%error, "socket error");
-                return End::SocketError;
-            }
-        };
-        match framing::decode(text.as_str()) {
-            Decoded::Message(message) => {
-                if !lifecycle_started {
-                    match &*message {
-                        ClientJsonRpcMessage::Request(request) => {
-                            lifecycle_started = starts_lifecycle(&request.request);
-                        }
-                        _ => {
-                            tracing::debug!("dropped a notification sent before initialize");
-                            continue;
-                        }
-                    }
+    outbound: &'a mpsc::Sender<Message>,
+    auth: &'a Authenticator,
+    principal: &'a Principal,
+    /// When the credential that admitted the connection expires.
+    deadline: Option<Instant>,
+}
+
+impl Reader<'_> {
+    async fn run(mut self, mut stream: SplitStream<WebSocket>) -> End {
+        // Until the client starts a lifecycle (initialize, or a request
+        // carrying its protocol version), rmcp accepts only requests; a stray
+        // notification would end the session, so it is dropped here instead.
+        let mut lifecycle_started = false;
+        loop {
+            let expiry = async {
+                match self.deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                if inbound.send(*message).await.is_err() {
-                    return End::ServiceEnded;
-                }
-            }
-            Decoded::Reply(reply) => {
-                let Ok(text) = serde_json::to_string(&reply) else {
-                    continue;
-                };
-                if outbound.send(Message::Text(text.into())).await.is_err() {
+            };
+            let frame = tokio::select! {
+                frame = stream.next() => frame,
+                () = expiry => return End::TokenExpired,
+            };
+            let text = match frame {
+                None | Some(Ok(Message::Close(_))) => return End::ClientClosed,
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Binary(_))) => return End::BinaryFrame,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "socket error");
                     return End::SocketError;
                 }
+            };
+            let message = match framing::decode(text.as_str()) {
+                Decoded::Message(message) => message,
+                Decoded::Reply(reply) => {
+                    if !self.send(&reply).await {
+                        return End::SocketError;
+                    }
+                    continue;
+                }
+                Decoded::Drop(why) => {
+                    tracing::debug!(why, "dropped a frame");
+                    continue;
+                }
+            };
+            // `auth/refresh` is the edge's own method, never the MCP server's.
+            if let ClientJsonRpcMessage::Request(request) = &*message
+                && let ClientRequest::CustomRequest(custom) = &request.request
+                && custom.method == "auth/refresh"
+            {
+                match self
+                    .refresh(request.id.clone(), custom.params.as_ref())
+                    .await
+                {
+                    Some(end) => return end,
+                    None => continue,
+                }
             }
-            Decoded::Drop(why) => tracing::debug!(why, "dropped a frame"),
+            if !lifecycle_started {
+                match &*message {
+                    ClientJsonRpcMessage::Request(request) => {
+                        lifecycle_started = starts_lifecycle(&request.request);
+                    }
+                    _ => {
+                        tracing::debug!("dropped a notification sent before initialize");
+                        continue;
+                    }
+                }
+            }
+            if self.inbound.send(*message).await.is_err() {
+                return End::ServiceEnded;
+            }
         }
     }
-    End::ClientClosed
+
+    /// `auth/refresh {"token": "…"}`: a fresh credential for the same user
+    /// moves the connection's expiry; another user's ends the connection.
+    async fn refresh(&mut self, id: RequestId, params: Option<&serde_json::Value>) -> Option<End> {
+        let token = params
+            .and_then(|p| p.get("token"))
+            .and_then(serde_json::Value::as_str);
+        let Some(token) = token else {
+            let error = ErrorData::invalid_params("auth/refresh needs a string 'token'", None);
+            return (!self
+                .send(&ServerJsonRpcMessage::error(error, Some(id)))
+                .await)
+                .then_some(End::SocketError);
+        };
+        let result = self
+            .auth
+            .authenticate(Some(Credential::Bearer(token)), Access::User)
+            .await;
+        let reply = match result {
+            Ok(fresh) if fresh.user_id == self.principal.user_id => {
+                self.deadline = deadline(fresh.expires_at);
+                tracing::info!(expires_at = ?fresh.expires_at, "credential refreshed in band");
+                serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": id,
+                    "result": { "expires_at": fresh.expires_at },
+                })
+            }
+            Ok(_) => {
+                tracing::warn!("auth/refresh offered another user's token; closing");
+                let error = auth_error(&AuthError::OtherUser);
+                self.send(&ServerJsonRpcMessage::error(error, Some(id)))
+                    .await;
+                return Some(End::OtherUser);
+            }
+            Err(refused) => match serde_json::to_value(ServerJsonRpcMessage::error(
+                auth_error(&refused),
+                Some(id),
+            )) {
+                Ok(value) => value,
+                Err(_) => return None,
+            },
+        };
+        (!self.send(&reply).await).then_some(End::SocketError)
+    }
+
+    /// Queues `message` for the client; `false` when the writer is gone.
+    async fn send(&self, message: &impl serde::Serialize) -> bool {
+        let Ok(text) = serde_json::to_string(message) else {
+            return true;
+        };
+        self.outbound.send(Message::Text(text.into())).await.is_ok()
+    }
+}
+
+fn auth_error(error: &AuthError) -> ErrorData {
+    ErrorData::new(
+        ErrorCode(jsonrpc::INVALID_CREDENTIAL),
+        format!("credential refused: {}", error.reason()),
+        None,
+    )
 }
 
 fn starts_lifecycle(request: &ClientRequest) -> bool {
