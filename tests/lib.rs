@@ -41,14 +41,28 @@ impl TestDaemon {
 
     /// A daemon whose configuration `adjust` may change first.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestDaemon {
+        TestDaemon::try_start_with(adjust)
+            .await
+            .expect("daemon starts")
+    }
+
+    /// Like [`TestDaemon::start_with`], returning a start-up failure.
+    pub async fn try_start_with(
+        adjust: impl FnOnce(&mut Config),
+    ) -> Result<TestDaemon, exai_daemon::StartError> {
         let mut config = Config::new("127.0.0.1", 0, Secret::new(TEST_SECRET.to_vec()));
         adjust(&mut config);
-        let daemon = exai_daemon::start(config).await.expect("daemon starts");
-        TestDaemon {
+        let daemon = exai_daemon::start(config).await?;
+        Ok(TestDaemon {
             url: daemon.url(),
             http: format!("http://{}", daemon.local_addr()),
             daemon: Some(daemon),
-        }
+        })
+    }
+
+    /// Where the daemon keeps API keys.
+    pub fn api_keys(&self) -> std::sync::Arc<dyn exai_auth::ApiKeyStore> {
+        self.daemon.as_ref().expect("running").api_keys()
     }
 
     /// Shuts the daemon down and waits for it.
@@ -86,10 +100,22 @@ pub async fn connect(url: &str, token: &str) -> Client {
 
 /// Tries to connect to `url`; a refusal comes back as [`Refused`].
 pub async fn try_connect(url: &str, token: Option<&str>) -> Result<Client, Refused> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    try_connect_with(url, &headers).await
+}
+
+/// Tries to connect to `url` sending `headers` on the upgrade request.
+pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Client, Refused> {
     let mut request = url.into_client_request().unwrap();
-    if let Some(token) = token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
-        request.headers_mut().insert(header::AUTHORIZATION, value);
+    for (name, value) in headers {
+        let name = header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        request
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(value).unwrap());
     }
     request.headers_mut().insert(
         header::SEC_WEBSOCKET_PROTOCOL,
@@ -136,6 +162,205 @@ impl Refused {
             .get(header::WWW_AUTHENTICATE)
             .map(|v| v.to_str().unwrap())
     }
+}
+
+/// Runs `tests/tools/jwt_tool.py` (PyJWT, an independent JWT
+/// implementation) with `request`; see that file for the format.
+///
+/// The Python comes from `EXAI_TEST_PYTHON`, which `cargo xtask test` sets
+/// after installing the pinned packages; without it, the virtual environment
+/// xtask makes under `target/` is used if it is there.
+pub fn jwt_tool(request: &Value) -> Value {
+    use std::io::Write as _;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("EXAI_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("../target/test-tools/venv/bin/python"));
+    assert!(
+        python.exists(),
+        "the Python test tools are not installed ({}): run `cargo xtask test`, which installs them",
+        python.display()
+    );
+    let mut child = std::process::Command::new(&python)
+        .arg(root.join("tools/jwt_tool.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run jwt_tool.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "jwt_tool.py failed");
+    serde_json::from_slice(&output.stdout).expect("jwt_tool.py answers JSON")
+}
+
+/// Asymmetric keys made by PyJWT/cryptography, usable from Rust too.
+pub struct TestKeys {
+    keys: Value,
+}
+
+impl TestKeys {
+    /// Fresh keys: `(kid, alg)` pairs, alg one of ES256, RS256, EdDSA.
+    pub fn generate(specs: &[(&str, &str)]) -> TestKeys {
+        TestKeys::generate_signing(specs, &[]).0
+    }
+
+    /// Fresh keys, and `tokens` (`(kid, claims)`) signed with them by PyJWT.
+    pub fn generate_signing(
+        specs: &[(&str, &str)],
+        tokens: &[(&str, Value)],
+    ) -> (TestKeys, Vec<String>) {
+        let keys: Vec<Value> = specs
+            .iter()
+            .map(|(kid, alg)| json!({"kid": kid, "alg": alg}))
+            .collect();
+        let tokens: Vec<Value> = tokens
+            .iter()
+            .map(|(kid, claims)| json!({"kid": kid, "claims": claims}))
+            .collect();
+        let answer = jwt_tool(&json!({ "keys": keys, "tokens": tokens }));
+        let tokens = answer["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect();
+        (
+            TestKeys {
+                keys: answer["keys"].clone(),
+            },
+            tokens,
+        )
+    }
+
+    /// A JWKS document publishing the public halves of `kids`.
+    pub fn jwks(&self, kids: &[&str]) -> Value {
+        let keys: Vec<Value> = kids
+            .iter()
+            .map(|kid| self.keys[kid]["jwk"].clone())
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// The private key `kid` as PKCS#8 PEM.
+    pub fn private_pem(&self, kid: &str) -> &str {
+        self.keys[kid]["private_pem"].as_str().unwrap()
+    }
+
+    /// `claims` signed with key `kid` by this project's JWT library
+    /// (jsonwebtoken), with `kid` in the header.
+    pub fn sign(&self, kid: &str, claims: &Value) -> String {
+        self.sign_as(kid, kid, claims)
+    }
+
+    /// `claims` signed with key `key`, but naming `header_kid` in the header.
+    pub fn sign_as(&self, key: &str, header_kid: &str, claims: &Value) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let kid = key;
+        let pem = self.private_pem(kid).as_bytes();
+        let (alg, key) = match self.keys[kid]["alg"].as_str().unwrap() {
+            "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(pem)),
+            "RS256" => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem)),
+            "EdDSA" => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem)),
+            other => panic!("unknown alg {other}"),
+        };
+        let mut header = Header::new(alg);
+        header.kid = Some(header_kid.to_owned());
+        jsonwebtoken::encode(&header, claims, &key.unwrap()).unwrap()
+    }
+}
+
+/// A local JWKS endpoint whose document and health the test controls, and
+/// which counts the fetches it serves.
+pub struct JwksServer {
+    /// The JWKS URL.
+    pub url: String,
+    state: std::sync::Arc<JwksState>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+struct JwksState {
+    document: std::sync::Mutex<Value>,
+    failing: std::sync::atomic::AtomicBool,
+    fetches: std::sync::atomic::AtomicUsize,
+}
+
+impl JwksServer {
+    /// Serves `document` at `http://127.0.0.1:PORT/jwks.json`.
+    pub async fn start(document: Value) -> JwksServer {
+        use std::sync::atomic::Ordering;
+        let state = std::sync::Arc::new(JwksState {
+            document: std::sync::Mutex::new(document),
+            failing: false.into(),
+            fetches: 0.into(),
+        });
+        let served = state.clone();
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let state = served.clone();
+                async move {
+                    state.fetches.fetch_add(1, Ordering::SeqCst);
+                    if state.failing.load(Ordering::SeqCst) {
+                        return Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                    }
+                    Ok(axum::Json(state.document.lock().unwrap().clone()))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        JwksServer {
+            url,
+            state,
+            _task: task,
+        }
+    }
+
+    /// Publishes a new document.
+    pub fn set(&self, document: Value) {
+        *self.state.document.lock().unwrap() = document;
+    }
+
+    /// Makes every fetch fail with 500 (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        self.state
+            .failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Fetches served so far.
+    pub fn fetches(&self) -> usize {
+        self.state.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (no HTTP client dependency).
+pub async fn http_get(daemon: &TestDaemon, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = daemon.http.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
 }
 
 /// Seconds since the Unix epoch.

@@ -153,15 +153,9 @@ impl Jwks {
     /// The key named `kid`, refreshing the set when the policy allows.
     pub(crate) async fn key(&self, kid: &str) -> Result<Arc<Key>, AuthError> {
         let current = self.inner.current();
-        let stale = current
-            .fetched_at
-            .is_none_or(|at| at.elapsed() >= self.inner.config.max_age);
         if let Some(key) = current.keys.get(kid) {
-            if stale {
-                // Serve with the key we have; refresh in the background.
-                let inner = self.inner.clone();
-                tokio::spawn(async move { inner.refresh_if_due().await });
-            }
+            // Serve with the key we have; refresh in the background if stale.
+            self.refresh_in_background_if_stale(&current);
             return Ok(key.clone());
         }
         self.inner.refresh_if_due().await;
@@ -173,9 +167,24 @@ impl Jwks {
             .ok_or(AuthError::UnknownKey)
     }
 
-    /// Whether the current set still holds `kid` (no refresh).
-    pub(crate) fn has_key(&self, kid: &str) -> bool {
-        self.inner.current().keys.contains_key(kid)
+    /// Whether the current set still holds `kid`, for a verdict cached
+    /// earlier. Never waits for a fetch, but starts one in the background
+    /// when the set is older than the policy allows, so that a withdrawn key
+    /// stops working even for clients that only ever hit the cache.
+    pub(crate) fn still_publishes(&self, kid: &str) -> bool {
+        let current = self.inner.current();
+        self.refresh_in_background_if_stale(&current);
+        current.keys.contains_key(kid)
+    }
+
+    fn refresh_in_background_if_stale(&self, current: &KeySet) {
+        let stale = current
+            .fetched_at
+            .is_none_or(|at| at.elapsed() >= self.inner.config.max_age);
+        if stale {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.refresh_if_due().await });
+        }
     }
 }
 

@@ -184,7 +184,7 @@ impl JwtVerifier {
             && let Some(hit) = cache.get(key)
         {
             let key_still_published = match (&hit.kid, &self.jwks) {
-                (Some(kid), Some(jwks)) => jwks.has_key(kid),
+                (Some(kid), Some(jwks)) => jwks.still_publishes(kid),
                 _ => true,
             };
             if key_still_published {
@@ -269,7 +269,9 @@ fn header_error(token: &str, error: jsonwebtoken::errors::Error) -> AuthError {
         .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
         .and_then(|h| h.get("alg").cloned());
     match alg {
-        Some(serde_json::Value::String(_)) => AuthError::BadAlgorithm,
+        Some(serde_json::Value::String(alg)) if alg.parse::<Algorithm>().is_err() => {
+            AuthError::BadAlgorithm
+        }
         _ => map_error(error),
     }
 }

@@ -8,6 +8,7 @@
 //! `127.0.0.1:0`.
 
 pub mod config;
+pub mod logging;
 mod secret_file;
 pub mod tools;
 

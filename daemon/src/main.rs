@@ -1,26 +1,15 @@
 //! `exai-daemon`: parse configuration, set up logging, run until a signal.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use exai_daemon::config::{DaemonArgs, SecretSource};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        // Reporting a failed log write goes through eprintln!, which panics
-        // when stderr is gone; a lost log line must not take a task with it.
-        .log_internal_errors(false)
-        .init();
+    exai_daemon::logging::init(std::env::var("RUST_LOG").ok().as_deref(), "info,rmcp=warn");
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

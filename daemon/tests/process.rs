@@ -29,26 +29,53 @@ fn daemon(data_dir: &std::path::Path) -> Command {
     command
 }
 
-/// Reads the daemon's log until it says where it listens; returns the URL and
-/// the lines read so far.
-fn wait_for_url(child: &mut Child) -> (String, Vec<String>) {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining after the test stops listening: a daemon whose
-        // stderr is closed would fail its next log write.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        seen.push(line.clone());
-        if let Some(url) = line.split("url=").nth(1) {
-            return (url.split_whitespace().next().unwrap().to_owned(), seen);
-        }
+/// The daemon's log, read on a thread for as long as the daemon runs (a
+/// daemon whose stderr is closed would fail its next log write).
+struct Log {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Log {
+    fn collect(child: &mut Child) -> Log {
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Log { lines, reader }
     }
-    panic!("the daemon never said where it listens: {seen:#?}");
+
+    /// Waits until the daemon logs where it listens.
+    fn url(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let lines = self.lines.lock().unwrap();
+            if let Some(url) = lines.iter().find_map(|l| l.split("url=").nth(1)) {
+                return url.split_whitespace().next().unwrap().to_owned();
+            }
+            drop(lines);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "the daemon never said where it listens: {:#?}",
+            self.lines.lock().unwrap()
+        );
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Everything, once the daemon has exited.
+    fn finish(self) -> String {
+        let Log { lines, reader } = self;
+        reader.join().unwrap();
+        lines.lock().unwrap().join("\n")
+    }
 }
 
 /// The secret `exai token mint` would sign with, for this data directory.
@@ -78,9 +105,10 @@ fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
 async fn runs_with_a_development_secret_and_stops_cleanly_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let mut child = daemon(data.path()).args(["--port", "0"]).spawn().unwrap();
-    let (url, log) = wait_for_url(&mut child);
+    let log = Log::collect(&mut child);
+    let url = log.url();
     assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
-    let log = log.join("\n");
+    let log = log.text();
     assert!(log.contains("DEVELOPMENT secret"), "{log}");
     assert!(log.contains(&data.path().join("dev-jwt-secret").display().to_string()));
 
@@ -176,4 +204,89 @@ async fn keeps_serving_when_its_stderr_is_closed() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A run full of refusals and refreshes, logged at the most verbose level:
+/// no token, no part of a signature and no secret appears in the log.
+#[tokio::test]
+async fn logs_never_contain_a_credential() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = daemon(data.path())
+        .args(["--port", "0"])
+        .env("RUST_LOG", "trace")
+        .spawn()
+        .unwrap();
+    let log = Log::collect(&mut child);
+    let url = log.url();
+    let secret = signing_secret(data.path());
+    let mint = |email: &str, ttl: u64| {
+        let claims = AccessTokenClaims::new(
+            UserId::from_email(email),
+            Some(email.into()),
+            std::time::SystemTime::now(),
+            Duration::from_secs(ttl),
+        );
+        mint_hs256(&claims, &secret).unwrap()
+    };
+    let good = mint("a@example.com", 3600);
+    let fresh = mint("a@example.com", 3600);
+    let other_user = mint("b@example.com", 3600);
+    let forged = mint_hs256(
+        &serde_json::json!({"sub": "x", "exp": 1}),
+        &exai_auth::Secret::new(b"some-other-secret-value".to_vec()),
+    )
+    .unwrap();
+    let mut used = vec![
+        good.clone(),
+        fresh.clone(),
+        other_user.clone(),
+        forged.clone(),
+    ];
+    for bad in [
+        forged.clone(),
+        format!("{good}x"),
+        "exai_0123456789abcdef_".to_owned() + &"ab".repeat(32),
+    ] {
+        let refused = exai_tests::try_connect(&url, Some(&bad)).await;
+        assert!(refused.is_err());
+        used.push(bad);
+    }
+    let mut client = exai_tests::connect(&url, &good).await;
+    client.initialize().await;
+    client.whoami(1).await;
+    let answer = client
+        .request(
+            serde_json::json!(2),
+            "auth/refresh",
+            serde_json::json!({"token": fresh}),
+        )
+        .await;
+    assert!(answer.get("result").is_some(), "{answer}");
+    client
+        .request(
+            serde_json::json!(3),
+            "auth/refresh",
+            serde_json::json!({"token": other_user}),
+        )
+        .await;
+    client.recv_close().await;
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
+    let log = log.finish();
+    assert!(
+        log.contains("credential refreshed in band"),
+        "the run was logged"
+    );
+    let secret_text = std::str::from_utf8(secret.expose()).unwrap().to_owned();
+    for credential in used.iter().chain([&secret_text]) {
+        for part in credential.split('.').filter(|p| p.len() >= 16) {
+            if let Some(line) = log.lines().find(|l| l.contains(part)) {
+                panic!("a credential reached the log: {line:.400}");
+            }
+        }
+    }
 }

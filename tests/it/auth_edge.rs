@@ -1,6 +1,6 @@
 //! Authentication at the edge: nothing is upgraded without a valid token.
 
-use exai_tests::{TestDaemon, claims, now, sign, token};
+use exai_tests::{TestDaemon, claims, http_get, now, sign, token};
 use serde_json::json;
 
 async fn check(daemon: &TestDaemon, token: Option<&str>, status: u16, challenge: &str) {
@@ -9,7 +9,15 @@ async fn check(daemon: &TestDaemon, token: Option<&str>, status: u16, challenge:
         Err(refused) => refused,
     };
     assert_eq!(refused.status, status, "{refused:?}");
-    assert_eq!(refused.challenge(), Some(challenge), "{refused:?}");
+    let metadata = format!(
+        ", resource_metadata=\"{}/.well-known/oauth-protected-resource\"",
+        daemon.http
+    );
+    assert_eq!(
+        refused.challenge(),
+        Some(format!("{challenge}{metadata}").as_str()),
+        "{refused:?}"
+    );
     let reason = challenge
         .split("error_description=\"")
         .nth(1)
@@ -80,25 +88,4 @@ async fn a_plain_get_is_authenticated_too_and_health_is_open() {
     let (status, body) = http_get(&daemon, "/healthz", None).await;
     assert_eq!((status, body.trim()), (200, "ok"));
     daemon.stop().await;
-}
-
-/// A minimal HTTP/1.1 GET over a raw socket (no HTTP client dependency).
-async fn http_get(daemon: &TestDaemon, path: &str, token: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = daemon.http.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
 }

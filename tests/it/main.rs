@@ -4,8 +4,10 @@
 //! feature.
 
 mod auth_edge;
+mod auth_tokens;
 mod framing;
 mod isolation;
 mod limits;
+mod long_lived;
 mod shutdown;
 mod store_contract;

@@ -3,7 +3,9 @@
 //!
 //! - `cargo xtask test`: the gate CI runs — formatting, the tidy check
 //!   (every Rust file opens with a `//!` comment saying what it is for),
-//!   clippy with warnings as errors, and every test in the workspace.
+//!   clippy with warnings as errors, the test tools (a Python virtual
+//!   environment under `target/test-tools/`, with the packages of
+//!   `tests/tools/requirements.txt`), and every test in the workspace.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -49,9 +51,58 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         ],
     )
     .context("clippy found problems")?;
+    let python = test_tools(root)?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(root, &args).context("tests failed")?;
+    cargo_with_env(root, &args, &[("EXAI_TEST_PYTHON", python.as_os_str())])
+        .context("tests failed")?;
+    Ok(())
+}
+
+/// The Python the tests use, in a virtual environment under `target/`,
+/// with the pinned packages of `tests/tools/requirements.txt`. Installed
+/// once; again only when the requirements change.
+fn test_tools(root: &Path) -> anyhow::Result<PathBuf> {
+    let venv = root.join("target/test-tools/venv");
+    let python = venv.join("bin/python");
+    let requirements = root.join("tests/tools/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join("exai-requirements.txt");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(python);
+    }
+    eprintln!("xtask: installing the test tools into {}", venv.display());
+    run_tool(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )
+    .context("creating the Python virtual environment (is python3 with venv installed?)")?;
+    run_tool(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements),
+    )
+    .context("installing the Python test packages")?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
+}
+
+fn run_tool(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("could not run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} exited with {status}");
+    }
     Ok(())
 }
 
@@ -101,10 +152,19 @@ fn tidy(root: &Path) -> anyhow::Result<()> {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(root, args, &[])
+}
+
+fn cargo_with_env(
+    root: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .with_context(|| format!("could not run cargo {}", args.join(" ")))?;
