@@ -113,9 +113,6 @@ impl std::fmt::Debug for Jwks {
 impl Jwks {
     /// A key set that will be fetched on first use.
     pub(crate) fn new(config: JwksConfig) -> Result<Self, JwksError> {
-        // reqwest is built without a bundled crypto provider; use ring's.
-        // Installing is idempotent: a provider already installed is kept.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()

@@ -1,6 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever
 //! cargo does.
 //!
+//! - `cargo xtask bench`: the measurements of `tests/bench/`, in release
+//!   mode, written to `BENCHMARKS.md` with the machine and date.
 //! - `cargo xtask test`: the gate CI runs — formatting, the tidy check
 //!   (every Rust file opens with a `//!` comment saying what it is for),
 //!   clippy with warnings as errors, the test tools (a Python virtual
@@ -26,8 +28,11 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     let root = workspace_root();
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
+        Some("bench") => bench(&root),
         Some("help" | "--help" | "-h") | None => {
-            eprintln!("usage: cargo xtask test [-- <extra cargo test args>]");
+            eprintln!(
+                "usage: cargo xtask test [<extra cargo test args>]\n       cargo xtask bench"
+            );
             Ok(())
         }
         Some(other) => bail!("unknown task '{other}' (try: cargo xtask help)"),
@@ -57,6 +62,87 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     cargo_with_env(root, &args, &[("EXAI_TEST_PYTHON", python.as_os_str())])
         .context("tests failed")?;
     Ok(())
+}
+
+/// Runs the benchmarks in release mode and writes `BENCHMARKS.md`, with
+/// the machine and the date.
+fn bench(root: &Path) -> anyhow::Result<()> {
+    let python = test_tools(root)?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "exai-tests",
+            "--bin",
+            "exai-bench",
+        ],
+    )?;
+    eprintln!("xtask: running exai-bench");
+    let output = Command::new(root.join("target/release/exai-bench"))
+        .env("EXAI_TEST_PYTHON", &python)
+        .output()
+        .context("running exai-bench")?;
+    if !output.status.success() {
+        bail!(
+            "exai-bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let table = String::from_utf8(output.stdout).context("exai-bench output")?;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let kernel = command_output("uname", &["-sr"]);
+    let rustc = command_output("rustc", &["--version"]);
+    let generated = format!(
+        "- date: {date}\n- machine: {cpu}, {cores} cores, {kernel}\n- toolchain: {rustc}\n\n{table}"
+    );
+    let path = root.join("BENCHMARKS.md");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, splice(&current, "auth", &generated))?;
+    eprintln!("{generated}\nxtask: wrote {}", path.display());
+    Ok(())
+}
+
+/// Replaces what stands between `<!-- bench:NAME -->` and
+/// `<!-- /bench:NAME -->` in `document` (appending the section if missing),
+/// so the prose around the figures is kept.
+fn splice(document: &str, name: &str, generated: &str) -> String {
+    let (open, close) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let section = format!("{open}\n{generated}{close}");
+    match (document.find(&open), document.find(&close)) {
+        (Some(start), Some(end)) if start < end => {
+            format!(
+                "{}{section}{}",
+                &document[..start],
+                &document[end + close.len()..]
+            )
+        }
+        _ => format!("{document}\n{section}\n"),
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The Python the tests use, in a virtual environment under `target/`,
