@@ -233,3 +233,122 @@ impl Authenticator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"unit-test-secret-with-32-bytes-or-more";
+
+    /// An API key store that counts the use records written.
+    #[derive(Debug, Default)]
+    struct CountingStore {
+        keys: Mutex<HashMap<String, ApiKeyRecord>>,
+        uses: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ApiKeyStore for CountingStore {
+        async fn insert_api_key(&self, record: ApiKeyRecord) -> Result<(), KeyStoreError> {
+            self.keys
+                .lock()
+                .unwrap()
+                .insert(record.key_id.clone(), record);
+            Ok(())
+        }
+        async fn find_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreError> {
+            Ok(self.keys.lock().unwrap().get(id).cloned())
+        }
+        async fn revoke_api_key(&self, _: &str, _: SystemTime) -> Result<bool, KeyStoreError> {
+            Ok(false)
+        }
+        async fn record_api_key_use(&self, _: &str, _: SystemTime) -> Result<(), KeyStoreError> {
+            self.uses.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn list_api_keys(&self, _: UserId) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn authenticator(store: Option<Arc<dyn ApiKeyStore>>) -> Authenticator {
+        let config = JwtConfig::new().with_hs256(Secret::new(SECRET.to_vec()));
+        Authenticator::multi_user(JwtVerifier::new(config).unwrap(), store)
+    }
+
+    fn token(role: &str) -> String {
+        let claims = json!({
+            "sub": UserId::from_email("a@example.com"),
+            "aud": "authenticated",
+            "role": role,
+            "exp": cache::unix_now() + 600,
+        });
+        mint_hs256(&claims, &Secret::new(SECRET.to_vec())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn service_role_only_where_an_operation_is_admin() {
+        let auth = authenticator(None);
+        let check = |role: &'static str, access| {
+            let auth = &auth;
+            async move {
+                auth.authenticate(Some(Credential::Bearer(&token(role))), access)
+                    .await
+                    .map(|p| p.role)
+            }
+        };
+        assert_eq!(
+            check("authenticated", Access::User).await,
+            Ok("authenticated".into())
+        );
+        assert_eq!(
+            check("service_role", Access::User).await,
+            Err(AuthError::RoleNotAllowed("service_role".into()))
+        );
+        assert_eq!(
+            check("service_role", Access::Admin).await,
+            Ok("service_role".into())
+        );
+        assert_eq!(
+            check("authenticated", Access::Admin).await,
+            Err(AuthError::RoleNotAllowed("authenticated".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn key_use_is_written_at_most_once_a_minute() {
+        let store = Arc::new(CountingStore::default());
+        let user = UserId::from_email("k@example.com");
+        let key = NewApiKey::generate(user, None, None).unwrap();
+        store.insert_api_key(key.record.clone()).await.unwrap();
+        let auth = authenticator(Some(store.clone()));
+        for _ in 0..5 {
+            let principal = auth
+                .authenticate(Some(Credential::ApiKey(&key.key)), Access::User)
+                .await
+                .unwrap();
+            assert_eq!(principal.user_id, user);
+            assert_eq!(
+                principal.method,
+                AuthMethod::ApiKey {
+                    key_id: key.record.key_id.clone()
+                }
+            );
+        }
+        assert_eq!(store.uses.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_key_store_api_keys_are_refused() {
+        let key = NewApiKey::generate(UserId::from_email("k@example.com"), None, None).unwrap();
+        let got = authenticator(None)
+            .authenticate(Some(Credential::Bearer(&key.key)), Access::User)
+            .await;
+        assert_eq!(got, Err(AuthError::InvalidApiKey));
+    }
+}
