@@ -90,6 +90,17 @@ fn signing_secret(data_dir: &std::path::Path) -> exai_auth::Secret {
     args.auth.signing_secret().unwrap()
 }
 
+/// A token for `email`, valid for `ttl` seconds, as `exai token mint` makes it.
+fn mint(data_dir: &std::path::Path, email: &str, ttl: u64) -> String {
+    let claims = AccessTokenClaims::new(
+        UserId::from_email(email),
+        Some(email.into()),
+        std::time::SystemTime::now(),
+        Duration::from_secs(ttl),
+    );
+    mint_hs256(&claims, &signing_secret(data_dir)).unwrap()
+}
+
 fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -113,14 +124,8 @@ async fn runs_with_a_development_secret_and_stops_cleanly_on_sigterm() {
     assert!(log.contains(&data.path().join("dev-jwt-secret").display().to_string()));
 
     // The CLI signs with the same rules (AuthArgs) and the same directory.
+    let token = mint(data.path(), "jazeel@example.com", 60);
     let secret = signing_secret(data.path());
-    let claims = AccessTokenClaims::new(
-        UserId::from_email("jazeel@example.com"),
-        Some("jazeel@example.com".into()),
-        std::time::SystemTime::now(),
-        Duration::from_secs(60),
-    );
-    let token = mint_hs256(&claims, &secret).unwrap();
     assert!(!log.contains(std::str::from_utf8(secret.expose()).unwrap()));
 
     let mut client = exai_tests::connect(&url, &token).await;
@@ -188,14 +193,7 @@ async fn keeps_serving_when_its_stderr_is_closed() {
         }
     };
     drop(lines);
-    let secret = signing_secret(data.path());
-    let claims = AccessTokenClaims::new(
-        UserId::from_email("a@example.com"),
-        Some("a@example.com".into()),
-        std::time::SystemTime::now(),
-        Duration::from_secs(60),
-    );
-    let token = mint_hs256(&claims, &secret).unwrap();
+    let token = mint(data.path(), "a@example.com", 60);
     for id in 1..=2 {
         let mut client = exai_tests::connect(&url, &token).await;
         client.initialize().await;
@@ -219,15 +217,7 @@ async fn logs_never_contain_a_credential() {
     let log = Log::collect(&mut child);
     let url = log.url();
     let secret = signing_secret(data.path());
-    let mint = |email: &str, ttl: u64| {
-        let claims = AccessTokenClaims::new(
-            UserId::from_email(email),
-            Some(email.into()),
-            std::time::SystemTime::now(),
-            Duration::from_secs(ttl),
-        );
-        mint_hs256(&claims, &secret).unwrap()
-    };
+    let mint = |email: &str, ttl: u64| mint(data.path(), email, ttl);
     let good = mint("a@example.com", 3600);
     let fresh = mint("a@example.com", 3600);
     let other_user = mint("b@example.com", 3600);
