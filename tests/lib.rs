@@ -5,6 +5,8 @@
 //!
 //! The tests themselves are in `it/` (one test binary).
 
+mod pg;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exai_auth::{Secret, UserId, mint_hs256};
@@ -17,6 +19,17 @@ use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderValue, header};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use pg::TestPostgres;
+
+/// A plain connection to `url`, for checking and arranging rows directly.
+pub async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
 
 /// How long a test waits for any one frame before failing.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);

@@ -40,6 +40,28 @@ pub struct ApiKeyRecord {
     pub last_used_at: Option<SystemTime>,
 }
 
+impl ApiKeyRecord {
+    /// A record as a store reads it back: the given id, owner, hash and
+    /// creation time, not expiring, not revoked, never used.
+    pub fn new(
+        key_id: String,
+        user_id: UserId,
+        secret_hash: [u8; 32],
+        created_at: SystemTime,
+    ) -> Self {
+        ApiKeyRecord {
+            key_id,
+            user_id,
+            name: None,
+            secret_hash,
+            created_at,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ApiKeyRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiKeyRecord")

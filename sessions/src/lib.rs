@@ -5,18 +5,22 @@
 //! session of another user is answered exactly like one that does not exist
 //! ([`StoreError::NotFound`]), so ids cannot be probed.
 //!
-//! Backends: [`MemoryStore`] (no IO; the embedded default). Every backend is
+//! Backends: [`MemoryStore`] (no IO; the embedded default) and
+//! [`PostgresStore`] (a pooled direct connection; the SQL migrations are in
+//! `migrations/` and [`MIGRATIONS`]). Every backend is
 //! held to the same contract, in `tests/`. Stores also keep API keys, through
 //! the [`ApiKeyStore`](exai_auth::ApiKeyStore) trait that `exai-auth` defines.
 
 mod memory;
 mod model;
+mod postgres;
 
 use async_trait::async_trait;
 use exai_auth::Principal;
 
 pub use memory::MemoryStore;
 pub use model::{OpenSession, SessionId, SessionMetadata, SessionRecord, SessionStatus};
+pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,10 @@ pub enum StoreError {
         /// The per-user limit in force.
         limit: u32,
     },
+    /// The user is not known to the database (`auth.users`): on Supabase,
+    /// a deleted account.
+    #[error("unknown user")]
+    UnknownUser,
     /// The operation conflicts with the session's state (e.g. it is closed).
     #[error("session is {0}")]
     Conflict(SessionStatus),

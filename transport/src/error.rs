@@ -37,6 +37,7 @@ impl IntoResponse for EdgeError {
                 (StatusCode::TOO_MANY_REQUESTS, None)
             }
             EdgeError::Store(StoreError::NotFound) => (StatusCode::NOT_FOUND, None),
+            EdgeError::Store(StoreError::UnknownUser) => (StatusCode::FORBIDDEN, None),
             EdgeError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, None),
             EdgeError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
             EdgeError::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, None),

@@ -1,0 +1,454 @@
+//! The PostgreSQL backend: a pooled direct connection (`DATABASE_URL`), for
+//! self-hosted PostgreSQL and for Supabase's direct connection string.
+//!
+//! The per-user limit is checked inside `mcp_open_session`, under a per-user
+//! advisory lock, so several daemons sharing one database cannot together
+//! exceed it. Every query names the user it acts for. Every call is bounded
+//! by [`PostgresConfig::timeout`]; a call that fails or times out is
+//! [`StoreError::Unavailable`].
+
+use std::str::FromStr as _;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
+use tokio_postgres::{NoTls, Row};
+
+use crate::{OpenSession, SessionId, SessionRecord, SessionStatus, SessionStore, StoreError};
+
+/// The SQL migrations, in order. Each is idempotent; `exai migrate` and
+/// [`PostgresStore::migrate`] apply them, and they paste into Supabase's SQL
+/// editor as they are.
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_supabase_bootstrap",
+        include_str!("../migrations/0001_supabase_bootstrap.sql"),
+    ),
+    (
+        "0002_mcp_sessions",
+        include_str!("../migrations/0002_mcp_sessions.sql"),
+    ),
+    (
+        "0003_mcp_api_keys",
+        include_str!("../migrations/0003_mcp_api_keys.sql"),
+    ),
+    (
+        "0004_session_functions",
+        include_str!("../migrations/0004_session_functions.sql"),
+    ),
+];
+
+const SESSION_COLUMNS: &str =
+    "session_id, user_id, connection_status, created_at, last_active, metadata";
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// Most connections in the pool.
+    pub max_connections: usize,
+    /// Bound on every store call, waiting for a connection included.
+    pub timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            max_connections: 16,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What [`PostgresStore::migrate`] did with one migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationOutcome {
+    /// Applied now.
+    Applied(&'static str),
+    /// Applied before.
+    AlreadyApplied(&'static str),
+}
+
+/// Sessions and API keys in PostgreSQL.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never printed.
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
+}
+
+/// An error message for a problem of ours, not the database's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Problem(&'static str);
+
+impl PostgresStore {
+    /// A pool for `url` (`postgres://user:password@host:port/db`). Connects
+    /// lazily: an unreachable database shows at the first call.
+    pub fn new(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
+        let pg_config = tokio_postgres::Config::from_str(url).map_err(unavailable)?;
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.timeout))
+            .create_timeout(Some(config.timeout))
+            .recycle_timeout(Some(config.timeout))
+            .build()
+            .map_err(unavailable)?;
+        Ok(PostgresStore {
+            pool,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Runs `f` with a pooled connection, within the timeout.
+    async fn with_client<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, StoreError>,
+    {
+        let work = async {
+            let client = self.pool.get().await.map_err(unavailable)?;
+            f(&client).await
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(unavailable(Problem("the database did not answer in time"))))
+    }
+
+    /// Whether the database answers.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.with_client(async |client| {
+            client.simple_query("SELECT 1").await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies the migrations that were not applied yet, one transaction
+    /// each, recorded in `public.exai_migrations`. Concurrent callers are
+    /// serialised by an advisory lock.
+    pub async fn migrate(&self) -> Result<Vec<MigrationOutcome>, StoreError> {
+        let mut client = self.pool.get().await.map_err(unavailable)?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.batch_execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('exai_migrations', 0));
+             CREATE TABLE IF NOT EXISTS public.exai_migrations (
+               name text PRIMARY KEY,
+               applied_at timestamptz NOT NULL DEFAULT now());",
+        )
+        .await
+        .map_err(unavailable)?;
+        let mut outcomes = Vec::new();
+        for (name, sql) in MIGRATIONS {
+            let done = tx
+                .query_opt(
+                    "SELECT 1 FROM public.exai_migrations WHERE name = $1",
+                    &[name],
+                )
+                .await
+                .map_err(unavailable)?
+                .is_some();
+            if done {
+                outcomes.push(MigrationOutcome::AlreadyApplied(name));
+                continue;
+            }
+            tx.batch_execute(sql).await.map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO public.exai_migrations (name) VALUES ($1)",
+                &[name],
+            )
+            .await
+            .map_err(unavailable)?;
+            outcomes.push(MigrationOutcome::Applied(name));
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcomes)
+    }
+}
+
+fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
+    let status: Option<String> = row.try_get("connection_status").map_err(unavailable)?;
+    let status = match status.as_deref() {
+        Some("connected") => SessionStatus::Connected,
+        Some("expired") => SessionStatus::Expired,
+        Some("killed") => SessionStatus::Killed,
+        _ => SessionStatus::Disconnected,
+    };
+    let user: Option<uuid::Uuid> = row.try_get("user_id").map_err(unavailable)?;
+    let created_at: Option<SystemTime> = row.try_get("created_at").map_err(unavailable)?;
+    let last_active: Option<SystemTime> = row.try_get("last_active").map_err(unavailable)?;
+    let metadata: Option<serde_json::Value> = row.try_get("metadata").map_err(unavailable)?;
+    Ok(SessionRecord {
+        session_id: SessionId::from_client(
+            row.try_get::<_, String>("session_id")
+                .map_err(unavailable)?,
+        ),
+        user_id: UserId::new(
+            user.ok_or_else(|| unavailable(Problem("a session row has no user")))?,
+        ),
+        status,
+        created_at: created_at.unwrap_or(SystemTime::UNIX_EPOCH),
+        last_active: last_active.or(created_at).unwrap_or(SystemTime::UNIX_EPOCH),
+        metadata: metadata
+            .and_then(|m| serde_json::from_value(m).ok())
+            .unwrap_or_default(),
+    })
+}
+
+fn key_from_row(row: &Row) -> Result<ApiKeyRecord, KeyStoreError> {
+    let key_error = |e: tokio_postgres::Error| KeyStoreError(Box::new(e));
+    let hash: Vec<u8> = row.try_get("secret_hash").map_err(key_error)?;
+    let secret_hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| KeyStoreError(Box::new(Problem("a stored key hash is not 32 bytes"))))?;
+    let mut record = ApiKeyRecord::new(
+        row.try_get("key_id").map_err(key_error)?,
+        UserId::new(row.try_get("user_id").map_err(key_error)?),
+        secret_hash,
+        row.try_get("created_at").map_err(key_error)?,
+    );
+    record.name = row.try_get("name").map_err(key_error)?;
+    record.expires_at = row.try_get("expires_at").map_err(key_error)?;
+    record.revoked_at = row.try_get("revoked_at").map_err(key_error)?;
+    record.last_used_at = row.try_get("last_used_at").map_err(key_error)?;
+    Ok(record)
+}
+
+fn is_sqlstate(error: &tokio_postgres::Error, code: &str) -> bool {
+    error.code().is_some_and(|c| c.code() == code)
+}
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    async fn open(
+        &self,
+        principal: &Principal,
+        request: OpenSession,
+    ) -> Result<SessionRecord, StoreError> {
+        let user = principal.user_id.as_uuid();
+        let id = SessionId::generate();
+        let limit = i32::try_from(request.max_connections).unwrap_or(i32::MAX);
+        let metadata = serde_json::to_value(&request.metadata).map_err(unavailable)?;
+        self.with_client(async |client| {
+            let sql =
+                format!("SELECT {SESSION_COLUMNS} FROM public.mcp_open_session($1, $2, $3, $4)");
+            match client
+                .query_one(&sql, &[&user, &id.as_str(), &limit, &metadata])
+                .await
+            {
+                Ok(row) => session_from_row(&row),
+                Err(e) if is_sqlstate(&e, "PT429") => Err(StoreError::LimitReached {
+                    limit: request.max_connections,
+                }),
+                Err(e) if is_sqlstate(&e, "23503") => Err(StoreError::UnknownUser),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .await
+    }
+
+    async fn touch(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let updated = client
+                .execute(
+                    "UPDATE public.mcp_sessions SET last_active = now()
+                      WHERE user_id = $1 AND session_id = $2 AND connection_status = 'connected'",
+                    &[&user, &session.as_str()],
+                )
+                .await
+                .map_err(unavailable)?;
+            if updated == 1 {
+                return Ok(());
+            }
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions WHERE user_id = $1 AND session_id = $2"
+            );
+            match client.query_opt(&sql, &[&user, &session.as_str()]).await.map_err(unavailable)? {
+                Some(row) => Err(StoreError::Conflict(session_from_row(&row)?.status)),
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    async fn close(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let row = client
+                .query_one(
+                    "SELECT public.mcp_close_session($1, $2)",
+                    &[&user, &session.as_str()],
+                )
+                .await
+                .map_err(unavailable)?;
+            if row.try_get::<_, bool>(0).map_err(unavailable)? {
+                Ok(())
+            } else {
+                Err(StoreError::NotFound)
+            }
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions WHERE user_id = $1 AND session_id = $2"
+            );
+            match client.query_opt(&sql, &[&user, &session.as_str()]).await.map_err(unavailable)? {
+                Some(row) => session_from_row(&row),
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions WHERE user_id = $1
+                  ORDER BY created_at DESC, id"
+            );
+            client
+                .query(&sql, &[&user])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(session_from_row)
+                .collect()
+        })
+        .await
+    }
+}
+
+fn key_store_error(error: StoreError) -> KeyStoreError {
+    KeyStoreError(Box::new(error))
+}
+
+#[async_trait]
+impl ApiKeyStore for PostgresStore {
+    async fn insert_api_key(&self, record: ApiKeyRecord) -> Result<(), KeyStoreError> {
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "INSERT INTO public.mcp_api_keys
+                       (key_id, user_id, name, secret_hash, created_at, expires_at, revoked_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        &record.key_id,
+                        &record.user_id.as_uuid(),
+                        &record.name,
+                        &record.secret_hash.as_slice(),
+                        &record.created_at,
+                        &record.expires_at,
+                        &record.revoked_at,
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+        .map_err(key_store_error)
+    }
+
+    async fn find_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_opt(
+                        "SELECT * FROM public.mcp_api_keys WHERE key_id = $1",
+                        &[&key_id],
+                    )
+                    .await
+                    .map_err(unavailable)
+            })
+            .await
+            .map_err(key_store_error)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn revoke_api_key(&self, key_id: &str, at: SystemTime) -> Result<bool, KeyStoreError> {
+        self.with_client(async |client| {
+            let updated = client
+                .execute(
+                    "UPDATE public.mcp_api_keys SET revoked_at = coalesce(revoked_at, $2)
+                      WHERE key_id = $1",
+                    &[&key_id, &at],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(updated == 1)
+        })
+        .await
+        .map_err(key_store_error)
+    }
+
+    async fn record_api_key_use(&self, key_id: &str, at: SystemTime) -> Result<(), KeyStoreError> {
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "UPDATE public.mcp_api_keys SET last_used_at = $2 WHERE key_id = $1",
+                    &[&key_id, &at],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+        .map_err(key_store_error)
+    }
+
+    async fn list_api_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT * FROM public.mcp_api_keys WHERE user_id = $1 ORDER BY created_at DESC",
+                        &[&user_id.as_uuid()],
+                    )
+                    .await
+                    .map_err(unavailable)
+            })
+            .await
+            .map_err(key_store_error)?;
+        rows.iter().map(key_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_url_is_refused_without_echoing_it() {
+        let err =
+            PostgresStore::new("postgres://u:hunter2@[bad", PostgresConfig::default()).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter2"));
+    }
+}

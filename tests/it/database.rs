@@ -1,0 +1,201 @@
+//! The schema itself: migrations apply once and are idempotent, also over a
+//! table created by hand from the plan; and Row Level Security, checked in
+//! SQL as the API roles (`authenticated` with a user's claims, `anon`) exactly
+//! as PostgREST would run a user's request.
+
+use exai_auth::UserId;
+use exai_sessions::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
+use exai_tests::{TestPostgres, pg_client};
+use tokio_postgres::Client;
+
+async fn migrated(server: &TestPostgres) -> PostgresStore {
+    let store = PostgresStore::new(&server.url, PostgresConfig::default()).unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn migrations_apply_once() {
+    let server = TestPostgres::start();
+    let store = PostgresStore::new(&server.url, PostgresConfig::default()).unwrap();
+    let first = store.migrate().await.unwrap();
+    assert_eq!(first.len(), MIGRATIONS.len());
+    assert!(
+        first
+            .iter()
+            .all(|o| matches!(o, MigrationOutcome::Applied(_)))
+    );
+    let second = store.migrate().await.unwrap();
+    assert!(
+        second
+            .iter()
+            .all(|o| matches!(o, MigrationOutcome::AlreadyApplied(_)))
+    );
+}
+
+#[tokio::test]
+async fn migrations_apply_over_the_plans_hand_made_table() {
+    let server = TestPostgres::start();
+    let db = pg_client(&server.url).await;
+    // What a project following the plan already has: Supabase's auth schema
+    // and roles (here from our bootstrap), then the plan's table and policies
+    // typed into the SQL editor.
+    db.batch_execute(MIGRATIONS[0].1).await.unwrap();
+    db.batch_execute(
+        r#"
+        CREATE TABLE mcp_sessions (
+          id UUID DEFAULT gen_random_uuid() PRIMARY KEY,
+          user_id UUID REFERENCES auth.users(id) ON DELETE CASCADE,
+          session_id VARCHAR(255) UNIQUE NOT NULL,
+          created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+          last_active TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+          connection_status VARCHAR(50) DEFAULT 'disconnected',
+          metadata JSONB DEFAULT '{}'::jsonb
+        );
+        CREATE INDEX idx_mcp_sessions_user_id ON mcp_sessions(user_id);
+        CREATE INDEX idx_mcp_sessions_session_id ON mcp_sessions(session_id);
+        ALTER TABLE mcp_sessions ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY "Users can view own sessions" ON mcp_sessions
+          FOR SELECT USING (auth.uid() = user_id);
+        CREATE POLICY "Users can insert own sessions" ON mcp_sessions
+          FOR INSERT WITH CHECK (auth.uid() = user_id);
+        CREATE POLICY "Users can update own sessions" ON mcp_sessions
+          FOR UPDATE USING (auth.uid() = user_id);
+        "#,
+    )
+    .await
+    .unwrap();
+    let store = migrated(&server).await;
+    store.check().await.unwrap();
+    let policies: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_policies WHERE tablename = 'mcp_sessions'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(policies, 3, "the hand-made policies are kept, not doubled");
+}
+
+/// Runs `sql` in a transaction as `role` with `sub` as the JWT subject,
+/// the way PostgREST runs a request; returns the rows or the SQLSTATE.
+async fn as_role(
+    db: &mut Client,
+    role: &str,
+    sub: Option<UserId>,
+    sql: &str,
+) -> Result<Vec<tokio_postgres::Row>, String> {
+    let tx = db.transaction().await.unwrap();
+    let claims = serde_json::json!({ "role": role, "sub": sub.map(|s| s.to_string()) });
+    tx.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&claims.to_string()],
+    )
+    .await
+    .unwrap();
+    tx.batch_execute(&format!("SET LOCAL ROLE {role}"))
+        .await
+        .unwrap();
+    let result = tx
+        .query(sql, &[])
+        .await
+        .map_err(|e| e.code().map(|c| c.code().to_owned()).unwrap_or_default());
+    tx.rollback().await.unwrap();
+    result
+}
+
+#[tokio::test]
+async fn row_level_security_keeps_users_apart() {
+    let server = TestPostgres::start();
+    migrated(&server).await;
+    let mut db = pg_client(&server.url).await;
+    let a = UserId::from_email("rls-a@example.com");
+    let b = UserId::from_email("rls-b@example.com");
+    for (id, email) in [(a, "rls-a@example.com"), (b, "rls-b@example.com")] {
+        db.execute(
+            "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
+            &[&id.as_uuid(), &email],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "INSERT INTO mcp_sessions (user_id, session_id, connection_status)
+             VALUES ($1, $2, 'connected')",
+            &[&id.as_uuid(), &format!("session-of-{email}")],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "INSERT INTO mcp_api_keys (key_id, user_id, secret_hash) VALUES ($1, $2, $3)",
+            &[&format!("key-of-{email}"), &id.as_uuid(), &vec![7u8; 32]],
+        )
+        .await
+        .unwrap();
+    }
+
+    let rows = as_role(
+        &mut db,
+        "authenticated",
+        Some(b),
+        "SELECT user_id FROM mcp_sessions",
+    )
+    .await
+    .unwrap();
+    let owners: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(owners, [b.as_uuid()], "B sees only B's sessions");
+
+    let insert = format!(
+        "INSERT INTO mcp_sessions (user_id, session_id) VALUES ('{a}', 'forged') RETURNING 1"
+    );
+    assert_eq!(
+        as_role(&mut db, "authenticated", Some(b), &insert)
+            .await
+            .err()
+            .as_deref(),
+        Some("42501"),
+        "B cannot insert a session for A"
+    );
+    let update = format!(
+        "UPDATE mcp_sessions SET connection_status = 'killed' WHERE user_id = '{a}' RETURNING 1"
+    );
+    let updated = as_role(&mut db, "authenticated", Some(b), &update)
+        .await
+        .unwrap();
+    assert!(updated.is_empty(), "B's update of A's row changes nothing");
+
+    assert_eq!(
+        as_role(&mut db, "anon", None, "SELECT 1 FROM mcp_sessions")
+            .await
+            .err()
+            .as_deref(),
+        Some("42501"),
+        "anon sees nothing"
+    );
+
+    let keys = as_role(
+        &mut db,
+        "authenticated",
+        Some(b),
+        "SELECT key_id FROM mcp_api_keys",
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = keys.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, ["key-of-rls-b@example.com"]);
+    for forbidden in [
+        "SELECT secret_hash FROM mcp_api_keys",
+        "UPDATE mcp_api_keys SET revoked_at = NULL RETURNING 1",
+        "SELECT mcp_open_session(auth.uid(), 'x', 100, '{}')",
+        "SELECT mcp_expire_sessions(0)",
+    ] {
+        assert_eq!(
+            as_role(&mut db, "authenticated", Some(b), forbidden)
+                .await
+                .err()
+                .as_deref(),
+            Some("42501"),
+            "{forbidden}"
+        );
+    }
+}
