@@ -21,6 +21,9 @@ pub enum CommandError {
     /// Talking to the daemon failed.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The database could not be migrated.
+    #[error("migration failed")]
+    Migrate(#[source] exai_sessions::StoreError),
     /// The tool ran and reported an error.
     #[error("the tool reported an error: {0}")]
     ToolFailed(String),
@@ -71,6 +74,30 @@ pub(crate) async fn call(
         return Err(CommandError::ToolFailed(text.join(" ")));
     }
     Ok(json)
+}
+
+pub(crate) async fn migrate(url: &str) -> Result<String, CommandError> {
+    use exai_sessions::{MigrationOutcome, PostgresConfig, PostgresStore};
+    let store =
+        PostgresStore::new(url, PostgresConfig::default()).map_err(CommandError::Migrate)?;
+    let outcomes = store.migrate().await.map_err(CommandError::Migrate)?;
+    let lines: Vec<String> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            MigrationOutcome::Applied(name) => format!("applied          {name}"),
+            MigrationOutcome::AlreadyApplied(name) => format!("already applied  {name}"),
+        })
+        .collect();
+    Ok(lines.join("\n"))
+}
+
+/// Every migration's SQL, in order, for pasting into Supabase's SQL editor.
+pub(crate) fn migration_sql() -> String {
+    exai_sessions::MIGRATIONS
+        .iter()
+        .map(|(name, sql)| format!("-- exai migration {name}\n{sql}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Parses `key=value`; the value is JSON when it parses as JSON, else text.

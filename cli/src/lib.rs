@@ -34,6 +34,24 @@ enum Command {
     Token(TokenCommand),
     /// Call one MCP tool on the daemon and print its result as JSON
     Call(CallArgs),
+    /// Apply the database migrations (idempotent), or print their SQL
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// The PostgreSQL connection string
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        required_unless_present = "print"
+    )]
+    database_url: Option<String>,
+    /// Print the SQL (for Supabase's SQL editor) instead of applying it
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +99,15 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Call(args) => {
             commands::call(&args.url, &args.token, &args.tool, args.args).await?
         }
+        Command::Migrate(args) => match (args.print, args.database_url) {
+            (true, _) => commands::migration_sql(),
+            (false, Some(url)) => commands::migrate(&url).await?,
+            (false, None) => {
+                return Err(CommandError::Usage(
+                    "--database-url (or DATABASE_URL) is required".into(),
+                ));
+            }
+        },
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{output}").map_err(CommandError::Output)

@@ -191,3 +191,32 @@ async fn without_a_secret_mint_creates_the_development_secret_privately() {
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(first.split('.').count(), 3, "a JWT: {first}");
 }
+
+#[tokio::test]
+async fn migrate_twice_changes_nothing_the_second_time() {
+    let server = exai_tests::TestPostgres::start();
+    let first = stdout(&run(exai(&["migrate", "--database-url", &server.url])).await);
+    let names: Vec<&str> = exai_sessions::MIGRATIONS.iter().map(|(n, _)| *n).collect();
+    let expected: Vec<String> = names
+        .iter()
+        .map(|n| format!("applied          {n}"))
+        .collect();
+    assert_eq!(first.trim_end(), expected.join("\n"));
+    let mut again = exai(&["migrate"]);
+    again.env("DATABASE_URL", &server.url);
+    let second = stdout(&run(again).await);
+    let expected: Vec<String> = names
+        .iter()
+        .map(|n| format!("already applied  {n}"))
+        .collect();
+    assert_eq!(second.trim_end(), expected.join("\n"));
+
+    let sql = stdout(&run(exai(&["migrate", "--print"])).await);
+    assert!(sql.contains("CREATE TABLE IF NOT EXISTS public.mcp_sessions"));
+    assert!(sql.contains("-- exai migration 0004_session_functions"));
+
+    let mut nowhere = exai(&["migrate"]);
+    nowhere.env_remove("DATABASE_URL");
+    let missing = run(nowhere).await;
+    assert_eq!(missing.status.code(), Some(2), "clap usage error");
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use exai_auth::{JwksConfig, JwtConfig, Secret};
+use exai_sessions::PostgresConfig;
 use exai_transport::EdgeConfig;
 
 use crate::secret_file;
@@ -28,6 +29,15 @@ pub enum ConfigError {
         /// The listen host.
         host: String,
     },
+    /// `EXAI_SESSION_STORE=postgres` without `DATABASE_URL`.
+    #[error("EXAI_SESSION_STORE=postgres needs DATABASE_URL")]
+    MissingDatabaseUrl,
+    /// A store that this version does not provide.
+    #[error(
+        "EXAI_SESSION_STORE=supabase is not available in this version; use \
+         EXAI_SESSION_STORE=postgres with the project's direct connection string in DATABASE_URL"
+    )]
+    SupabaseStoreUnavailable,
     /// `SUPABASE_JWT_SECRET` is set but empty.
     #[error("SUPABASE_JWT_SECRET is set but empty")]
     EmptySecret,
@@ -261,6 +271,14 @@ pub struct DaemonArgs {
     )]
     pub multi_user: bool,
 
+    /// Where sessions are kept
+    #[arg(long, env = "EXAI_SESSION_STORE", value_enum, default_value = "memory")]
+    pub session_store: StoreKind,
+
+    /// The PostgreSQL connection string, for the postgres store
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
     /// The public base URL of this daemon, for the metadata it publishes
     #[arg(long, env = "EXAI_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
@@ -311,11 +329,25 @@ impl DaemonArgs {
             .map(|base| format!("{base}/auth/v1"))
             .into_iter()
             .collect();
+        let store = match self.session_store {
+            StoreKind::Memory => StoreConfig::Memory,
+            StoreKind::Postgres => StoreConfig::Postgres {
+                url: Secret::new(
+                    self.database_url
+                        .filter(|url| !url.is_empty())
+                        .ok_or(ConfigError::MissingDatabaseUrl)?
+                        .into_bytes(),
+                ),
+                config: PostgresConfig::default(),
+            },
+            StoreKind::Supabase => return Err(ConfigError::SupabaseStoreUnavailable),
+        };
         Ok((
             Config {
                 host,
                 port,
                 auth,
+                store,
                 edge,
             },
             source,
@@ -326,6 +358,45 @@ impl DaemonArgs {
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `EXAI_SESSION_STORE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// In memory: one process, nothing kept across restarts.
+    Memory,
+    /// PostgreSQL at `DATABASE_URL` (self-hosted, or Supabase's direct connection).
+    Postgres,
+    /// Supabase's REST API (not available in this version).
+    Supabase,
+}
+
+/// Where sessions and API keys are kept.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    /// In memory.
+    Memory,
+    /// PostgreSQL.
+    Postgres {
+        /// The connection string (may hold a password: never printed).
+        url: Secret,
+        /// Pool and timeout.
+        config: PostgresConfig,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Memory => f.write_str("Memory"),
+            StoreConfig::Postgres { config, .. } => f
+                .debug_struct("Postgres")
+                .field("url", &"<redacted>")
+                .field("config", config)
+                .finish(),
+        }
+    }
 }
 
 /// How connections authenticate.
@@ -351,6 +422,8 @@ pub struct Config {
     pub port: u16,
     /// How connections authenticate.
     pub auth: AuthMode,
+    /// Where sessions are kept.
+    pub store: StoreConfig,
     /// Limits at the network edge.
     pub edge: EdgeConfig,
 }
@@ -363,6 +436,7 @@ impl Config {
             host: host.into(),
             port,
             auth: AuthMode::MultiUser(JwtConfig::new().with_hs256(jwt_secret)),
+            store: StoreConfig::Memory,
             edge: EdgeConfig::default(),
         }
     }

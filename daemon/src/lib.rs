@@ -17,13 +17,13 @@ use std::sync::Arc;
 
 use exai_auth::{ApiKeyStore, Authenticator, JwksError, JwtVerifier};
 use exai_providers::{EchoProvider, Provider};
-use exai_sessions::{MemoryStore, SessionStore};
+use exai_sessions::{MemoryStore, PostgresStore, SessionStore, StoreError};
 use exai_transport::{ConnectionContext, Edge};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AuthMode, Config};
+pub use config::{AuthMode, Config, StoreConfig};
 
 /// The daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,12 @@ pub enum StartError {
     /// is configured to fall back on.
     #[error("could not load the signing keys")]
     Jwks(#[source] JwksError),
+    /// The session database cannot be used.
+    #[error("could not use the session database")]
+    Store(#[source] StoreError),
+    /// The session database lacks migrations.
+    #[error("the session database is not migrated (missing: {}); run: exai migrate", .0.join(", "))]
+    NotMigrated(Vec<&'static str>),
     /// The listen address could not be bound.
     #[error("could not listen on {addr}")]
     Bind {
@@ -55,9 +61,8 @@ pub struct Daemon {
 
 /// Loads the signing keys, binds the listen address and starts serving.
 pub async fn start(config: Config) -> Result<Daemon, StartError> {
-    let store = Arc::new(MemoryStore::new());
-    let api_keys: Arc<dyn ApiKeyStore> = store.clone();
     let listen = config.listen_addr();
+    let (store, api_keys) = open_store(config.store).await?;
     let auth = match config.auth {
         AuthMode::MultiUser(jwt) => {
             let verifier = JwtVerifier::start(jwt).await.map_err(StartError::Jwks)?;
@@ -77,7 +82,6 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     })?;
 
     let auth = Arc::new(auth);
-    let store: Arc<dyn SessionStore> = store;
     let provider: Arc<dyn Provider> = Arc::new(EchoProvider);
     let factory = move |connection: &ConnectionContext| {
         tools::ExaiServer::new(connection.clone(), provider.clone())
@@ -91,6 +95,30 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         shutdown,
         task: Some(task),
     })
+}
+
+/// The configured store, checked: a database must answer and be migrated.
+async fn open_store(
+    config: StoreConfig,
+) -> Result<(Arc<dyn SessionStore>, Arc<dyn ApiKeyStore>), StartError> {
+    match config {
+        StoreConfig::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            Ok((store.clone(), store))
+        }
+        StoreConfig::Postgres { url, config } => {
+            let url = String::from_utf8_lossy(url.expose()).into_owned();
+            let store = Arc::new(PostgresStore::new(&url, config).map_err(StartError::Store)?);
+            let pending = store
+                .pending_migrations()
+                .await
+                .map_err(StartError::Store)?;
+            if !pending.is_empty() {
+                return Err(StartError::NotMigrated(pending));
+            }
+            Ok((store.clone(), store))
+        }
+    }
 }
 
 impl Daemon {

@@ -142,6 +142,35 @@ impl PostgresStore {
         .await
     }
 
+    /// The migrations not applied yet (all of them on an empty database).
+    pub async fn pending_migrations(&self) -> Result<Vec<&'static str>, StoreError> {
+        let applied: Vec<String> = self
+            .with_client(async |client| {
+                let exists = client
+                    .query_one(
+                        "SELECT to_regclass('public.exai_migrations') IS NOT NULL",
+                        &[],
+                    )
+                    .await
+                    .map_err(unavailable)?
+                    .get::<_, bool>(0);
+                if !exists {
+                    return Ok(Vec::new());
+                }
+                let rows = client
+                    .query("SELECT name FROM public.exai_migrations", &[])
+                    .await
+                    .map_err(unavailable)?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            })
+            .await?;
+        Ok(MIGRATIONS
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| !applied.iter().any(|a| a == name))
+            .collect())
+    }
+
     /// Applies the migrations that were not applied yet, one transaction
     /// each, recorded in `public.exai_migrations`. Concurrent callers are
     /// serialised by an advisory lock.

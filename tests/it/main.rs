@@ -10,5 +10,6 @@ mod framing;
 mod isolation;
 mod limits;
 mod long_lived;
+mod postgres_daemon;
 mod shutdown;
 mod store_contract;

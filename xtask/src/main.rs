@@ -7,7 +7,8 @@
 //!   (every Rust file opens with a `//!` comment saying what it is for),
 //!   clippy with warnings as errors, the test tools (a Python virtual
 //!   environment under `target/test-tools/`, with the packages of
-//!   `tests/tools/requirements.txt`), and every test in the workspace.
+//!   `tests/tools/requirements.txt`; PostgreSQL's server binaries, which it
+//!   finds and names to the tests), and every test in the workspace.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -57,11 +58,40 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     )
     .context("clippy found problems")?;
     let python = test_tools(root)?;
+    let postgres = postgres_bin()?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    cargo_with_env(root, &args, &[("EXAI_TEST_PYTHON", python.as_os_str())])
-        .context("tests failed")?;
+    cargo_with_env(
+        root,
+        &args,
+        &[
+            ("EXAI_TEST_PYTHON", python.as_os_str()),
+            ("EXAI_TEST_PG_BIN", postgres.as_os_str()),
+        ],
+    )
+    .context("tests failed")?;
     Ok(())
+}
+
+/// The directory of the PostgreSQL server binaries the tests start their
+/// throwaway servers with. No PostgreSQL is a failure, never a skip.
+fn postgres_bin() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("EXAI_TEST_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists() && bin.join("pg_ctl").exists())
+        .collect();
+    found.sort();
+    found.pop().context(
+        "the tests need PostgreSQL's server binaries (initdb, pg_ctl) and none were found \
+         in /usr/lib/postgresql/*/bin: install them (Debian: apt-get install postgresql) \
+         or point EXAI_TEST_PG_BIN at their directory",
+    )
 }
 
 /// Runs the benchmarks in release mode and writes `BENCHMARKS.md`, with
