@@ -15,11 +15,16 @@ mod memory;
 mod model;
 mod postgres;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use exai_auth::Principal;
+use exai_auth::{Principal, UserId};
 
 pub use memory::MemoryStore;
-pub use model::{OpenSession, SessionId, SessionMetadata, SessionRecord, SessionStatus};
+pub use model::{
+    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionMetadata,
+    SessionRecord, SessionStatus, Turn,
+};
 pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
 
 /// Why a store call failed.
@@ -39,6 +44,15 @@ pub enum StoreError {
     /// a deleted account.
     #[error("unknown user")]
     UnknownUser,
+    /// An administrator's operation asked for by someone else.
+    #[error("not allowed")]
+    Forbidden,
+    /// The conversation already holds the most turns allowed.
+    #[error("the conversation has reached its limit of {max} turns")]
+    TurnLimit {
+        /// `MAX_CONVERSATION_TURNS`.
+        max: usize,
+    },
     /// The operation conflicts with the session's state (e.g. it is closed).
     #[error("session is {0}")]
     Conflict(SessionStatus),
@@ -75,4 +89,70 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// The principal's sessions, newest first.
     async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Re-attaches one of the principal's `disconnected` sessions, within
+    /// the per-user limit (checked atomically, as in [`SessionStore::open`]).
+    /// An expired or killed session, like another user's, is not found; one
+    /// attached elsewhere is a conflict.
+    async fn resume(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        max_connections: u32,
+    ) -> Result<SessionRecord, StoreError>;
+
+    /// Records activity on a batch of live sessions in one write (what the
+    /// daemon's activity batcher flushes). Each entry names its user.
+    async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError>;
+
+    /// Marks every session idle for longer than `idle` (live or
+    /// disconnected) `expired`, and returns them.
+    async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Admin (a `service_role` principal): everyone's sessions matching
+    /// `filter`, newest first.
+    async fn admin_list(
+        &self,
+        admin: &Principal,
+        filter: SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Admin: marks a session `killed` (the daemon holding it closes it).
+    async fn admin_kill(
+        &self,
+        admin: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError>;
+
+    /// Starts a conversation thread for the principal; returns its handle
+    /// (the `continuation_id` tools hand out).
+    /// (Stores may drop conversations past `limits.timeout` here.)
+    async fn create_conversation(
+        &self,
+        principal: &Principal,
+        limits: &ConversationLimits,
+    ) -> Result<ConversationId, StoreError>;
+
+    /// Appends a turn to one of the principal's live conversations; returns
+    /// how many turns it now holds.
+    async fn append_turn(
+        &self,
+        principal: &Principal,
+        conversation: &ConversationId,
+        turn: Turn,
+        limits: &ConversationLimits,
+    ) -> Result<usize, StoreError>;
+
+    /// The turns of one of the principal's live conversations, oldest first.
+    async fn read_conversation(
+        &self,
+        principal: &Principal,
+        conversation: &ConversationId,
+        limits: &ConversationLimits,
+    ) -> Result<Vec<Turn>, StoreError>;
+}
+
+/// Whether `principal` may use the admin operations.
+pub(crate) fn is_admin(principal: &Principal) -> bool {
+    principal.role == "service_role"
 }

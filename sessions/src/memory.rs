@@ -2,22 +2,50 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 
-use crate::{OpenSession, SessionId, SessionRecord, SessionStatus, SessionStore, StoreError};
+use crate::{
+    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionRecord,
+    SessionStatus, SessionStore, StoreError, Turn, is_admin,
+};
 
 /// How many ended sessions a user keeps in memory (for `list` and resume);
 /// older ones are dropped when the user opens a new session.
 const ENDED_SESSIONS_KEPT_PER_USER: usize = 64;
 
-/// Sessions in a `Mutex<HashMap>`, indexed by user; API keys by id.
+/// Sessions in a `Mutex<HashMap>`, indexed by user; API keys by id;
+/// conversations by handle.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     users: Mutex<HashMap<UserId, Vec<SessionRecord>>>,
     api_keys: Mutex<HashMap<String, ApiKeyRecord>>,
+    conversations: Mutex<HashMap<ConversationId, Conversation>>,
+}
+
+#[derive(Debug)]
+struct Conversation {
+    user_id: UserId,
+    turns: Vec<Turn>,
+    updated_at: SystemTime,
+}
+
+impl Conversation {
+    fn is_live(&self, limits: &ConversationLimits) -> bool {
+        self.updated_at.elapsed().unwrap_or_default() < limits.timeout
+    }
+}
+
+/// Whether `count` live sessions leave room for one more.
+fn check_limit(count: usize, max_connections: u32) -> Result<(), StoreError> {
+    if count >= max_connections as usize {
+        return Err(StoreError::LimitReached {
+            limit: max_connections,
+        });
+    }
+    Ok(())
 }
 
 impl MemoryStore {
@@ -28,6 +56,24 @@ impl MemoryStore {
 
     fn api_keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, ApiKeyRecord>> {
         self.api_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn conversation<T>(
+        &self,
+        principal: &Principal,
+        id: &ConversationId,
+        limits: &ConversationLimits,
+        f: impl FnOnce(&mut Conversation) -> T,
+    ) -> Result<T, StoreError> {
+        let mut conversations = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
+        match conversations.get_mut(id) {
+            Some(c) if c.user_id == principal.user_id && c.is_live(limits) => Ok(f(c)),
+            Some(c) if !c.is_live(limits) => {
+                conversations.remove(id);
+                Err(StoreError::NotFound)
+            }
+            _ => Err(StoreError::NotFound),
+        }
     }
 
     fn with_session<T>(
@@ -118,6 +164,151 @@ impl SessionStore for MemoryStore {
         let mut sessions = users.get(&principal.user_id).cloned().unwrap_or_default();
         sessions.reverse();
         Ok(sessions)
+    }
+
+    async fn resume(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        max_connections: u32,
+    ) -> Result<SessionRecord, StoreError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions = users
+            .get_mut(&principal.user_id)
+            .ok_or(StoreError::NotFound)?;
+        let live = sessions
+            .iter()
+            .filter(|s| s.status == SessionStatus::Connected)
+            .count();
+        let record = sessions
+            .iter_mut()
+            .find(|s| s.session_id == *session)
+            .ok_or(StoreError::NotFound)?;
+        match record.status {
+            SessionStatus::Disconnected => {}
+            SessionStatus::Connected => return Err(StoreError::Conflict(SessionStatus::Connected)),
+            _ => return Err(StoreError::NotFound),
+        }
+        check_limit(live, max_connections)?;
+        record.status = SessionStatus::Connected;
+        record.last_active = SystemTime::now();
+        Ok(record.clone())
+    }
+
+    async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for (user, id) in sessions {
+            if let Some(record) = users
+                .get_mut(user)
+                .and_then(|all| all.iter_mut().find(|s| s.session_id == *id))
+                && record.status == SessionStatus::Connected
+            {
+                record.last_active = now;
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let mut expired = Vec::new();
+        for record in users.values_mut().flatten() {
+            let idle_for = record.last_active.elapsed().unwrap_or_default();
+            if matches!(
+                record.status,
+                SessionStatus::Connected | SessionStatus::Disconnected
+            ) && idle_for > idle
+            {
+                record.status = SessionStatus::Expired;
+                expired.push(record.clone());
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn admin_list(
+        &self,
+        admin: &Principal,
+        filter: SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        if !is_admin(admin) {
+            return Err(StoreError::Forbidden);
+        }
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<SessionRecord> = users
+            .values()
+            .flatten()
+            .filter(|s| filter.matches(s))
+            .cloned()
+            .collect();
+        all.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        Ok(all)
+    }
+
+    async fn admin_kill(
+        &self,
+        admin: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError> {
+        if !is_admin(admin) {
+            return Err(StoreError::Forbidden);
+        }
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let record = users
+            .values_mut()
+            .flatten()
+            .find(|s| s.session_id == *session)
+            .ok_or(StoreError::NotFound)?;
+        record.status = SessionStatus::Killed;
+        Ok(record.clone())
+    }
+
+    async fn create_conversation(
+        &self,
+        principal: &Principal,
+        limits: &ConversationLimits,
+    ) -> Result<ConversationId, StoreError> {
+        let mut conversations = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
+        conversations.retain(|_, c| c.is_live(limits));
+        let id = ConversationId::generate();
+        conversations.insert(
+            id.clone(),
+            Conversation {
+                user_id: principal.user_id,
+                turns: Vec::new(),
+                updated_at: SystemTime::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn append_turn(
+        &self,
+        principal: &Principal,
+        conversation: &ConversationId,
+        turn: Turn,
+        limits: &ConversationLimits,
+    ) -> Result<usize, StoreError> {
+        self.conversation(principal, conversation, limits, |c| {
+            if c.turns.len() >= limits.max_turns {
+                return Err(StoreError::TurnLimit {
+                    max: limits.max_turns,
+                });
+            }
+            c.turns.push(turn);
+            c.updated_at = SystemTime::now();
+            Ok(c.turns.len())
+        })?
+    }
+
+    async fn read_conversation(
+        &self,
+        principal: &Principal,
+        conversation: &ConversationId,
+        limits: &ConversationLimits,
+    ) -> Result<Vec<Turn>, StoreError> {
+        self.conversation(principal, conversation, limits, |c| c.turns.clone())
     }
 }
 

@@ -35,6 +35,93 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// A conversation's handle: the `continuation_id` tools hand out. Random,
+/// and only ever meaningful together with its owner.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConversationId(String);
+
+impl ConversationId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        ConversationId(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Wraps an id a client sent back (only ever looked up, never trusted).
+    pub fn from_client(id: impl Into<String>) -> Self {
+        ConversationId(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Turn {
+    /// `user` or `assistant` (or a tool's own label).
+    pub role: String,
+    /// What was said.
+    pub content: String,
+}
+
+impl Turn {
+    /// A turn by `role`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Turn {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// How long and how far a conversation may go.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ConversationLimits {
+    /// `MAX_CONVERSATION_TURNS` (default 20).
+    pub max_turns: usize,
+    /// `CONVERSATION_TIMEOUT_HOURS` (default 3): a conversation untouched
+    /// for this long is gone.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for ConversationLimits {
+    fn default() -> Self {
+        ConversationLimits {
+            max_turns: 20,
+            timeout: std::time::Duration::from_secs(3 * 3600),
+        }
+    }
+}
+
+/// Which sessions an administrator lists.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SessionFilter {
+    /// Only this user's.
+    pub user: Option<UserId>,
+    /// Only in this state.
+    pub status: Option<SessionStatus>,
+}
+
+impl SessionFilter {
+    /// Whether `record` passes.
+    pub fn matches(&self, record: &SessionRecord) -> bool {
+        self.user.is_none_or(|u| u == record.user_id)
+            && self.status.is_none_or(|s| s == record.status)
+    }
+}
+
 /// A session's state, as stored in `mcp_sessions.connection_status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -15,7 +15,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 use tokio_postgres::{NoTls, Row};
 
-use crate::{OpenSession, SessionId, SessionRecord, SessionStatus, SessionStore, StoreError};
+use crate::{
+    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionRecord,
+    SessionStatus, SessionStore, StoreError, Turn, is_admin,
+};
 
 /// The SQL migrations, in order. Each is idempotent; `exai migrate` and
 /// [`PostgresStore::migrate`] apply them, and they paste into Supabase's SQL
@@ -36,6 +39,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_session_functions",
         include_str!("../migrations/0004_session_functions.sql"),
+    ),
+    (
+        "0005_conversations_and_lifecycle",
+        include_str!("../migrations/0005_conversations_and_lifecycle.sql"),
     ),
 ];
 
@@ -261,8 +268,29 @@ fn key_from_row(row: &Row) -> Result<ApiKeyRecord, KeyStoreError> {
     Ok(record)
 }
 
-fn is_sqlstate(error: &tokio_postgres::Error, code: &str) -> bool {
-    error.code().is_some_and(|c| c.code() == code)
+/// A database error as a store error: our functions' PTxyz codes mean what
+/// they say; anything else is the database failing.
+fn store_error(
+    error: tokio_postgres::Error,
+    max_connections: u32,
+    limits: Option<&ConversationLimits>,
+) -> StoreError {
+    match error.code().map(|c| c.code()) {
+        Some("PT404") => StoreError::NotFound,
+        Some("PT409") => StoreError::Conflict(SessionStatus::Connected),
+        Some("PT422") => StoreError::TurnLimit {
+            max: limits.map_or(0, |l| l.max_turns),
+        },
+        Some("PT429") => StoreError::LimitReached {
+            limit: max_connections,
+        },
+        Some("23503") => StoreError::UnknownUser,
+        _ => unavailable(error),
+    }
+}
+
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
 #[async_trait]
@@ -284,11 +312,7 @@ impl SessionStore for PostgresStore {
                 .await
             {
                 Ok(row) => session_from_row(&row),
-                Err(e) if is_sqlstate(&e, "PT429") => Err(StoreError::LimitReached {
-                    limit: request.max_connections,
-                }),
-                Err(e) if is_sqlstate(&e, "23503") => Err(StoreError::UnknownUser),
-                Err(e) => Err(unavailable(e)),
+                Err(e) => Err(store_error(e, request.max_connections, None)),
             }
         })
         .await
@@ -370,6 +394,184 @@ impl SessionStore for PostgresStore {
                 .iter()
                 .map(session_from_row)
                 .collect()
+        })
+        .await
+    }
+
+    async fn resume(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        max_connections: u32,
+    ) -> Result<SessionRecord, StoreError> {
+        let user = principal.user_id.as_uuid();
+        let limit = i32::try_from(max_connections).unwrap_or(i32::MAX);
+        self.with_client(async |client| {
+            let sql =
+                format!("SELECT {SESSION_COLUMNS} FROM public.mcp_resume_session($1, $2, $3)");
+            match client
+                .query_one(&sql, &[&user, &session.as_str(), &limit])
+                .await
+            {
+                Ok(row) => session_from_row(&row),
+                Err(e) => Err(store_error(e, max_connections, None)),
+            }
+        })
+        .await
+    }
+
+    async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = sessions.iter().map(|(_, id)| id.as_str()).collect();
+        let users: Vec<uuid::Uuid> = sessions.iter().map(|(user, _)| user.as_uuid()).collect();
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "UPDATE public.mcp_sessions s SET last_active = now()
+                       FROM unnest($1::text[], $2::uuid[]) AS t(session_id, user_id)
+                      WHERE s.session_id = t.session_id AND s.user_id = t.user_id
+                        AND s.connection_status = 'connected'",
+                    &[&ids, &users],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
+        self.with_client(async |client| {
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM public.mcp_expire_sessions($1)");
+            client
+                .query(&sql, &[&seconds(idle)])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(session_from_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn admin_list(
+        &self,
+        admin: &Principal,
+        filter: SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        if !is_admin(admin) {
+            return Err(StoreError::Forbidden);
+        }
+        let user = filter.user.map(|u| u.as_uuid());
+        let status = filter.status.map(SessionStatus::as_str);
+        self.with_client(async |client| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions
+                  WHERE ($1::uuid IS NULL OR user_id = $1)
+                    AND ($2::text IS NULL OR connection_status = $2)
+                  ORDER BY created_at DESC, id"
+            );
+            client
+                .query(&sql, &[&user, &status])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(session_from_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn admin_kill(
+        &self,
+        admin: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError> {
+        if !is_admin(admin) {
+            return Err(StoreError::Forbidden);
+        }
+        self.with_client(async |client| {
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM public.mcp_kill_session($1)");
+            match client.query_one(&sql, &[&session.as_str()]).await {
+                Ok(row) => session_from_row(&row),
+                Err(e) => Err(store_error(e, 0, None)),
+            }
+        })
+        .await
+    }
+
+    async fn create_conversation(
+        &self,
+        principal: &Principal,
+        limits: &ConversationLimits,
+    ) -> Result<ConversationId, StoreError> {
+        let user = principal.user_id.as_uuid();
+        let id = ConversationId::generate();
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "SELECT public.mcp_create_conversation($1, $2, $3)",
+                    &[&user, &id.as_str(), &seconds(limits.timeout)],
+                )
+                .await
+                .map_err(|e| store_error(e, 0, Some(limits)))?;
+            Ok(())
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn append_turn(
+        &self,
+        principal: &Principal,
+        conversation: &ConversationId,
+        turn: Turn,
+        limits: &ConversationLimits,
+    ) -> Result<usize, StoreError> {
+        let user = principal.user_id.as_uuid();
+        let max = i32::try_from(limits.max_turns).unwrap_or(i32::MAX);
+        self.with_client(async |client| {
+            let row = client
+                .query_one(
+                    "SELECT public.mcp_append_turn($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &user,
+                        &conversation.as_str(),
+                        &turn.role,
+                        &turn.content,
+                        &max,
+                        &seconds(limits.timeout),
+                    ],
+                )
+                .await
+                .map_err(|e| store_error(e, 0, Some(limits)))?;
+            let count: i32 = row.try_get(0).map_err(unavailable)?;
+            Ok(usize::try_from(count).unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn read_conversation(
+        &self,
+        principal: &Principal,
+        conversation: &ConversationId,
+        limits: &ConversationLimits,
+    ) -> Result<Vec<Turn>, StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let rows = client
+                .query(
+                    "SELECT role, content FROM public.mcp_read_conversation($1, $2, $3)",
+                    &[&user, &conversation.as_str(), &seconds(limits.timeout)],
+                )
+                .await
+                .map_err(|e| store_error(e, 0, Some(limits)))?;
+            Ok(rows
+                .iter()
+                .map(|r| Turn::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect())
         })
         .await
     }

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use exai_auth::{AuthMethod, Principal, UserId};
+use std::time::Duration;
+
 use exai_sessions::{
-    MemoryStore, OpenSession, PostgresConfig, PostgresStore, SessionId, SessionMetadata,
-    SessionStatus, SessionStore, StoreError,
+    ConversationId, ConversationLimits, MemoryStore, OpenSession, PostgresConfig, PostgresStore,
+    SessionFilter, SessionId, SessionMetadata, SessionStatus, SessionStore, StoreError, Turn,
 };
 use exai_tests::TestPostgres;
 
@@ -137,10 +139,169 @@ async fn limit_holds_under_concurrent_opens(backend: &Backend) {
         .expect("another user is unaffected");
 }
 
+async fn resume_own_disconnected_sessions_only(backend: &Backend) {
+    let store = &backend.store;
+    let a = backend.user("res-a@example.com").await;
+    let b = backend.user("res-b@example.com").await;
+    let first = store.open(&a, open_request(1)).await.unwrap().session_id;
+    let attached = store.resume(&a, &first, 1).await;
+    assert!(
+        matches!(
+            attached,
+            Err(StoreError::Conflict(SessionStatus::Connected))
+        ),
+        "{attached:?}"
+    );
+    store.close(&a, &first).await.unwrap();
+    assert!(matches!(
+        store.resume(&b, &first, 5).await,
+        Err(StoreError::NotFound)
+    ));
+    let second = store.open(&a, open_request(1)).await.unwrap().session_id;
+    assert!(matches!(
+        store.resume(&a, &first, 1).await,
+        Err(StoreError::LimitReached { limit: 1 })
+    ));
+    store.close(&a, &second).await.unwrap();
+    let resumed = store.resume(&a, &first, 1).await.unwrap();
+    assert_eq!(
+        (resumed.session_id, resumed.status),
+        (first, SessionStatus::Connected)
+    );
+}
+
+async fn admins_list_and_kill_users_cannot(backend: &Backend) {
+    let store = &backend.store;
+    let a = backend.user("adm-a@example.com").await;
+    let b = backend.user("adm-b@example.com").await;
+    let mut admin = backend.user("adm-admin@example.com").await;
+    admin.role = "service_role".into();
+    let a_session = store.open(&a, open_request(5)).await.unwrap().session_id;
+    store.open(&b, open_request(5)).await.unwrap();
+    assert!(matches!(
+        store.admin_kill(&b, &a_session).await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.admin_list(&b, SessionFilter::default()).await,
+        Err(StoreError::Forbidden)
+    ));
+    let mut only_a = SessionFilter::default();
+    only_a.user = Some(a.user_id);
+    only_a.status = Some(SessionStatus::Connected);
+    let listed = store.admin_list(&admin, only_a).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].session_id, a_session);
+    let killed = store.admin_kill(&admin, &a_session).await.unwrap();
+    assert_eq!(killed.status, SessionStatus::Killed);
+    store.close(&a, &a_session).await.unwrap();
+    assert_eq!(
+        store.get(&a, &a_session).await.unwrap().status,
+        SessionStatus::Killed
+    );
+    assert!(matches!(
+        store.resume(&a, &a_session, 5).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn conversations_belong_to_their_user(backend: &Backend) {
+    let store = &backend.store;
+    let a = backend.user("conv-a@example.com").await;
+    let b = backend.user("conv-b@example.com").await;
+    let mut limits = ConversationLimits::default();
+    limits.max_turns = 2;
+    let thread = store.create_conversation(&a, &limits).await.unwrap();
+    assert_eq!(
+        store
+            .append_turn(&a, &thread, Turn::new("user", "hi"), &limits)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .append_turn(&a, &thread, Turn::new("assistant", "hello"), &limits)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(matches!(
+        store
+            .append_turn(&a, &thread, Turn::new("user", "more"), &limits)
+            .await,
+        Err(StoreError::TurnLimit { max: 2 })
+    ));
+    let turns = store.read_conversation(&a, &thread, &limits).await.unwrap();
+    assert_eq!(
+        turns,
+        [Turn::new("user", "hi"), Turn::new("assistant", "hello")]
+    );
+    let missing = ConversationId::from_client("00000000-0000-4000-8000-000000000000");
+    for id in [&thread, &missing] {
+        assert!(matches!(
+            store.read_conversation(&b, id, &limits).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store
+                .append_turn(&b, id, Turn::new("user", "x"), &limits)
+                .await,
+            Err(StoreError::NotFound)
+        ));
+    }
+}
+
+/// Idle sessions expire and stale conversations are gone; activity (a
+/// batched touch) keeps a session alive.
+async fn time_passes(backend: &Backend) {
+    let store = &backend.store;
+    let a = backend.user("time-a@example.com").await;
+    let active = store.open(&a, open_request(5)).await.unwrap().session_id;
+    let idle = store.open(&a, open_request(5)).await.unwrap().session_id;
+    store.close(&a, &idle).await.unwrap();
+    let mut short = ConversationLimits::default();
+    short.timeout = Duration::from_secs(1);
+    let thread = store.create_conversation(&a, &short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    store
+        .touch_batch(&[(a.user_id, active.clone())])
+        .await
+        .unwrap();
+    let expired = store.expire_idle(Duration::from_secs(1)).await.unwrap();
+    // Expiry is for everyone; of this user's sessions, only the idle one went.
+    let ids: Vec<&SessionId> = expired
+        .iter()
+        .filter(|s| s.user_id == a.user_id)
+        .map(|s| &s.session_id)
+        .collect();
+    assert_eq!(ids, [&idle]);
+    assert_eq!(
+        store.get(&a, &idle).await.unwrap().status,
+        SessionStatus::Expired
+    );
+    assert_eq!(
+        store.get(&a, &active).await.unwrap().status,
+        SessionStatus::Connected
+    );
+    assert!(matches!(
+        store.resume(&a, &idle, 5).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.read_conversation(&a, &thread, &short).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
 async fn keep_the_contract(backend: Backend) {
     open_close_list(&backend).await;
     other_users_sessions_look_like_missing_ones(&backend).await;
     limit_holds_under_concurrent_opens(&backend).await;
+    resume_own_disconnected_sessions_only(&backend).await;
+    admins_list_and_kill_users_cannot(&backend).await;
+    conversations_belong_to_their_user(&backend).await;
+    time_passes(&backend).await;
 }
 
 #[tokio::test]
