@@ -260,6 +260,16 @@ pub struct DaemonArgs {
     )]
     pub max_connections_per_user: u32,
 
+    /// Seconds without an MCP request after which a session expires (its
+    /// socket is closed with 4408; it can no longer be resumed)
+    #[arg(
+        long,
+        env = "MCP_SESSION_TIMEOUT",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub session_timeout: u64,
+
     /// Multi-user mode: every connection authenticates as a Supabase user;
     /// false: the single-user mode of the original daemon
     #[arg(
@@ -318,6 +328,8 @@ impl DaemonArgs {
         };
         let mut edge = EdgeConfig::default();
         edge.max_connections_per_user = self.max_connections_per_user;
+        edge.session_timeout = Duration::from_secs(self.session_timeout);
+        edge.activity_flush = activity_flush(edge.session_timeout);
         edge.public_url = self
             .public_url
             .as_deref()
@@ -353,6 +365,12 @@ impl DaemonArgs {
             source,
         ))
     }
+}
+
+/// How often activity is written: every 30 s at most, and often enough that
+/// an active session never looks idle for its timeout.
+pub fn activity_flush(session_timeout: Duration) -> Duration {
+    (session_timeout / 4).min(Duration::from_secs(30))
 }
 
 fn is_loopback(host: &str) -> bool {

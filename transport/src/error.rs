@@ -99,6 +99,8 @@ pub(crate) mod close {
     pub(crate) const TOKEN_EXPIRED: u16 = 4401;
     /// An in-band refresh offered another user's credential.
     pub(crate) const OTHER_USER: u16 = 4403;
+    /// No MCP request for longer than the session timeout.
+    pub(crate) const SESSION_TIMED_OUT: u16 = 4408;
 }
 
 /// JSON-RPC error codes the edge itself answers with (the rest are rmcp's).

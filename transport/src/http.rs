@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use exai_auth::{Access, AuthError, Credential};
-use exai_sessions::{OpenSession, SessionMetadata};
+use exai_sessions::{OpenSession, SessionId, SessionMetadata, StoreError};
 use tracing::Instrument;
 
 use crate::error::EdgeError;
@@ -54,9 +54,22 @@ async fn mcp_upgrade<F: ServiceFactory>(
             resource_metadata: Some(format!("{}{METADATA_PATH}", base_url(&edge, &headers))),
         })?;
     let upgrade = upgrade.map_err(|_| EdgeError::UpgradeRequired)?;
-    let metadata = SessionMetadata::new("websocket", Some(peer.to_string()));
-    let request = OpenSession::new(edge.config.max_connections_per_user, metadata);
-    let session = edge.store.open(&principal, request).await?;
+    let limit = edge.config.max_connections_per_user;
+    let session = match headers.get("mcp-session-id") {
+        // Resuming one of the caller's own sessions: another user's id, an
+        // expired one and a made-up one all answer 404 alike.
+        Some(id) => {
+            let id = id.to_str().map_err(|_| StoreError::NotFound)?;
+            let id = SessionId::from_client(id);
+            edge.store.resume(&principal, &id, limit).await?
+        }
+        None => {
+            let metadata = SessionMetadata::new("websocket", Some(peer.to_string()));
+            edge.store
+                .open(&principal, OpenSession::new(limit, metadata))
+                .await?
+        }
+    };
 
     let span = tracing::info_span!(
         "connection",
@@ -64,8 +77,11 @@ async fn mcp_upgrade<F: ServiceFactory>(
         session_id = %session.session_id,
         transport = "websocket",
     );
+    let live = edge
+        .lifecycle
+        .attach(principal.user_id, &session.session_id);
     let guard = SessionGuard::new(
-        edge.store.clone(),
+        edge.lifecycle.clone(),
         principal.clone(),
         session.session_id.clone(),
         edge.connections.clone(),
@@ -79,6 +95,7 @@ async fn mcp_upgrade<F: ServiceFactory>(
     let config = edge.config.clone();
     let connection = ws::Connection {
         guard,
+        live,
         shutdown: edge.shutdown.clone(),
         outbound_queue: config.outbound_queue,
         auth: edge.auth.clone(),

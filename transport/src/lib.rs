@@ -18,6 +18,7 @@
 mod error;
 mod framing;
 mod http;
+mod lifecycle;
 mod ws;
 
 use std::net::SocketAddr;
@@ -78,6 +79,11 @@ pub struct EdgeConfig {
     pub public_url: Option<String>,
     /// Who issues tokens for this resource (`${SUPABASE_URL}/auth/v1`).
     pub authorization_servers: Vec<String>,
+    /// A session with no MCP request for this long expires, and its socket
+    /// is closed with 4408 (`MCP_SESSION_TIMEOUT`).
+    pub session_timeout: Duration,
+    /// Activity is written to the store at most this often per session.
+    pub activity_flush: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -89,6 +95,8 @@ impl Default for EdgeConfig {
             shutdown_grace: Duration::from_secs(10),
             public_url: None,
             authorization_servers: Vec::new(),
+            session_timeout: Duration::from_secs(3600),
+            activity_flush: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +105,7 @@ impl Default for EdgeConfig {
 pub struct Edge<F> {
     auth: Arc<Authenticator>,
     store: Arc<dyn SessionStore>,
+    lifecycle: Arc<lifecycle::Lifecycle>,
     factory: F,
     config: EdgeConfig,
     shutdown: CancellationToken,
@@ -112,9 +121,15 @@ impl<F: ServiceFactory> Edge<F> {
         factory: F,
         config: EdgeConfig,
     ) -> Self {
+        let lifecycle = Arc::new(lifecycle::Lifecycle::new(
+            store.clone(),
+            config.activity_flush,
+            config.session_timeout,
+        ));
         Edge {
             auth,
             store,
+            lifecycle,
             factory,
             config,
             shutdown: CancellationToken::new(),
@@ -135,6 +150,7 @@ pub async fn serve<F: ServiceFactory>(
         shutdown: shutdown.clone(),
         ..edge
     });
+    let background = tokio::spawn(edge.lifecycle.clone().run(shutdown.clone()));
     let app = http::router(edge.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -149,5 +165,7 @@ pub async fn serve<F: ServiceFactory>(
             "connections still open after the shutdown grace period"
         );
     }
+    let _ = background.await;
+    edge.lifecycle.finish().await;
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use exai_auth::{Access, AuthError, Authenticator, Credential, Principal};
-use exai_sessions::{SessionId, SessionStore};
+use exai_sessions::SessionId;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use rmcp::model::{
@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{close, jsonrpc};
 use crate::framing::{self, Decoded};
+use crate::lifecycle::{Ended, Lifecycle, LiveSession};
 
 /// Messages read but not yet taken by the MCP service.
 const INBOUND_QUEUE: usize = 32;
@@ -48,6 +49,7 @@ enum End {
     SocketError,
     TokenExpired,
     OtherUser,
+    TimedOut,
 }
 
 impl End {
@@ -58,6 +60,7 @@ impl End {
             End::ServiceEnded => (close::NORMAL, "MCP session ended"),
             End::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
             End::OtherUser => (close::OTHER_USER, "token is for another user"),
+            End::TimedOut => (close::SESSION_TIMED_OUT, "session timed out"),
             End::ClientClosed | End::SocketError => return None,
         };
         Some(CloseFrame {
@@ -70,6 +73,8 @@ impl End {
 /// What a connection task needs besides its socket and MCP service.
 pub(crate) struct Connection {
     pub(crate) guard: SessionGuard,
+    /// Where activity is recorded, and how the lifecycle ends the session.
+    pub(crate) live: LiveSession,
     pub(crate) shutdown: CancellationToken,
     pub(crate) outbound_queue: usize,
     /// For in-band `auth/refresh`.
@@ -85,6 +90,7 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
 ) {
     let Connection {
         guard,
+        live,
         shutdown,
         outbound_queue,
         auth,
@@ -102,6 +108,7 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
 
     let reader = Reader {
+        live: &live,
         inbound: in_tx,
         outbound: &out_tx,
         auth: &auth,
@@ -111,6 +118,9 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
     let end = tokio::select! {
         end = reader.run(stream) => end,
         () = shutdown.cancelled() => End::Shutdown,
+        () = live.ended.cancelled() => match live.reason() {
+            Some(Ended::TimedOut) | None => End::TimedOut,
+        },
         _ = &mut mcp => End::ServiceEnded,
     };
     tracing::info!(reason = ?end, "connection closing");
@@ -159,6 +169,7 @@ fn deadline(expires_at: Option<u64>) -> Option<Instant> {
 
 /// Reads frames until the connection ends, and says why it ended.
 struct Reader<'a> {
+    live: &'a LiveSession,
     inbound: mpsc::Sender<ClientJsonRpcMessage>,
     outbound: &'a mpsc::Sender<Message>,
     auth: &'a Authenticator,
@@ -219,6 +230,9 @@ impl Reader<'_> {
                     Some(end) => return end,
                     None => continue,
                 }
+            }
+            if matches!(&*message, ClientJsonRpcMessage::Request(_)) {
+                self.live.record_activity();
             }
             if !lifecycle_started {
                 match &*message {
@@ -357,62 +371,50 @@ impl Transport<RoleServer> for WsTransport {
     }
 }
 
-/// Closes a session in the store when the connection ends, however it ends:
-/// explicitly through [`SessionGuard::close`], or on drop (a panic, a failed
-/// upgrade) through a task the edge waits for at shutdown.
+/// Ends a session when the connection ends, however it ends: explicitly
+/// through [`SessionGuard::close`], or on drop (a panic, a failed upgrade)
+/// through a task the edge waits for at shutdown.
 pub(crate) struct SessionGuard {
-    session: Option<(Arc<dyn SessionStore>, Principal, SessionId)>,
+    session: Option<(Arc<Lifecycle>, Principal, SessionId)>,
     tracker: TaskTracker,
 }
 
 impl SessionGuard {
     pub(crate) fn new(
-        store: Arc<dyn SessionStore>,
+        lifecycle: Arc<Lifecycle>,
         principal: Principal,
         session: SessionId,
         tracker: TaskTracker,
     ) -> Self {
         SessionGuard {
-            session: Some((store, principal, session)),
+            session: Some((lifecycle, principal, session)),
             tracker,
         }
     }
 
     pub(crate) async fn close(mut self) {
-        if let Some((store, principal, session)) = self.session.take() {
-            close_session(store, principal, session).await;
+        if let Some((lifecycle, principal, session)) = self.session.take() {
+            lifecycle.detach(principal, session).await;
         }
     }
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let Some((store, principal, session)) = self.session.take() else {
+        let Some((lifecycle, principal, session)) = self.session.take() else {
             return;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                self.tracker
-                    .spawn_on(close_session(store, principal, session), &runtime);
+                self.tracker.spawn_on(
+                    async move { lifecycle.detach(principal, session).await },
+                    &runtime,
+                );
             }
             Err(_) => tracing::warn!(
                 session_id = %session,
                 "no runtime to record the session as closed"
             ),
         }
-    }
-}
-
-async fn close_session(store: Arc<dyn SessionStore>, principal: Principal, session: SessionId) {
-    match store.close(&principal, &session).await {
-        Ok(()) => {
-            tracing::info!(user_id = %principal.user_id, session_id = %session, "session closed")
-        }
-        Err(error) => tracing::warn!(
-            user_id = %principal.user_id,
-            session_id = %session,
-            %error,
-            "could not record the session as closed"
-        ),
     }
 }

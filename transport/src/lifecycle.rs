@@ -1,0 +1,243 @@
+//! The sessions this daemon holds open, and what happens to them over time.
+//!
+//! - **Activity** is recorded per MCP request in an atomic, never written
+//!   per message; a background task flushes it to the store in one batch,
+//!   at most once per session per [`EdgeConfig::activity_flush`].
+//! - **Expiry**: the same task asks the store to expire sessions idle for
+//!   longer than [`EdgeConfig::session_timeout`] and closes the sockets of
+//!   the ones held here with 4408.
+//! - **Outage**: a close that the store could not record is kept and
+//!   retried until it is, so the table ends up telling the truth; activity
+//!   that could not be flushed stays pending likewise.
+//!
+//! [`EdgeConfig::activity_flush`]: crate::EdgeConfig::activity_flush
+//! [`EdgeConfig::session_timeout`]: crate::EdgeConfig::session_timeout
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use exai_auth::{Principal, UserId};
+use exai_sessions::{SessionId, SessionStore};
+use tokio_util::sync::CancellationToken;
+
+/// Why the lifecycle ended a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Idle past the session timeout.
+    TimedOut,
+}
+
+/// What a connection holds: where to record activity, and how it is told
+/// to end.
+pub(crate) struct LiveSession {
+    activity: Arc<AtomicU64>,
+    epoch: Instant,
+    pub(crate) ended: CancellationToken,
+    reason: Arc<Mutex<Option<Ended>>>,
+}
+
+impl LiveSession {
+    /// Records an MCP request now. One relaxed atomic store.
+    pub(crate) fn record_activity(&self) {
+        self.activity
+            .store(millis_since(self.epoch), Ordering::Relaxed);
+    }
+
+    /// Why the connection was told to end, once it was.
+    pub(crate) fn reason(&self) -> Option<Ended> {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn millis_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+struct Entry {
+    user: UserId,
+    activity: Arc<AtomicU64>,
+    /// The activity value last written to the store.
+    flushed: u64,
+    /// When it was written.
+    flushed_at: Instant,
+    ended: CancellationToken,
+    reason: Arc<Mutex<Option<Ended>>>,
+}
+
+/// The registry and its background work. One per edge.
+pub(crate) struct Lifecycle {
+    store: Arc<dyn SessionStore>,
+    epoch: Instant,
+    live: Mutex<HashMap<SessionId, Entry>>,
+    unrecorded_closes: Mutex<Vec<(Principal, SessionId)>>,
+    activity_flush: Duration,
+    session_timeout: Duration,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(
+        store: Arc<dyn SessionStore>,
+        activity_flush: Duration,
+        session_timeout: Duration,
+    ) -> Self {
+        Lifecycle {
+            store,
+            epoch: Instant::now(),
+            live: Mutex::default(),
+            unrecorded_closes: Mutex::default(),
+            activity_flush,
+            session_timeout,
+        }
+    }
+
+    /// Registers a session this daemon now holds open.
+    pub(crate) fn attach(&self, user: UserId, session: &SessionId) -> LiveSession {
+        let activity = Arc::new(AtomicU64::new(millis_since(self.epoch)));
+        let ended = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        let entry = Entry {
+            user,
+            activity: activity.clone(),
+            flushed: activity.load(Ordering::Relaxed),
+            flushed_at: Instant::now(),
+            ended: ended.clone(),
+            reason: reason.clone(),
+        };
+        self.live().insert(session.clone(), entry);
+        LiveSession {
+            activity,
+            epoch: self.epoch,
+            ended,
+            reason,
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection ended: records the close (or keeps it for a retry).
+    pub(crate) async fn detach(&self, principal: Principal, session: SessionId) {
+        let pending = self.live().remove(&session);
+        if let Some(entry) = pending
+            && entry.activity.load(Ordering::Relaxed) > entry.flushed
+        {
+            // Last activity first, so last_active is true after the close.
+            let _ = self
+                .store
+                .touch_batch(&[(entry.user, session.clone())])
+                .await;
+        }
+        if let Err(error) = self.store.close(&principal, &session).await {
+            tracing::warn!(
+                %error,
+                session_id = %session,
+                "could not record the session as closed; will retry"
+            );
+            self.unrecorded_closes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((principal, session));
+        } else {
+            tracing::info!(session_id = %session, "session closed");
+        }
+    }
+
+    /// Writes the activity not yet written, for sessions whose last write is
+    /// at least `activity_flush` old (or all of them, when `force`).
+    async fn flush_activity(&self, force: bool) {
+        let mut batch = Vec::new();
+        {
+            let live = self.live();
+            for (session, entry) in live.iter() {
+                let seen = entry.activity.load(Ordering::Relaxed);
+                if seen > entry.flushed
+                    && (force || entry.flushed_at.elapsed() >= self.activity_flush)
+                {
+                    batch.push((entry.user, session.clone(), seen));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let sessions: Vec<(UserId, SessionId)> =
+            batch.iter().map(|(u, s, _)| (*u, s.clone())).collect();
+        match self.store.touch_batch(&sessions).await {
+            Ok(()) => {
+                let mut live = self.live();
+                for (_, session, seen) in batch {
+                    if let Some(entry) = live.get_mut(&session) {
+                        entry.flushed = seen;
+                        entry.flushed_at = Instant::now();
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not record activity; will retry"),
+        }
+    }
+
+    async fn retry_closes(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .unrecorded_closes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (principal, session) in pending {
+            if let Err(error) = self.store.close(&principal, &session).await {
+                tracing::debug!(%error, session_id = %session, "close still not recorded");
+                self.unrecorded_closes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((principal, session));
+            } else {
+                tracing::info!(session_id = %session, "recorded a close that had failed");
+            }
+        }
+    }
+
+    async fn expire(&self) {
+        match self.store.expire_idle(self.session_timeout).await {
+            Ok(expired) => {
+                let live = self.live();
+                for record in expired {
+                    if let Some(entry) = live.get(&record.session_id) {
+                        *entry.reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Ended::TimedOut);
+                        entry.ended.cancel();
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not expire idle sessions"),
+        }
+    }
+
+    /// The background work, until `shutdown`; then one last flush and
+    /// retry, so the store is left as true as it can be made.
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tick = self
+            .activity_flush
+            .min(self.session_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            self.flush_activity(false).await;
+            self.retry_closes().await;
+            self.expire().await;
+        }
+    }
+
+    /// At shutdown, after the connections are gone: record what is pending.
+    pub(crate) async fn finish(&self) {
+        self.flush_activity(true).await;
+        self.retry_closes().await;
+    }
+}
