@@ -6,6 +6,7 @@
 //! The tests themselves are in `it/` (one test binary).
 
 mod pg;
+mod postgrest;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use pg::TestPostgres;
+pub use postgrest::TestPostgrest;
 
 /// A plain connection to `url`, for checking and arranging rows directly.
 pub async fn pg_client(url: &str) -> tokio_postgres::Client {
@@ -400,6 +402,14 @@ pub fn claims(email: &str) -> Value {
 /// Signs `claims` with the test daemons' secret.
 pub fn sign(claims: &Value) -> String {
     mint_hs256(claims, &Secret::new(TEST_SECRET.to_vec())).unwrap()
+}
+
+/// The project's `service_role` key, as Supabase issues it: a JWT with role
+/// `service_role`, signed with the project's secret.
+pub fn service_role_key() -> Secret {
+    let claims =
+        json!({"iss": "supabase", "role": "service_role", "iat": now(), "exp": now() + 3600});
+    Secret::new(sign(&claims).into_bytes())
 }
 
 /// A valid token for the user with `email`.

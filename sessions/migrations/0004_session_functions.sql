@@ -54,15 +54,18 @@ BEGIN
 END
 $fn$;
 
--- Records activity on a batch of live sessions in one statement.
-CREATE OR REPLACE FUNCTION public.mcp_touch_sessions(p_session_ids text[])
+-- Records activity on a batch of live sessions in one statement; each
+-- session is named with its owner. Returns how many were live.
+CREATE OR REPLACE FUNCTION public.mcp_touch_sessions(p_user_ids uuid[], p_session_ids text[])
   RETURNS integer
   LANGUAGE sql SECURITY DEFINER
   SET search_path = public, pg_temp
 AS $fn$
   WITH touched AS (
-    UPDATE public.mcp_sessions SET last_active = now()
-     WHERE session_id = ANY (p_session_ids) AND connection_status = 'connected'
+    UPDATE public.mcp_sessions s SET last_active = now()
+      FROM unnest(p_user_ids, p_session_ids) AS t(user_id, session_id)
+     WHERE s.user_id = t.user_id AND s.session_id = t.session_id
+       AND s.connection_status = 'connected'
     RETURNING 1)
   SELECT count(*)::integer FROM touched
 $fn$;
@@ -81,9 +84,9 @@ $fn$;
 
 REVOKE ALL ON FUNCTION public.mcp_open_session(uuid, text, integer, jsonb) FROM PUBLIC, anon, authenticated;
 REVOKE ALL ON FUNCTION public.mcp_close_session(uuid, text) FROM PUBLIC, anon, authenticated;
-REVOKE ALL ON FUNCTION public.mcp_touch_sessions(text[]) FROM PUBLIC, anon, authenticated;
+REVOKE ALL ON FUNCTION public.mcp_touch_sessions(uuid[], text[]) FROM PUBLIC, anon, authenticated;
 REVOKE ALL ON FUNCTION public.mcp_expire_sessions(integer) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.mcp_open_session(uuid, text, integer, jsonb) TO service_role;
 GRANT EXECUTE ON FUNCTION public.mcp_close_session(uuid, text) TO service_role;
-GRANT EXECUTE ON FUNCTION public.mcp_touch_sessions(text[]) TO service_role;
+GRANT EXECUTE ON FUNCTION public.mcp_touch_sessions(uuid[], text[]) TO service_role;
 GRANT EXECUTE ON FUNCTION public.mcp_expire_sessions(integer) TO service_role;

@@ -7,13 +7,15 @@
 //!
 //! Backends: [`MemoryStore`] (no IO; the embedded default) and
 //! [`PostgresStore`] (a pooled direct connection; the SQL migrations are in
-//! `migrations/` and [`MIGRATIONS`]). Every backend is
+//! `migrations/` and [`MIGRATIONS`]) and [`SupabaseStore`] (Supabase's REST
+//! API, calling the same SQL functions). Every backend is
 //! held to the same contract, in `tests/`. Stores also keep API keys, through
 //! the [`ApiKeyStore`](exai_auth::ApiKeyStore) trait that `exai-auth` defines.
 
 mod memory;
 mod model;
 mod postgres;
+mod supabase;
 
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ pub use model::{
     SessionRecord, SessionStatus, Turn,
 };
 pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
+pub use supabase::{SupabaseConfig, SupabaseStore};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]

@@ -428,13 +428,7 @@ impl SessionStore for PostgresStore {
         let users: Vec<uuid::Uuid> = sessions.iter().map(|(user, _)| user.as_uuid()).collect();
         self.with_client(async |client| {
             client
-                .execute(
-                    "UPDATE public.mcp_sessions s SET last_active = now()
-                       FROM unnest($1::text[], $2::uuid[]) AS t(session_id, user_id)
-                      WHERE s.session_id = t.session_id AND s.user_id = t.user_id
-                        AND s.connection_status = 'connected'",
-                    &[&ids, &users],
-                )
+                .execute("SELECT public.mcp_touch_sessions($1, $2)", &[&users, &ids])
                 .await
                 .map_err(unavailable)?;
             Ok(())

@@ -199,3 +199,84 @@ async fn row_level_security_keeps_users_apart() {
         );
     }
 }
+
+/// The same rules through the REST API, as a Supabase client calls it with
+/// a user's own access token.
+#[tokio::test]
+async fn the_rest_api_answers_each_user_with_their_own_rows() {
+    use exai_tests::{TEST_SECRET, TestPostgrest, token};
+    let server = TestPostgres::start();
+    migrated(&server).await;
+    let db = pg_client(&server.url).await;
+    let a = UserId::from_email("rest-a@example.com");
+    let b = UserId::from_email("rest-b@example.com");
+    for (id, email) in [(a, "rest-a@example.com"), (b, "rest-b@example.com")] {
+        db.execute(
+            "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
+            &[&id.as_uuid(), &email],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "INSERT INTO mcp_sessions (user_id, session_id, connection_status) VALUES ($1, $2, 'connected')",
+            &[&id.as_uuid(), &format!("s-{email}")],
+        )
+        .await
+        .unwrap();
+    }
+    let rest = TestPostgrest::start(&server.url, TEST_SECRET).await;
+    let http = reqwest::Client::new();
+    let get = |token: Option<String>, path: &str| {
+        let mut request = http.get(format!("{}/rest/v1/{path}", rest.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, rows) = get(
+        Some(token("rest-b@example.com")),
+        "mcp_sessions?select=session_id",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        rows,
+        serde_json::json!([{"session_id": "s-rest-b@example.com"}])
+    );
+    let (status, body) = get(None, "mcp_sessions?select=session_id").await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("42501")));
+
+    let rpc = |token: String, args: serde_json::Value| {
+        let request = http
+            .post(format!("{}/rest/v1/rpc/mcp_open_session", rest.url))
+            .bearer_auth(token)
+            .json(&args);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let args = |max: u32| {
+        serde_json::json!({"p_user_id": a, "p_session_id": format!("rpc-{max}"),
+                           "p_max_connections": max, "p_metadata": {}})
+    };
+    let (status, _) = rpc(token("rest-b@example.com"), args(5)).await;
+    assert_eq!(status, 403, "users cannot call the daemon's functions");
+    let service = String::from_utf8(exai_tests::service_role_key().expose().to_vec()).unwrap();
+    let (status, body) = rpc(service.clone(), args(1)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("PT429")),
+        "{body}"
+    );
+    let (status, body) = rpc(service, args(5)).await;
+    assert_eq!(
+        (status, body["connection_status"].as_str()),
+        (200, Some("connected"))
+    );
+}

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use exai_sessions::{
     ConversationId, ConversationLimits, MemoryStore, OpenSession, PostgresConfig, PostgresStore,
-    SessionFilter, SessionId, SessionMetadata, SessionStatus, SessionStore, StoreError, Turn,
+    SessionFilter, SessionId, SessionMetadata, SessionStatus, SessionStore, StoreError,
+    SupabaseConfig, SupabaseStore, Turn,
 };
-use exai_tests::TestPostgres;
+use exai_tests::{TestPostgres, TestPostgrest};
 
 fn open_request(limit: u32) -> OpenSession {
     OpenSession::new(
@@ -40,6 +41,27 @@ impl Backend {
             store: Arc::new(store),
             database: Some(exai_tests::pg_client(&server.url).await),
         }
+    }
+
+    /// The supabase backend, through a PostgREST-protocol server over
+    /// `server`, with a service-role key as Supabase issues it.
+    async fn supabase(server: &TestPostgres) -> (Backend, TestPostgrest) {
+        PostgresStore::new(&server.url, PostgresConfig::default())
+            .unwrap()
+            .migrate()
+            .await
+            .unwrap();
+        let rest = TestPostgrest::start(&server.url, exai_tests::TEST_SECRET).await;
+        let store = SupabaseStore::new(
+            &rest.url,
+            exai_tests::service_role_key(),
+            SupabaseConfig::default(),
+        );
+        let backend = Backend {
+            store: Arc::new(store),
+            database: Some(exai_tests::pg_client(&server.url).await),
+        };
+        (backend, rest)
     }
 
     /// A principal for `email`, registered where the backend needs it
@@ -294,6 +316,64 @@ async fn time_passes(backend: &Backend) {
     ));
 }
 
+/// API keys: stored by hash, found by id, revoked, used, listed per user.
+async fn api_keys_round_trip(backend: &Backend, keys: &dyn exai_auth::ApiKeyStore) {
+    use std::time::SystemTime;
+    let a = backend.user("keys-a@example.com").await;
+    let b = backend.user("keys-b@example.com").await;
+    let mut first = exai_auth::NewApiKey::generate(a.user_id, Some("ci".into()), None).unwrap();
+    first.record.expires_at = Some(SystemTime::now() + Duration::from_secs(86_400));
+    let second = exai_auth::NewApiKey::generate(a.user_id, None, None).unwrap();
+    let other = exai_auth::NewApiKey::generate(b.user_id, None, None).unwrap();
+    for key in [&first, &second, &other] {
+        keys.insert_api_key(key.record.clone()).await.unwrap();
+    }
+    let found = keys
+        .find_api_key(&first.record.key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.secret_hash, first.record.secret_hash);
+    assert_eq!(found.name.as_deref(), Some("ci"));
+    assert_eq!(found.user_id, a.user_id);
+    let expiry = |t: Option<SystemTime>| {
+        t.map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs())
+    };
+    assert_eq!(expiry(found.expires_at), expiry(first.record.expires_at));
+    assert!(
+        keys.find_api_key("0000000000000000")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    keys.record_api_key_use(&first.record.key_id, SystemTime::now())
+        .await
+        .unwrap();
+    assert!(
+        keys.revoke_api_key(&second.record.key_id, SystemTime::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !keys
+            .revoke_api_key("0000000000000000", SystemTime::now())
+            .await
+            .unwrap()
+    );
+    let listed = keys.list_api_keys(a.user_id).await.unwrap();
+    assert_eq!(listed.len(), 2, "only A's keys");
+    let used = listed
+        .iter()
+        .find(|k| k.key_id == first.record.key_id)
+        .unwrap();
+    assert!(used.last_used_at.is_some());
+    let revoked = listed
+        .iter()
+        .find(|k| k.key_id == second.record.key_id)
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+}
+
 async fn keep_the_contract(backend: Backend) {
     open_close_list(&backend).await;
     other_users_sessions_look_like_missing_ones(&backend).await;
@@ -307,12 +387,29 @@ async fn keep_the_contract(backend: Backend) {
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
     keep_the_contract(Backend::memory()).await;
+    let store = MemoryStore::new();
+    api_keys_round_trip(&Backend::memory(), &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_store_keeps_the_contract() {
     let server = TestPostgres::start();
     keep_the_contract(Backend::postgres(&server).await).await;
+    let keys = PostgresStore::new(&server.url, PostgresConfig::default()).unwrap();
+    api_keys_round_trip(&Backend::postgres(&server).await, &keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn supabase_store_keeps_the_contract() {
+    let server = TestPostgres::start();
+    let (backend, rest) = Backend::supabase(&server).await;
+    keep_the_contract(backend).await;
+    let keys = SupabaseStore::new(
+        &rest.url,
+        exai_tests::service_role_key(),
+        SupabaseConfig::default(),
+    );
+    api_keys_round_trip(&Backend::postgres(&server).await, &keys).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,569 @@
+//! The Supabase backend: Supabase's REST API (PostgREST) through the
+//! `postgrest` crate, with the project's service-role key.
+//!
+//! Everything that must be atomic is one of the SQL functions of the
+//! migrations, called at `/rest/v1/rpc/<name>`; reads are plain table
+//! queries that name the user they act for. PostgREST answers a function's
+//! `PTxyz` error with HTTP `xyz` and a JSON body whose `code` is `PTxyz`,
+//! which is what this backend reads
+//! (<https://postgrest.org/en/stable/references/errors.html>).
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, Secret, UserId};
+use postgrest::Postgrest;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::{
+    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionRecord,
+    SessionStatus, SessionStore, StoreError, Turn, is_admin,
+};
+
+const SESSION_COLUMNS: &str =
+    "session_id,user_id,connection_status,created_at,last_active,metadata";
+const KEY_COLUMNS: &str =
+    "key_id,user_id,name,secret_hash,created_at,expires_at,revoked_at,last_used_at";
+
+/// How to reach the project.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SupabaseConfig {
+    /// Bound on every call.
+    pub timeout: Duration,
+}
+
+impl Default for SupabaseConfig {
+    fn default() -> Self {
+        SupabaseConfig {
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Sessions, conversations and API keys through Supabase's REST API.
+pub struct SupabaseStore {
+    client: Postgrest,
+    key: Secret,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SupabaseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupabaseStore").finish_non_exhaustive()
+    }
+}
+
+/// What went wrong talking to the REST API.
+#[derive(Debug, thiserror::Error)]
+enum RestError {
+    #[error("the REST API could not be reached")]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the REST API did not answer in time")]
+    Timeout,
+    #[error("the REST API answered HTTP {status} ({code}): {message}")]
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the REST API answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+impl RestError {
+    fn code(&self) -> Option<&str> {
+        match self {
+            RestError::Status { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+fn unavailable(error: RestError) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
+}
+
+/// A REST error as a store error: our functions' PTxyz codes mean what they
+/// say; anything else is the service failing.
+fn store_error(
+    error: RestError,
+    max_connections: u32,
+    limits: Option<&ConversationLimits>,
+) -> StoreError {
+    match error.code() {
+        Some("PT404") => StoreError::NotFound,
+        Some("PT409") => StoreError::Conflict(SessionStatus::Connected),
+        Some("PT422") => StoreError::TurnLimit {
+            max: limits.map_or(0, |l| l.max_turns),
+        },
+        Some("PT429") => StoreError::LimitReached {
+            limit: max_connections,
+        },
+        Some("23503") => StoreError::UnknownUser,
+        _ => unavailable(error),
+    }
+}
+
+fn seconds(d: Duration) -> u64 {
+    d.as_secs()
+}
+
+fn timestamp(value: &Value) -> Result<Option<SystemTime>, RestError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) => OffsetDateTime::parse(text, &Rfc3339)
+            .map(|t| Some(SystemTime::from(t)))
+            .map_err(|_| RestError::Unexpected(format!("a timestamp '{text}'"))),
+        other => Err(RestError::Unexpected(format!("a timestamp {other}"))),
+    }
+}
+
+fn format_timestamp(at: SystemTime) -> String {
+    OffsetDateTime::from(at)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn session_from_json(row: &Value) -> Result<SessionRecord, RestError> {
+    let text = |field: &str| row.get(field).and_then(Value::as_str);
+    let status = match text("connection_status") {
+        Some("connected") => SessionStatus::Connected,
+        Some("expired") => SessionStatus::Expired,
+        Some("killed") => SessionStatus::Killed,
+        _ => SessionStatus::Disconnected,
+    };
+    let user: UserId = text("user_id")
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| RestError::Unexpected("a session row without a user".into()))?;
+    let created_at = timestamp(&row["created_at"])?;
+    Ok(SessionRecord {
+        session_id: SessionId::from_client(
+            text("session_id")
+                .ok_or_else(|| RestError::Unexpected("a session without an id".into()))?,
+        ),
+        user_id: user,
+        status,
+        created_at: created_at.unwrap_or(SystemTime::UNIX_EPOCH),
+        last_active: timestamp(&row["last_active"])?
+            .or(created_at)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        metadata: serde_json::from_value(row["metadata"].clone()).unwrap_or_default(),
+    })
+}
+
+fn key_from_json(row: &Value) -> Result<ApiKeyRecord, RestError> {
+    let bad = |what: &str| RestError::Unexpected(format!("an API key row with a bad {what}"));
+    // PostgREST writes bytea as "\x" followed by hex digits.
+    let hex = row["secret_hash"]
+        .as_str()
+        .and_then(|h| h.strip_prefix("\\x"))
+        .ok_or_else(|| bad("hash"))?;
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad("hash"))?;
+    let hash: [u8; 32] = bytes.try_into().map_err(|_| bad("hash"))?;
+    let mut record = ApiKeyRecord::new(
+        row["key_id"].as_str().ok_or_else(|| bad("id"))?.to_owned(),
+        row["user_id"]
+            .as_str()
+            .and_then(|u| u.parse().ok())
+            .ok_or_else(|| bad("user"))?,
+        hash,
+        timestamp(&row["created_at"])?.ok_or_else(|| bad("creation time"))?,
+    );
+    record.name = row["name"].as_str().map(str::to_owned);
+    record.expires_at = timestamp(&row["expires_at"])?;
+    record.revoked_at = timestamp(&row["revoked_at"])?;
+    record.last_used_at = timestamp(&row["last_used_at"])?;
+    Ok(record)
+}
+
+impl SupabaseStore {
+    /// A store for the project at `supabase_url`, acting with the project's
+    /// `service_role` key (`SUPABASE_SERVICE_ROLE_KEY`).
+    pub fn new(supabase_url: &str, service_role_key: Secret, config: SupabaseConfig) -> Self {
+        let rest = format!("{}/rest/v1", supabase_url.trim_end_matches('/'));
+        let key = String::from_utf8_lossy(service_role_key.expose()).into_owned();
+        SupabaseStore {
+            client: Postgrest::new(rest).insert_header("apikey", key),
+            key: service_role_key,
+            timeout: config.timeout,
+        }
+    }
+
+    fn bearer(&self) -> String {
+        String::from_utf8_lossy(self.key.expose()).into_owned()
+    }
+
+    /// Sends a request and returns its JSON body, within the timeout.
+    async fn send(&self, builder: postgrest::Builder) -> Result<Value, RestError> {
+        let work = async {
+            let response = builder
+                .auth(self.bearer())
+                .execute()
+                .await
+                .map_err(|e| RestError::Transport(Box::new(e)))?;
+            let status = response.status().as_u16();
+            let body = response
+                .text()
+                .await
+                .map_err(|e| RestError::Transport(Box::new(e)))?;
+            let json: Value = if body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&body).map_err(|_| {
+                    RestError::Unexpected(format!("a body that is not JSON (HTTP {status})"))
+                })?
+            };
+            if status >= 400 {
+                return Err(RestError::Status {
+                    status,
+                    code: json["code"].as_str().unwrap_or_default().to_owned(),
+                    message: json["message"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+            Ok(json)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or(Err(RestError::Timeout))
+    }
+
+    async fn rpc(&self, function: &str, args: Value) -> Result<Value, RestError> {
+        self.send(self.client.rpc(function, args.to_string())).await
+    }
+
+    async fn sessions(
+        &self,
+        builder: postgrest::Builder,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = self.send(builder).await.map_err(unavailable)?;
+        rows.as_array()
+            .ok_or_else(|| unavailable(RestError::Unexpected("rows that are not an array".into())))?
+            .iter()
+            .map(|row| session_from_json(row).map_err(unavailable))
+            .collect()
+    }
+
+    fn one_session(value: Result<Value, RestError>, max: u32) -> Result<SessionRecord, StoreError> {
+        let value = value.map_err(|e| store_error(e, max, None))?;
+        // A function returning one row comes back as an object (or a
+        // one-element array, depending on the PostgREST version).
+        let row = match &value {
+            Value::Array(rows) => rows.first().cloned().unwrap_or(Value::Null),
+            other => other.clone(),
+        };
+        session_from_json(&row).map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl SessionStore for SupabaseStore {
+    async fn open(
+        &self,
+        principal: &Principal,
+        request: OpenSession,
+    ) -> Result<SessionRecord, StoreError> {
+        let args = json!({
+            "p_user_id": principal.user_id,
+            "p_session_id": SessionId::generate(),
+            "p_max_connections": request.max_connections,
+            "p_metadata": request.metadata,
+        });
+        Self::one_session(
+            self.rpc("mcp_open_session", args).await,
+            request.max_connections,
+        )
+    }
+
+    async fn touch(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
+        let args = json!({ "p_user_ids": [principal.user_id], "p_session_ids": [session] });
+        let touched = self
+            .rpc("mcp_touch_sessions", args)
+            .await
+            .map_err(unavailable)?;
+        if touched.as_i64() == Some(1) {
+            return Ok(());
+        }
+        let record = self.get(principal, session).await?;
+        Err(StoreError::Conflict(record.status))
+    }
+
+    async fn close(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
+        let args = json!({ "p_user_id": principal.user_id, "p_session_id": session });
+        match self
+            .rpc("mcp_close_session", args)
+            .await
+            .map_err(unavailable)?
+        {
+            Value::Bool(true) => Ok(()),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn get(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError> {
+        let query = self
+            .client
+            .from("mcp_sessions")
+            .select(SESSION_COLUMNS)
+            .eq("user_id", principal.user_id.to_string())
+            .eq("session_id", session.as_str());
+        self.sessions(query)
+            .await?
+            .pop()
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
+        let query = self
+            .client
+            .from("mcp_sessions")
+            .select(SESSION_COLUMNS)
+            .eq("user_id", principal.user_id.to_string())
+            .order("created_at.desc");
+        self.sessions(query).await
+    }
+
+    async fn resume(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        max_connections: u32,
+    ) -> Result<SessionRecord, StoreError> {
+        let args = json!({
+            "p_user_id": principal.user_id,
+            "p_session_id": session,
+            "p_max_connections": max_connections,
+        });
+        Self::one_session(self.rpc("mcp_resume_session", args).await, max_connections)
+    }
+
+    async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<UserId> = sessions.iter().map(|(u, _)| *u).collect();
+        let ids: Vec<&SessionId> = sessions.iter().map(|(_, s)| s).collect();
+        let args = json!({ "p_user_ids": users, "p_session_ids": ids });
+        self.rpc("mcp_touch_sessions", args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = self
+            .rpc(
+                "mcp_expire_sessions",
+                json!({ "p_idle_seconds": seconds(idle) }),
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.as_array()
+            .map(|rows| rows.iter().map(session_from_json).collect::<Result<_, _>>())
+            .unwrap_or_else(|| Ok(Vec::new()))
+            .map_err(unavailable)
+    }
+
+    async fn admin_list(
+        &self,
+        admin: &Principal,
+        filter: SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        if !is_admin(admin) {
+            return Err(StoreError::Forbidden);
+        }
+        let mut query = self
+            .client
+            .from("mcp_sessions")
+            .select(SESSION_COLUMNS)
+            .order("created_at.desc");
+        if let Some(user) = filter.user {
+            query = query.eq("user_id", user.to_string());
+        }
+        if let Some(status) = filter.status {
+            query = query.eq("connection_status", status.as_str());
+        }
+        self.sessions(query).await
+    }
+
+    async fn admin_kill(
+        &self,
+        admin: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError> {
+        if !is_admin(admin) {
+            return Err(StoreError::Forbidden);
+        }
+        Self::one_session(
+            self.rpc("mcp_kill_session", json!({ "p_session_id": session }))
+                .await,
+            0,
+        )
+    }
+
+    async fn create_conversation(
+        &self,
+        principal: &Principal,
+        limits: &ConversationLimits,
+    ) -> Result<ConversationId, StoreError> {
+        let id = ConversationId::generate();
+        let args = json!({
+            "p_user_id": principal.user_id,
+            "p_continuation_id": id,
+            "p_timeout_secs": seconds(limits.timeout),
+        });
+        self.rpc("mcp_create_conversation", args)
+            .await
+            .map_err(|e| store_error(e, 0, Some(limits)))?;
+        Ok(id)
+    }
+
+    async fn append_turn(
+        &self,
+        principal: &Principal,
+        conversation: &ConversationId,
+        turn: Turn,
+        limits: &ConversationLimits,
+    ) -> Result<usize, StoreError> {
+        let args = json!({
+            "p_user_id": principal.user_id,
+            "p_continuation_id": conversation,
+            "p_role": turn.role,
+            "p_content": turn.content,
+            "p_max_turns": limits.max_turns,
+            "p_timeout_secs": seconds(limits.timeout),
+        });
+        let count = self
+            .rpc("mcp_append_turn", args)
+            .await
+            .map_err(|e| store_error(e, 0, Some(limits)))?;
+        count
+            .as_u64()
+            .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
+            .ok_or_else(|| unavailable(RestError::Unexpected("a turn count".into())))
+    }
+
+    async fn read_conversation(
+        &self,
+        principal: &Principal,
+        conversation: &ConversationId,
+        limits: &ConversationLimits,
+    ) -> Result<Vec<Turn>, StoreError> {
+        let args = json!({
+            "p_user_id": principal.user_id,
+            "p_continuation_id": conversation,
+            "p_timeout_secs": seconds(limits.timeout),
+        });
+        let rows = self
+            .rpc("mcp_read_conversation", args)
+            .await
+            .map_err(|e| store_error(e, 0, Some(limits)))?;
+        Ok(rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|row| {
+                Turn::new(
+                    row["role"].as_str().unwrap_or_default(),
+                    row["content"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+}
+
+fn key_error(error: RestError) -> KeyStoreError {
+    KeyStoreError(Box::new(error))
+}
+
+#[async_trait]
+impl ApiKeyStore for SupabaseStore {
+    async fn insert_api_key(&self, record: ApiKeyRecord) -> Result<(), KeyStoreError> {
+        let hash: String = record
+            .secret_hash
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let row = json!({
+            "key_id": record.key_id,
+            "user_id": record.user_id,
+            "name": record.name,
+            "secret_hash": format!("\\x{hash}"),
+            "created_at": format_timestamp(record.created_at),
+            "expires_at": record.expires_at.map(format_timestamp),
+            "revoked_at": record.revoked_at.map(format_timestamp),
+        });
+        self.send(self.client.from("mcp_api_keys").insert(row.to_string()))
+            .await
+            .map_err(key_error)?;
+        Ok(())
+    }
+
+    async fn find_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreError> {
+        let query = self
+            .client
+            .from("mcp_api_keys")
+            .select(KEY_COLUMNS)
+            .eq("key_id", key_id);
+        let rows = self.send(query).await.map_err(key_error)?;
+        rows.as_array()
+            .and_then(|rows| rows.first())
+            .map(key_from_json)
+            .transpose()
+            .map_err(key_error)
+    }
+
+    async fn revoke_api_key(&self, key_id: &str, at: SystemTime) -> Result<bool, KeyStoreError> {
+        let query = self
+            .client
+            .from("mcp_api_keys")
+            .eq("key_id", key_id)
+            .is("revoked_at", "null")
+            .update(json!({ "revoked_at": format_timestamp(at) }).to_string());
+        let changed = self.send(query).await.map_err(key_error)?;
+        if changed.as_array().is_some_and(|rows| !rows.is_empty()) {
+            return Ok(true);
+        }
+        // Already revoked is still "revoked"; only a missing key is false.
+        Ok(self.find_api_key(key_id).await?.is_some())
+    }
+
+    async fn record_api_key_use(&self, key_id: &str, at: SystemTime) -> Result<(), KeyStoreError> {
+        let query = self
+            .client
+            .from("mcp_api_keys")
+            .eq("key_id", key_id)
+            .update(json!({ "last_used_at": format_timestamp(at) }).to_string());
+        self.send(query).await.map_err(key_error)?;
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
+        let query = self
+            .client
+            .from("mcp_api_keys")
+            .select(KEY_COLUMNS)
+            .eq("user_id", user_id.to_string())
+            .order("created_at.desc");
+        let rows = self.send(query).await.map_err(key_error)?;
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .map(key_from_json)
+            .collect::<Result<_, _>>()
+            .map_err(key_error)
+    }
+}
