@@ -32,12 +32,9 @@ pub enum ConfigError {
     /// `EXAI_SESSION_STORE=postgres` without `DATABASE_URL`.
     #[error("EXAI_SESSION_STORE=postgres needs DATABASE_URL")]
     MissingDatabaseUrl,
-    /// A store that this version does not provide.
-    #[error(
-        "EXAI_SESSION_STORE=supabase is not available in this version; use \
-         EXAI_SESSION_STORE=postgres with the project's direct connection string in DATABASE_URL"
-    )]
-    SupabaseStoreUnavailable,
+    /// `EXAI_SESSION_STORE=supabase` without the project's URL or key.
+    #[error("EXAI_SESSION_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")]
+    MissingSupabaseSettings,
     /// `SUPABASE_JWT_SECRET` is set but empty.
     #[error("SUPABASE_JWT_SECRET is set but empty")]
     EmptySecret,
@@ -289,6 +286,16 @@ pub struct DaemonArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
 
+    /// The project's service-role key, for the supabase store; set it
+    /// through the environment only.
+    #[arg(
+        long = "supabase-service-role-key",
+        env = "SUPABASE_SERVICE_ROLE_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub service_role_key: Option<String>,
+
     /// The public base URL of this daemon, for the metadata it publishes
     #[arg(long, env = "EXAI_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
@@ -352,7 +359,18 @@ impl DaemonArgs {
                 ),
                 config: PostgresConfig::default(),
             },
-            StoreKind::Supabase => return Err(ConfigError::SupabaseStoreUnavailable),
+            StoreKind::Supabase => StoreConfig::Supabase {
+                url: self
+                    .auth
+                    .supabase_url()?
+                    .ok_or(ConfigError::MissingSupabaseSettings)?,
+                service_role_key: Secret::new(
+                    self.service_role_key
+                        .filter(|key| !key.is_empty())
+                        .ok_or(ConfigError::MissingSupabaseSettings)?
+                        .into_bytes(),
+                ),
+            },
         };
         Ok((
             Config {
@@ -385,7 +403,7 @@ pub enum StoreKind {
     Memory,
     /// PostgreSQL at `DATABASE_URL` (self-hosted, or Supabase's direct connection).
     Postgres,
-    /// Supabase's REST API (not available in this version).
+    /// Supabase's REST API at `SUPABASE_URL`, with `SUPABASE_SERVICE_ROLE_KEY`.
     Supabase,
 }
 
@@ -402,6 +420,13 @@ pub enum StoreConfig {
         /// Pool and timeout.
         config: PostgresConfig,
     },
+    /// Supabase's REST API.
+    Supabase {
+        /// `SUPABASE_URL`.
+        url: String,
+        /// `SUPABASE_SERVICE_ROLE_KEY` (never printed).
+        service_role_key: Secret,
+    },
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -412,6 +437,11 @@ impl std::fmt::Debug for StoreConfig {
                 .debug_struct("Postgres")
                 .field("url", &"<redacted>")
                 .field("config", config)
+                .finish(),
+            StoreConfig::Supabase { url, .. } => f
+                .debug_struct("Supabase")
+                .field("url", url)
+                .field("service_role_key", &"<redacted>")
                 .finish(),
         }
     }

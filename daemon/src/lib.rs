@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use exai_auth::{ApiKeyStore, Authenticator, JwksError, JwtVerifier};
 use exai_providers::{EchoProvider, Provider};
-use exai_sessions::{MemoryStore, PostgresStore, SessionStore, StoreError};
+use exai_sessions::{
+    MemoryStore, PostgresStore, SessionStore, StoreError, SupabaseConfig, SupabaseStore,
+};
 use exai_transport::{ConnectionContext, Edge};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -116,6 +118,18 @@ async fn open_store(
             if !pending.is_empty() {
                 return Err(StartError::NotMigrated(pending));
             }
+            Ok((store.clone(), store))
+        }
+        StoreConfig::Supabase {
+            url,
+            service_role_key,
+        } => {
+            let store = Arc::new(SupabaseStore::new(
+                &url,
+                service_role_key,
+                SupabaseConfig::default(),
+            ));
+            store.check().await.map_err(StartError::Store)?;
             Ok((store.clone(), store))
         }
     }

@@ -199,6 +199,17 @@ impl SupabaseStore {
         }
     }
 
+    /// Whether the API answers and the schema is there (a one-row read of
+    /// `mcp_sessions`).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let probe = self
+            .client
+            .from("mcp_sessions")
+            .select("session_id")
+            .limit(1);
+        self.send(probe).await.map(|_| ()).map_err(unavailable)
+    }
+
     fn bearer(&self) -> String {
         String::from_utf8_lossy(self.key.expose()).into_owned()
     }

@@ -137,3 +137,45 @@ async fn a_database_that_is_down_or_not_migrated_stops_the_start() {
     let cause = std::error::Error::source(&error).unwrap().to_string();
     assert_eq!(cause, "session store unavailable");
 }
+
+/// The same daemon on the supabase store, through the REST API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_on_the_supabase_store() {
+    let (server, db) = database(&["rest@example.com"]).await;
+    let rest = exai_tests::TestPostgrest::start(&server.url, exai_tests::TEST_SECRET).await;
+    let daemon = TestDaemon::start_with(|c| {
+        c.store = StoreConfig::Supabase {
+            url: rest.url.clone(),
+            service_role_key: exai_tests::service_role_key(),
+        };
+        c.edge.max_connections_per_user = 2;
+    })
+    .await;
+    let user = token("rest@example.com");
+    let mut first = daemon.connect_initialized(&user).await;
+    let session = first.whoami(1).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _second = daemon.connect(&user).await;
+    let refused = daemon
+        .try_connect(Some(&user))
+        .await
+        .err()
+        .expect("third refused");
+    assert_eq!(refused.status, 429);
+    let status: String = db
+        .query_one(
+            "SELECT connection_status FROM mcp_sessions WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "connected");
+    daemon.stop().await;
+    assert_eq!(
+        statuses(&db, "rest@example.com").await,
+        ["disconnected", "disconnected"]
+    );
+}
