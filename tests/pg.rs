@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL server per test, from the PostgreSQL binaries on
-//! the machine (or the server at `EXAI_TEST_DATABASE_URL`, when given).
+//! the machine. (Not an existing server: tests stop and restart their own
+//! server to make outages, and expect a database nobody else has touched.)
 //!
 //! `initdb` runs once, into a template data directory kept under
 //! `target/test-tools/`; each [`TestPostgres`] copies it and starts its own
@@ -139,22 +140,15 @@ fn template() -> &'static Path {
 
 /// One PostgreSQL server, stopped and removed on drop.
 pub struct TestPostgres {
-    dir: Option<tempfile::TempDir>,
+    dir: tempfile::TempDir,
     port: u16,
     /// `postgres://postgres@127.0.0.1:PORT/postgres`
     pub url: String,
 }
 
 impl TestPostgres {
-    /// A fresh server (or the one at `EXAI_TEST_DATABASE_URL`).
+    /// A fresh server.
     pub fn start() -> TestPostgres {
-        if let Ok(url) = std::env::var("EXAI_TEST_DATABASE_URL") {
-            return TestPostgres {
-                dir: None,
-                port: 0,
-                url,
-            };
-        }
         let dir = owned_dir("exai-pg-", None);
         let mut copy = Command::new("cp");
         copy.arg("-a").arg(template().join("data")).arg(dir.path());
@@ -166,7 +160,7 @@ impl TestPostgres {
             .port();
         let server = TestPostgres {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            dir: Some(dir),
+            dir,
             port,
         };
         server.resume();
@@ -183,7 +177,7 @@ impl TestPostgres {
 
     /// Starts the server (again), waiting until it accepts connections.
     pub fn resume(&self) {
-        let dir = self.dir.as_ref().expect("a server of our own").path();
+        let dir = self.dir.path();
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
             self.port,

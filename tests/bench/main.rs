@@ -19,12 +19,23 @@ use serde_json::Value;
 const RUN: Duration = Duration::from_millis(1500);
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    let section = std::env::args().nth(1).unwrap_or_else(|| "auth".into());
+    match section.as_str() {
+        "auth" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(run()),
+        "sessions" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(sessions::run()),
+        other => panic!("unknown section {other}: auth or sessions"),
+    }
 }
+
+mod sessions;
 
 /// Average time per call of `f`, run repeatedly for [`RUN`].
 async fn per_call<F, Fut>(mut f: F) -> Duration

@@ -109,18 +109,23 @@ fn bench(root: &Path) -> anyhow::Result<()> {
             "exai-bench",
         ],
     )?;
-    eprintln!("xtask: running exai-bench");
-    let output = Command::new(root.join("target/release/exai-bench"))
-        .env("EXAI_TEST_PYTHON", &python)
-        .output()
-        .context("running exai-bench")?;
-    if !output.status.success() {
-        bail!(
-            "exai-bench failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let table = String::from_utf8(output.stdout).context("exai-bench output")?;
+    let postgres = postgres_bin()?;
+    let section = |name: &str| -> anyhow::Result<String> {
+        eprintln!("xtask: running exai-bench {name}");
+        let output = Command::new(root.join("target/release/exai-bench"))
+            .arg(name)
+            .env("EXAI_TEST_PYTHON", &python)
+            .env("EXAI_TEST_PG_BIN", &postgres)
+            .output()
+            .context("running exai-bench")?;
+        if !output.status.success() {
+            bail!(
+                "exai-bench {name} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        String::from_utf8(output.stdout).context("exai-bench output")
+    };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -134,13 +139,18 @@ fn bench(root: &Path) -> anyhow::Result<()> {
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let kernel = command_output("uname", &["-sr"]);
     let rustc = command_output("rustc", &["--version"]);
-    let generated = format!(
-        "- date: {date}\n- machine: {cpu}, {cores} cores, {kernel}\n- toolchain: {rustc}\n\n{table}"
-    );
     let path = root.join("BENCHMARKS.md");
-    let current = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(&path, splice(&current, "auth", &generated))?;
-    eprintln!("{generated}\nxtask: wrote {}", path.display());
+    let mut document = std::fs::read_to_string(&path).unwrap_or_default();
+    for name in ["auth", "sessions"] {
+        let table = section(name)?;
+        let generated = format!(
+            "- date: {date}\n- machine: {cpu}, {cores} cores, {kernel}\n- toolchain: {rustc}\n\n{table}"
+        );
+        eprintln!("{generated}");
+        document = splice(&document, name, &generated);
+    }
+    std::fs::write(&path, document)?;
+    eprintln!("xtask: wrote {}", path.display());
     Ok(())
 }
 
