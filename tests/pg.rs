@@ -168,11 +168,7 @@ impl TestPostgres {
     }
 
     fn data(&self) -> PathBuf {
-        self.dir
-            .as_ref()
-            .expect("a server of our own")
-            .path()
-            .join("data")
+        self.dir.path().join("data")
     }
 
     /// Starts the server (again), waiting until it accepts connections.
@@ -204,11 +200,9 @@ impl TestPostgres {
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
-        if self.dir.is_some() {
-            let mut stop = pg("pg_ctl");
-            stop.args(["stop", "-m", "immediate", "-D"])
-                .arg(self.data());
-            let _ = stop.output();
-        }
+        let mut stop = pg("pg_ctl");
+        stop.args(["stop", "-m", "immediate", "-D"])
+            .arg(self.data());
+        let _ = stop.output();
     }
 }
