@@ -1,5 +1,9 @@
 //! The PostgreSQL backend: a pooled direct connection (`DATABASE_URL`), for
-//! self-hosted PostgreSQL and for Supabase's direct connection string.
+//! self-hosted PostgreSQL and for Supabase's direct connection string (TLS
+//! per the URL's `sslmode`).
+//!
+//! tokio-postgres with a deadpool pool: asynchronous, small, and needing no
+//! database at build time (sqlx's checked queries would).
 //!
 //! The per-user limit is checked inside `mcp_open_session`, under a per-user
 //! advisory lock, so several daemons sharing one database cannot together
@@ -13,7 +17,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
-use tokio_postgres::{NoTls, Row};
+use rustls_platform_verifier::ConfigVerifierExt as _;
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::{
     ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionRecord,
@@ -103,11 +109,17 @@ struct Problem(&'static str);
 impl PostgresStore {
     /// A pool for `url` (`postgres://user:password@host:port/db`). Connects
     /// lazily: an unreachable database shows at the first call.
+    ///
+    /// TLS follows the URL's `sslmode`, as libpq's does: `prefer` (the
+    /// default) uses TLS when the server offers it, `require` insists, and
+    /// `disable` never tries. Certificates are checked against the
+    /// platform's trusted roots.
     pub fn new(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
         let pg_config = tokio_postgres::Config::from_str(url).map_err(unavailable)?;
+        let tls = rustls::ClientConfig::with_platform_verifier().map_err(unavailable)?;
         let manager = Manager::from_config(
             pg_config,
-            NoTls,
+            MakeRustlsConnect::new(tls),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -669,6 +681,33 @@ impl ApiKeyStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With the default `sslmode=prefer`, the first thing sent is
+    /// PostgreSQL's SSLRequest (length 8, code 80877103): the backend asks
+    /// for TLS whenever the server might offer it. (A client without TLS
+    /// would send its startup message instead.)
+    #[tokio::test]
+    async fn tls_is_asked_for_by_default() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut first = [0u8; 8];
+            socket.read_exact(&mut first).await.unwrap();
+            let _ = first_tx.send(first);
+            // "N": no TLS here; then hang up.
+            let _ = socket.write_all(b"N").await;
+        });
+        let mut config = PostgresConfig::default();
+        config.timeout = Duration::from_secs(2);
+        let store =
+            PostgresStore::new(&format!("postgres://u@127.0.0.1:{port}/db"), config).unwrap();
+        let _ = store.check().await;
+        let first = first_rx.await.unwrap();
+        assert_eq!(first, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "an SSLRequest");
+    }
 
     #[test]
     fn a_bad_url_is_refused_without_echoing_it() {
