@@ -700,8 +700,10 @@ mod tests {
             // "N": no TLS here; then hang up.
             let _ = socket.write_all(b"N").await;
         });
-        let mut config = PostgresConfig::default();
-        config.timeout = Duration::from_secs(2);
+        let config = PostgresConfig {
+            timeout: Duration::from_secs(2),
+            ..PostgresConfig::default()
+        };
         let store =
             PostgresStore::new(&format!("postgres://u@127.0.0.1:{port}/db"), config).unwrap();
         let _ = store.check().await;
