@@ -46,6 +46,8 @@ pub struct TestDaemon {
     pub url: String,
     /// `http://127.0.0.1:PORT`
     pub http: String,
+    /// `http://127.0.0.1:PORT` of the admin listener, when there is one.
+    pub admin: Option<String>,
 }
 
 impl TestDaemon {
@@ -71,6 +73,7 @@ impl TestDaemon {
         Ok(TestDaemon {
             url: daemon.url(),
             http: format!("http://{}", daemon.local_addr()),
+            admin: daemon.admin_addr().map(|a| format!("http://{a}")),
             daemon: Some(daemon),
         })
     }
@@ -186,6 +189,30 @@ impl Refused {
 /// after installing the pinned packages; without it, the virtual environment
 /// xtask makes under `target/` is used if it is there.
 pub fn jwt_tool(request: &Value) -> Value {
+    let answer = python_tool("jwt_tool.py", request.to_string().as_bytes());
+    serde_json::from_slice(&answer).expect("jwt_tool.py answers JSON")
+}
+
+/// Prometheus text parsed by the official Python client's parser, as
+/// `(name, labels, value)` samples. Panics if it does not parse.
+pub fn parse_metrics(text: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let answer = python_tool("parse_metrics.py", text.as_bytes());
+    let samples: Vec<Value> =
+        serde_json::from_slice(&answer).expect("parse_metrics.py answers JSON");
+    samples
+        .into_iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                serde_json::from_value(s["labels"].clone()).unwrap(),
+                s["value"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `tests/tools/<script>` with `input` on stdin; returns its stdout.
+fn python_tool(script: &str, input: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("EXAI_TEST_PYTHON")
@@ -197,20 +224,15 @@ pub fn jwt_tool(request: &Value) -> Value {
         python.display()
     );
     let mut child = std::process::Command::new(&python)
-        .arg(root.join("tools/jwt_tool.py"))
+        .arg(root.join("tools").join(script))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("run jwt_tool.py");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "jwt_tool.py failed");
-    serde_json::from_slice(&output.stdout).expect("jwt_tool.py answers JSON")
+    assert!(output.status.success(), "{script} failed");
+    output.stdout
 }
 
 /// Asymmetric keys made by PyJWT/cryptography, usable from Rust too.
@@ -359,8 +381,13 @@ impl JwksServer {
 
 /// A minimal HTTP/1.1 GET over a raw socket (no HTTP client dependency).
 pub async fn http_get(daemon: &TestDaemon, path: &str, token: Option<&str>) -> (u16, String) {
+    http_get_at(&daemon.http, path, token).await
+}
+
+/// The same, against the server at `base` (`http://HOST:PORT`).
+pub async fn http_get_at(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = daemon.http.trim_start_matches("http://");
+    let addr = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))

@@ -65,6 +65,31 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A stable, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::BadAlgorithm => "bad_algorithm",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::InvalidSubject => "invalid_subject",
+            AuthError::Anonymous => "anonymous",
+            AuthError::RoleNotAllowed(_) => "role_not_allowed",
+            AuthError::InvalidApiKey => "invalid_api_key",
+            AuthError::ApiKeyRevoked => "api_key_revoked",
+            AuthError::ApiKeyExpired => "api_key_expired",
+            AuthError::InvalidSharedToken => "invalid_shared_token",
+            AuthError::OtherUser => "other_user",
+            AuthError::Unavailable => "unavailable",
+        }
+    }
+
     /// The one-line reason for the client (the `Display` text).
     pub fn reason(&self) -> String {
         self.to_string()

@@ -164,6 +164,11 @@ impl Jwks {
             .ok_or(AuthError::UnknownKey)
     }
 
+    /// How many keys the current set holds.
+    pub(crate) fn key_count(&self) -> usize {
+        self.inner.current().keys.len()
+    }
+
     /// Whether the current set still holds `kid`, for a verdict cached
     /// earlier. Never waits for a fetch, but starts one in the background
     /// when the set is older than the policy allows, so that a withdrawn key

@@ -164,6 +164,12 @@ impl JwtVerifier {
         Ok(verifier)
     }
 
+    /// Whether any key can verify a token now: the HS256 secret, or at least
+    /// one key of the JWKS.
+    pub fn has_keys(&self) -> bool {
+        self.hs256.is_some() || self.jwks.as_ref().is_some_and(|j| j.key_count() > 0)
+    }
+
     /// How many JWKS fetches were attempted so far.
     pub fn jwks_fetches(&self) -> u64 {
         self.jwks.as_ref().map_or(0, Jwks::fetches)

@@ -130,6 +130,15 @@ impl Authenticator {
         }
     }
 
+    /// Whether credentials can be checked now (for readiness): single-user
+    /// mode always can; multi-user mode needs a signing key.
+    pub fn ready(&self) -> bool {
+        match &self.mode {
+            Mode::MultiUser { jwt, .. } => jwt.has_keys(),
+            Mode::SingleUser { .. } => true,
+        }
+    }
+
     /// Verifies `credential` for `access` and returns the principal it proves.
     pub async fn authenticate(
         &self,

@@ -7,7 +7,11 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = exai_cli::Cli::parse();
-    exai_daemon::logging::init(std::env::var("RUST_LOG").ok().as_deref(), "warn");
+    exai_daemon::logging::init(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        "warn",
+        exai_daemon::config::LogFormat::Text,
+    );
     match exai_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

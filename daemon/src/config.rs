@@ -8,18 +8,33 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
 use exai_auth::{JwksConfig, JwtConfig, Secret};
 use exai_sessions::PostgresConfig;
 use exai_transport::EdgeConfig;
 
 use crate::secret_file;
 
+/// Every problem found in a configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
 /// A configuration the daemon cannot run with. Each message names the
 /// setting to change.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A setting's value is not of the expected form. The value is shown
+    /// unless the setting is a secret.
+    #[error("{variable}={value}: expected {expected}")]
+    Invalid {
+        /// The environment variable (or flag) named.
+        variable: &'static str,
+        /// The value, or `<hidden>` for secrets.
+        value: String,
+        /// What would be accepted.
+        expected: &'static str,
+    },
     /// Single-user mode without a token, bound to a non-loopback address.
     #[error(
         "MCP_ENABLE_MULTI_USER=false without EXAI_WS_TOKEN would let anyone who can reach \
@@ -108,8 +123,8 @@ pub struct AuthArgs {
     pub jwt_audience: String,
 
     /// Clock skew tolerated on exp and nbf, in seconds
-    #[arg(long, env = "EXAI_JWT_LEEWAY_SECS", default_value_t = 30)]
-    pub jwt_leeway_secs: u64,
+    #[arg(long, env = "EXAI_JWT_LEEWAY_SECS", default_value = "30")]
+    pub jwt_leeway_secs: String,
 
     /// Directory for the development signing secret
     /// [default: the user's data directory + /exai]
@@ -207,7 +222,12 @@ impl AuthArgs {
         config.jwks = self.jwks_url()?.map(JwksConfig::new);
         config.issuer = self.issuer()?;
         config.audience = self.jwt_audience.clone();
-        config.leeway = Duration::from_secs(self.jwt_leeway_secs);
+        config.leeway = Duration::from_secs(parse(
+            "EXAI_JWT_LEEWAY_SECS",
+            &self.jwt_leeway_secs,
+            "a number of seconds",
+            |v: &u64| *v <= 3600,
+        )?);
         Ok((config, source))
     }
 }
@@ -224,7 +244,41 @@ fn check_url(variable: &'static str, value: &str) -> Result<String, ConfigError>
     Ok(value.trim_end_matches('/').to_owned())
 }
 
-/// Command-line flags and environment of `exai-daemon`.
+/// `value` parsed as `T` and accepted by `valid`, or a problem naming
+/// `variable`.
+fn parse<T: std::str::FromStr>(
+    variable: &'static str,
+    value: &str,
+    expected: &'static str,
+    valid: impl Fn(&T) -> bool,
+) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse::<T>()
+        .ok()
+        .filter(|v| valid(v))
+        .ok_or_else(|| ConfigError::Invalid {
+            variable,
+            value: value.to_owned(),
+            expected,
+        })
+}
+
+fn parse_bool(variable: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            variable,
+            value: value.to_owned(),
+            expected: "true or false",
+        }),
+    }
+}
+
+/// Command-line flags and environment of `exai-daemon`. Values are read as
+/// text and checked together by [`DaemonArgs::into_config`], so that every
+/// problem is reported at once, naming its variable.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "exai-daemon",
@@ -236,51 +290,45 @@ fn check_url(variable: &'static str, value: &str) -> Result<String, ConfigError>
                   EXAI_WS_TOKEN is the shared token of single-user mode."
 )]
 pub struct DaemonArgs {
+    /// Check the configuration, print every problem, and exit (0 when valid,
+    /// 64 otherwise) without starting
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Address to listen on; overrides --host and --port
     #[arg(long, value_name = "HOST:PORT")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<String>,
 
     /// Host or IP address to listen on
     #[arg(long, env = "EXAI_WS_HOST", default_value = "127.0.0.1")]
     pub host: String,
 
     /// Port to listen on
-    #[arg(long, env = "EXAI_WS_PORT", default_value_t = 8079)]
-    pub port: u16,
+    #[arg(long, env = "EXAI_WS_PORT", default_value = "8079")]
+    pub port: String,
+
+    /// Address for /metrics, /healthz and /readyz, apart from the public
+    /// listener [default: served on the public listener]
+    #[arg(long, env = "EXAI_ADMIN_LISTEN", value_name = "HOST:PORT")]
+    pub admin_listen: Option<String>,
 
     /// Concurrent connections one user may hold
-    #[arg(
-        long,
-        env = "MCP_MAX_CONNECTIONS_PER_USER",
-        default_value_t = 5,
-        value_parser = clap::value_parser!(u32).range(1..)
-    )]
-    pub max_connections_per_user: u32,
+    #[arg(long, env = "MCP_MAX_CONNECTIONS_PER_USER", default_value = "5")]
+    pub max_connections_per_user: String,
 
     /// Seconds without an MCP request after which a session expires (its
     /// socket is closed with 4408; it can no longer be resumed)
-    #[arg(
-        long,
-        env = "MCP_SESSION_TIMEOUT",
-        default_value_t = 3600,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    pub session_timeout: u64,
+    #[arg(long, env = "MCP_SESSION_TIMEOUT", default_value = "3600")]
+    pub session_timeout: String,
 
     /// Multi-user mode: every connection authenticates as a Supabase user;
     /// false: the single-user mode of the original daemon
-    #[arg(
-        long,
-        env = "MCP_ENABLE_MULTI_USER",
-        default_value = "true",
-        value_parser = BoolishValueParser::new(),
-        action = clap::ArgAction::Set
-    )]
-    pub multi_user: bool,
+    #[arg(long, env = "MCP_ENABLE_MULTI_USER", default_value = "true")]
+    pub multi_user: String,
 
-    /// Where sessions are kept
-    #[arg(long, env = "EXAI_SESSION_STORE", value_enum, default_value = "memory")]
-    pub session_store: StoreKind,
+    /// Where sessions are kept: memory, postgres or supabase
+    #[arg(long, env = "EXAI_SESSION_STORE", default_value = "memory")]
+    pub session_store: String,
 
     /// The PostgreSQL connection string, for the postgres store
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
@@ -300,6 +348,10 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 
+    /// Log format: text or json
+    #[arg(long, env = "EXAI_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
     /// Single-user mode's shared token; set it through the environment only.
     #[arg(
         long = "ws-token",
@@ -314,68 +366,166 @@ pub struct DaemonArgs {
     pub auth: AuthArgs,
 }
 
+/// Runs each check, keeping every problem rather than stopping at the first.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.push(e)).ok()
+    }
+
+    /// Keeps `problem` unless the same one was found already (one setting
+    /// can be read by several checks).
+    fn push(&mut self, problem: ConfigError) {
+        let text = problem.to_string();
+        if !self.0.iter().any(|p| p.to_string() == text) {
+            self.0.push(problem);
+        }
+    }
+}
+
 impl DaemonArgs {
-    /// Checks the arguments and resolves the signing keys. The returned
-    /// source says where the HS256 secret came from (multi-user mode only).
-    pub fn into_config(self) -> Result<(Config, Option<SecretSource>), ConfigError> {
-        let (host, port) = match self.listen {
-            Some(addr) => (addr.ip().to_string(), addr.port()),
-            None => (self.host, self.port),
-        };
-        let (auth, source) = if self.multi_user {
-            let (jwt, source) = self.auth.jwt_config()?;
-            (AuthMode::MultiUser(jwt), Some(source))
-        } else {
-            let token = self.ws_token.filter(|t| !t.is_empty());
-            if token.is_none() && !is_loopback(&host) {
-                return Err(ConfigError::SingleUserNeedsToken { host });
-            }
-            let token = token.map(|t| Secret::new(t.into_bytes()));
-            (AuthMode::SingleUser { token }, None)
-        };
-        let mut edge = EdgeConfig::default();
-        edge.max_connections_per_user = self.max_connections_per_user;
-        edge.session_timeout = Duration::from_secs(self.session_timeout);
-        edge.activity_flush = activity_flush(edge.session_timeout);
-        edge.public_url = self
+    /// Checks every setting and resolves the signing keys. All problems are
+    /// returned together. The returned source says where the HS256 secret
+    /// came from (multi-user mode only).
+    pub fn into_config(self) -> Result<(Config, Option<SecretSource>), ConfigErrors> {
+        let mut problems = Problems::default();
+        let listen = self.listen.as_deref().and_then(|listen| {
+            problems.check(parse("--listen", listen, "HOST:PORT", |_: &SocketAddr| {
+                true
+            }))
+        });
+        let port = problems.check(parse(
+            "EXAI_WS_PORT",
+            &self.port,
+            "a port number (0-65535)",
+            |_: &u16| true,
+        ));
+        if self.host.trim().is_empty() {
+            problems.push(ConfigError::Invalid {
+                variable: "EXAI_WS_HOST",
+                value: self.host.clone(),
+                expected: "a host name or IP address",
+            });
+        }
+        let admin = self.admin_listen.as_deref().and_then(|admin| {
+            problems.check(parse(
+                "EXAI_ADMIN_LISTEN",
+                admin,
+                "HOST:PORT",
+                |_: &SocketAddr| true,
+            ))
+        });
+        let max_connections = problems.check(parse(
+            "MCP_MAX_CONNECTIONS_PER_USER",
+            &self.max_connections_per_user,
+            "a whole number of at least 1",
+            |v: &u32| *v >= 1,
+        ));
+        let timeout = problems.check(parse(
+            "MCP_SESSION_TIMEOUT",
+            &self.session_timeout,
+            "a whole number of seconds, at least 1",
+            |v: &u64| *v >= 1,
+        ));
+        let multi_user = problems.check(parse_bool("MCP_ENABLE_MULTI_USER", &self.multi_user));
+        let log_format = problems.check(match self.log_format.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::Invalid {
+                variable: "EXAI_LOG_FORMAT",
+                value: other.to_owned(),
+                expected: "text or json",
+            }),
+        });
+        let public_url = self
             .public_url
             .as_deref()
-            .map(|url| check_url("EXAI_PUBLIC_URL", url))
-            .transpose()?;
-        edge.authorization_servers = self
-            .auth
-            .supabase_url()?
+            .and_then(|url| problems.check(check_url("EXAI_PUBLIC_URL", url)));
+        let supabase_url = problems.check(self.auth.supabase_url()).flatten();
+        let (host, port) = match listen {
+            Some(addr) => (addr.ip().to_string(), addr.port()),
+            None => (self.host.clone(), port.unwrap_or_default()),
+        };
+        let mut source = None;
+        let auth = match multi_user {
+            Some(true) => problems.check(self.auth.jwt_config()).map(|(jwt, found)| {
+                source = Some(found);
+                AuthMode::MultiUser(jwt)
+            }),
+            Some(false) => {
+                let token = self.ws_token.clone().filter(|t| !t.is_empty());
+                if token.is_none() && !is_loopback(&host) {
+                    problems
+                        .0
+                        .push(ConfigError::SingleUserNeedsToken { host: host.clone() });
+                }
+                Some(AuthMode::SingleUser {
+                    token: token.map(|t| Secret::new(t.into_bytes())),
+                })
+            }
+            None => None,
+        };
+        let store = match self.session_store.trim() {
+            "memory" => Some(StoreConfig::Memory),
+            "postgres" => match self.database_url.clone().filter(|url| !url.is_empty()) {
+                Some(url) => Some(StoreConfig::Postgres {
+                    url: Secret::new(url.into_bytes()),
+                    config: PostgresConfig::default(),
+                }),
+                None => {
+                    problems.push(ConfigError::MissingDatabaseUrl);
+                    None
+                }
+            },
+            "supabase" => match (
+                supabase_url.clone(),
+                self.service_role_key.clone().filter(|key| !key.is_empty()),
+            ) {
+                (Some(url), Some(key)) => Some(StoreConfig::Supabase {
+                    url,
+                    service_role_key: Secret::new(key.into_bytes()),
+                }),
+                _ => {
+                    problems.push(ConfigError::MissingSupabaseSettings);
+                    None
+                }
+            },
+            other => {
+                problems.push(ConfigError::Invalid {
+                    variable: "EXAI_SESSION_STORE",
+                    value: other.to_owned(),
+                    expected: "memory, postgres or supabase",
+                });
+                None
+            }
+        };
+        let (Some(auth), Some(store), Some(max_connections), Some(timeout), Some(log_format), true) = (
+            auth,
+            store,
+            max_connections,
+            timeout,
+            log_format,
+            problems.0.is_empty(),
+        ) else {
+            return Err(ConfigErrors(problems.0));
+        };
+        let mut edge = EdgeConfig::default();
+        edge.max_connections_per_user = max_connections;
+        edge.session_timeout = Duration::from_secs(timeout);
+        edge.activity_flush = activity_flush(edge.session_timeout);
+        edge.public_url = public_url;
+        edge.authorization_servers = supabase_url
             .map(|base| format!("{base}/auth/v1"))
             .into_iter()
             .collect();
-        let store = match self.session_store {
-            StoreKind::Memory => StoreConfig::Memory,
-            StoreKind::Postgres => StoreConfig::Postgres {
-                url: Secret::new(
-                    self.database_url
-                        .filter(|url| !url.is_empty())
-                        .ok_or(ConfigError::MissingDatabaseUrl)?
-                        .into_bytes(),
-                ),
-                config: PostgresConfig::default(),
-            },
-            StoreKind::Supabase => StoreConfig::Supabase {
-                url: self
-                    .auth
-                    .supabase_url()?
-                    .ok_or(ConfigError::MissingSupabaseSettings)?,
-                service_role_key: Secret::new(
-                    self.service_role_key
-                        .filter(|key| !key.is_empty())
-                        .ok_or(ConfigError::MissingSupabaseSettings)?
-                        .into_bytes(),
-                ),
-            },
-        };
         Ok((
             Config {
                 host,
                 port,
+                admin_listen: admin,
+                log_format,
                 auth,
                 store,
                 edge,
@@ -383,6 +533,15 @@ impl DaemonArgs {
             source,
         ))
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// How often activity is written: every 30 s at most, and often enough that
@@ -394,17 +553,6 @@ pub fn activity_flush(session_timeout: Duration) -> Duration {
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// `EXAI_SESSION_STORE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StoreKind {
-    /// In memory: one process, nothing kept across restarts.
-    Memory,
-    /// PostgreSQL at `DATABASE_URL` (self-hosted, or Supabase's direct connection).
-    Postgres,
-    /// Supabase's REST API at `SUPABASE_URL`, with `SUPABASE_SERVICE_ROLE_KEY`.
-    Supabase,
 }
 
 /// Where sessions and API keys are kept.
@@ -468,6 +616,11 @@ pub struct Config {
     pub host: String,
     /// Port to bind (0: any free port).
     pub port: u16,
+    /// Where /metrics, /healthz and /readyz are served apart from the
+    /// public listener, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
+    /// How log lines are written (the binary sets logging up with it).
+    pub log_format: LogFormat,
     /// How connections authenticate.
     pub auth: AuthMode,
     /// Where sessions are kept.
@@ -483,6 +636,8 @@ impl Config {
         Config {
             host: host.into(),
             port,
+            admin_listen: None,
+            log_format: LogFormat::Text,
             auth: AuthMode::MultiUser(JwtConfig::new().with_hs256(jwt_secret)),
             store: StoreConfig::Memory,
             edge: EdgeConfig::default(),
@@ -523,38 +678,73 @@ mod tests {
         ));
     }
 
+    /// The problems `args` has, as their messages.
+    fn problems(args: &[&str]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = vec!["--data-dir", dir.path().to_str().unwrap()];
+        all.extend_from_slice(args);
+        match parse(&all).unwrap().into_config() {
+            Ok(_) => Vec::new(),
+            Err(ConfigErrors(problems)) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
     #[test]
-    fn bad_values_are_refused() {
-        assert!(parse(&["--max-connections-per-user", "0"]).is_err());
-        assert!(parse(&["--port", "70000"]).is_err());
-        assert!(parse(&["--multi-user", "maybe"]).is_err());
-        let args = parse(&["--multi-user", "false", "--host", "0.0.0.0"]).unwrap();
-        assert!(matches!(
-            args.into_config(),
-            Err(ConfigError::SingleUserNeedsToken { .. })
-        ));
-        let args = parse(&["--multi-user", "false", "--host", "localhost"]).unwrap();
-        assert!(matches!(
-            args.into_config(),
-            Ok((
-                Config {
-                    auth: AuthMode::SingleUser { token: None },
-                    ..
-                },
-                None
-            ))
-        ));
-        let args = parse(&["--supabase-url", "ftp://x"]).unwrap();
-        assert!(matches!(
-            args.into_config(),
-            Err(ConfigError::BadUrl {
-                variable: "SUPABASE_URL",
-                ..
-            })
-        ));
+    fn every_problem_is_named_at_once() {
+        let check =
+            |args: &[&str], expected: &[&str]| assert_eq!(problems(args), expected, "{args:?}");
+        check(&[], &[]);
+        check(
+            &["--max-connections-per-user", "0"],
+            &["MCP_MAX_CONNECTIONS_PER_USER=0: expected a whole number of at least 1"],
+        );
+        check(
+            &["--port", "70000"],
+            &["EXAI_WS_PORT=70000: expected a port number (0-65535)"],
+        );
+        check(
+            &["--multi-user", "maybe"],
+            &["MCP_ENABLE_MULTI_USER=maybe: expected true or false"],
+        );
+        check(
+            &["--multi-user", "false", "--host", "0.0.0.0"],
+            &[
+                "MCP_ENABLE_MULTI_USER=false without EXAI_WS_TOKEN would let anyone who can reach \
+               0.0.0.0 in; set EXAI_WS_TOKEN or listen on a loopback address",
+            ],
+        );
+        check(&["--multi-user", "false", "--host", "localhost"], &[]);
+        check(
+            &["--supabase-url", "ftp://x"],
+            &["SUPABASE_URL is not an http(s) URL: 'ftp://x'"],
+        );
+        check(
+            &[
+                "--port",
+                "x",
+                "--session-timeout",
+                "0",
+                "--session-store",
+                "postgres",
+                "--log-format",
+                "xml",
+            ],
+            &[
+                "EXAI_WS_PORT=x: expected a port number (0-65535)",
+                "MCP_SESSION_TIMEOUT=0: expected a whole number of seconds, at least 1",
+                "EXAI_LOG_FORMAT=xml: expected text or json",
+                "EXAI_SESSION_STORE=postgres needs DATABASE_URL",
+            ],
+        );
+        check(
+            &["--session-store", "mongo", "--jwt-leeway-secs=-1"],
+            &[
+                "EXAI_JWT_LEEWAY_SECS=-1: expected a number of seconds",
+                "EXAI_SESSION_STORE=mongo: expected memory, postgres or supabase",
+            ],
+        );
     }
 }
-
 #[cfg(test)]
 mod auth_args_tests {
     use super::*;
@@ -565,7 +755,7 @@ mod auth_args_tests {
             jwks_url: None,
             jwt_issuer: None,
             jwt_audience: "authenticated".into(),
-            jwt_leeway_secs: 30,
+            jwt_leeway_secs: "30".into(),
             data_dir: Some(std::env::temp_dir().join("exai-config-tests-unused")),
             jwt_secret: secret.map(str::to_owned),
         }

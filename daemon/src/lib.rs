@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod logging;
+mod metered;
 mod secret_file;
 pub mod tools;
 
@@ -20,7 +21,7 @@ use exai_providers::{EchoProvider, Provider};
 use exai_sessions::{
     MemoryStore, PostgresStore, SessionStore, StoreError, SupabaseConfig, SupabaseStore,
 };
-use exai_transport::{ConnectionContext, Edge};
+use exai_transport::{ConnectionContext, Edge, Metrics};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Daemon {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     api_keys: Arc<dyn ApiKeyStore>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -84,15 +87,37 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     })?;
 
     let auth = Arc::new(auth);
-    let provider: Arc<dyn Provider> = Arc::new(EchoProvider);
-    let factory = move |connection: &ConnectionContext| {
-        tools::ExaiServer::new(connection.clone(), provider.clone())
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn SessionStore> = Arc::new(metered::MeteredStore::new(store, metrics.clone()));
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
     };
-    let edge = Edge::new(auth, store, factory, config.edge);
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    let provider: Arc<dyn Provider> = Arc::new(EchoProvider);
+    let tool_metrics = metrics.clone();
+    let factory = move |connection: &ConnectionContext| {
+        tools::ExaiServer::new(connection.clone(), provider.clone(), tool_metrics.clone())
+    };
+    let edge = Edge::new(auth, store, factory, config.edge, metrics.clone());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(exai_transport::serve(listener, edge, shutdown.clone()));
+    let task = tokio::spawn(exai_transport::serve(
+        listener,
+        admin,
+        edge,
+        shutdown.clone(),
+    ));
     Ok(Daemon {
         local_addr,
+        admin_addr,
+        metrics,
         api_keys,
         shutdown,
         task: Some(task),
@@ -139,6 +164,16 @@ impl Daemon {
     /// The address the daemon listens on (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served apart, if anywhere.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Where API keys are kept (for issuing keys in-process).

@@ -13,6 +13,8 @@
 use std::io::IsTerminal as _;
 
 use tracing::{Level, Metadata};
+
+use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{FilterExt as _, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -24,14 +26,31 @@ const PAYLOAD_LOGGERS: &[&str] = &["tungstenite", "tokio_tungstenite"];
 
 /// Installs the global subscriber. `rust_log` is the `RUST_LOG` value, if
 /// any (the binary reads the environment, not this library); `default` is
-/// used when it is unset or invalid.
-pub fn init(rust_log: Option<&str>, default: &str) {
-    let layer = fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false)
-        .with_filter(env_filter(rust_log, default).and(filter_fn(allowed)));
-    tracing_subscriber::registry().with(layer).init();
+/// used when it is unset or invalid. In JSON, each line is one object whose
+/// `span` holds the fields of the span it was logged in (a connection's
+/// `user_id` and `session_id`).
+pub fn init(rust_log: Option<&str>, default: &str, format: LogFormat) {
+    let filter = env_filter(rust_log, default).and(filter_fn(allowed));
+    let text = || {
+        fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .log_internal_errors(false)
+    };
+    match format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(text().with_filter(filter))
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                text()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
+            .init(),
+    }
 }
 
 fn env_filter(rust_log: Option<&str>, default: &str) -> EnvFilter {

@@ -1,16 +1,42 @@
 //! `exai-daemon`: parse configuration, set up logging, run until a signal.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use exai_daemon::config::{DaemonArgs, SecretSource};
 
+/// sysexits' EX_USAGE: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    exai_daemon::logging::init(std::env::var("RUST_LOG").ok().as_deref(), "info,rmcp=warn");
-    match run(args).await {
+    let check_only = args.check_config;
+    // Every problem at once, before anything binds (logging is not set up
+    // yet: its format is part of what is being checked).
+    let (config, secret) = match args.into_config() {
+        Ok(checked) => checked,
+        Err(problems) => {
+            eprintln!("exai-daemon: invalid configuration:");
+            for problem in &problems.0 {
+                eprintln!("  {problem}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if check_only {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    exai_daemon::logging::init(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        "info,rmcp=warn",
+        config.log_format,
+    );
+    match run(config, secret).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("exai-daemon: {error:#}");
@@ -19,8 +45,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    let (config, secret) = args.into_config().context("invalid configuration")?;
+async fn run(config: exai_daemon::Config, secret: Option<SecretSource>) -> anyhow::Result<()> {
     match secret {
         None => tracing::warn!("single-user mode: every connection is the one local user"),
         Some(SecretSource::Environment) => {
@@ -36,6 +61,9 @@ async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     let daemon = exai_daemon::start(config).await?;
     tracing::info!(url = %daemon.url(), "listening");
+    if let Some(admin) = daemon.admin_addr() {
+        tracing::info!(address = %admin, "serving /metrics, /healthz and /readyz");
+    }
     shutdown_signal().await?;
     tracing::info!("shutting down");
     daemon.stop().await.context("shutting down")?;

@@ -5,9 +5,10 @@
 //! else.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use exai_providers::{ChatMessage, ChatRequest, EchoProvider, Provider, Role};
-use exai_transport::ConnectionContext;
+use exai_transport::{ConnectionContext, Metrics};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -53,14 +54,20 @@ const TOOLS: &[ToolSpec] = &[
 pub struct ExaiServer {
     connection: ConnectionContext,
     provider: Arc<dyn Provider>,
+    metrics: Arc<Metrics>,
 }
 
 impl ExaiServer {
     /// A server for `connection`, answering `chat` with `provider`.
-    pub fn new(connection: ConnectionContext, provider: Arc<dyn Provider>) -> Self {
+    pub fn new(
+        connection: ConnectionContext,
+        provider: Arc<dyn Provider>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ExaiServer {
             connection,
             provider,
+            metrics,
         }
     }
 
@@ -86,7 +93,26 @@ impl ExaiServer {
             Some(_) => return Err(McpError::invalid_params("'model' must be a string", None)),
         };
         let request = ChatRequest::new(model, vec![ChatMessage::new(Role::User, prompt)]);
-        Ok(match self.provider.chat(request).await {
+        // Model names come from clients: only the provider's own go into a label.
+        let known = self.provider.models().iter().any(|m| m == model);
+        let label = if known { model } else { "other" };
+        let start = Instant::now();
+        let answer = self.provider.chat(request).await;
+        let (outcome, tokens) = match &answer {
+            Ok(a) => (
+                "ok",
+                a.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            ),
+            Err(_) => ("error", None),
+        };
+        self.metrics.provider_call(
+            self.provider.name(),
+            label,
+            outcome,
+            start.elapsed(),
+            tokens,
+        );
+        Ok(match answer {
             Ok(answer) => CallToolResult::success(vec![ContentBlock::text(answer.content)]),
             Err(error) => CallToolResult::error(vec![ContentBlock::text(error.to_string())]),
         })
@@ -125,10 +151,13 @@ impl ServerHandler for ExaiServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let arguments = request.arguments.unwrap_or_default();
+        let start = Instant::now();
         let result = match request.name.as_ref() {
-            "whoami" => self.whoami(),
-            "chat" => self.chat(&arguments).await?,
+            "whoami" => Ok(self.whoami()),
+            "chat" => self.chat(&arguments).await,
             other => {
+                self.metrics
+                    .tool_call("unknown", "unknown_tool", start.elapsed());
                 return Err(McpError::invalid_params(
                     format!(
                         "unknown tool '{}'",
@@ -138,6 +167,13 @@ impl ServerHandler for ExaiServer {
                 ));
             }
         };
-        Ok(result.into())
+        let outcome = match &result {
+            Ok(r) if r.is_error == Some(true) => "tool_error",
+            Ok(_) => "ok",
+            Err(_) => "invalid_params",
+        };
+        self.metrics
+            .tool_call(&request.name, outcome, start.elapsed());
+        Ok(result?.into())
     }
 }

@@ -21,6 +21,11 @@ fn daemon(data_dir: &std::path::Path) -> Command {
         .env_remove("SUPABASE_URL")
         .env_remove("EXAI_JWKS_URL")
         .env_remove("EXAI_WS_TOKEN")
+        .env_remove("EXAI_SESSION_STORE")
+        .env_remove("DATABASE_URL")
+        .env_remove("EXAI_ADMIN_LISTEN")
+        .env_remove("EXAI_LOG_FORMAT")
+        .env_remove("MCP_SESSION_TIMEOUT")
         .env("EXAI_DATA_DIR", data_dir)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -54,8 +59,13 @@ impl Log {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let lines = self.lines.lock().unwrap();
-            if let Some(url) = lines.iter().find_map(|l| l.split("url=").nth(1)) {
+            let text_url = lines.iter().find_map(|l| l.split("url=").nth(1));
+            let json_url = lines.iter().find_map(|l| l.split("\"url\":\"").nth(1));
+            if let Some(url) = text_url {
                 return url.split_whitespace().next().unwrap().to_owned();
+            }
+            if let Some(url) = json_url {
+                return url.split('"').next().unwrap().to_owned();
             }
             drop(lines);
             std::thread::sleep(Duration::from_millis(20));
@@ -143,37 +153,101 @@ async fn runs_with_a_development_secret_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
-fn bad_configuration_stops_before_binding() {
+fn bad_configuration_stops_before_binding_naming_every_problem() {
     let data = tempfile::tempdir().unwrap();
-    let check = |env: &[(&str, &str)], expected: &str| {
-        let output = daemon(data.path())
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{env:?} was accepted");
-        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+    let run = |env: &[(&str, &str)], check_only: bool| {
+        let mut command = daemon(data.path());
+        command.envs(env.iter().copied()).stdout(Stdio::piped());
+        if check_only {
+            command.arg("--check-config");
+        }
+        command.output().unwrap()
     };
-    check(&[("MCP_MAX_CONNECTIONS_PER_USER", "0")], "0 is not in 1..");
-    check(&[("EXAI_WS_PORT", "70000")], "70000");
+    let check = |env: &[(&str, &str)], expected: &[&str]| {
+        for check_only in [true, false] {
+            let output = run(env, check_only);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(64), "{env:?}: {stderr}");
+            let lines: Vec<&str> = stderr.lines().skip(1).map(str::trim).collect();
+            assert_eq!(lines, expected, "{env:?}");
+        }
+    };
+    check(
+        &[("MCP_MAX_CONNECTIONS_PER_USER", "0")],
+        &["MCP_MAX_CONNECTIONS_PER_USER=0: expected a whole number of at least 1"],
+    );
+    check(
+        &[
+            ("EXAI_WS_PORT", "70000"),
+            ("SUPABASE_URL", "not a url"),
+            ("EXAI_SESSION_STORE", "supabase"),
+        ],
+        &[
+            "EXAI_WS_PORT=70000: expected a port number (0-65535)",
+            "SUPABASE_URL is not an http(s) URL: 'not a url'",
+            "EXAI_SESSION_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY",
+        ],
+    );
     check(
         &[
             ("MCP_ENABLE_MULTI_USER", "false"),
             ("EXAI_WS_HOST", "0.0.0.0"),
         ],
-        "MCP_ENABLE_MULTI_USER=false without EXAI_WS_TOKEN would let anyone who can reach 0.0.0.0 in",
+        &[
+            "MCP_ENABLE_MULTI_USER=false without EXAI_WS_TOKEN would let anyone who can reach \
+           0.0.0.0 in; set EXAI_WS_TOKEN or listen on a loopback address",
+        ],
     );
     check(
-        &[("SUPABASE_URL", "not a url")],
-        "SUPABASE_URL is not an http(s) URL: 'not a url'",
+        &[
+            ("SUPABASE_JWT_SECRET", ""),
+            ("EXAI_SESSION_STORE", "postgres"),
+        ],
+        &[
+            "SUPABASE_JWT_SECRET is set but empty",
+            "EXAI_SESSION_STORE=postgres needs DATABASE_URL",
+        ],
     );
     check(
-        &[("SUPABASE_URL", "http://127.0.0.1:9")],
-        "could not load the signing keys: could not fetch the JWKS from http://127.0.0.1:9/auth/v1/.well-known/jwks.json",
+        &[
+            ("EXAI_ADMIN_LISTEN", "somewhere"),
+            ("EXAI_LOG_FORMAT", "xml"),
+        ],
+        &[
+            "EXAI_ADMIN_LISTEN=somewhere: expected HOST:PORT",
+            "EXAI_LOG_FORMAT=xml: expected text or json",
+        ],
     );
-    check(
-        &[("SUPABASE_JWT_SECRET", "")],
-        "SUPABASE_JWT_SECRET is set but empty",
+    // Secrets are never echoed.
+    let output = run(
+        &[("EXAI_SESSION_STORE", "postgres"), ("DATABASE_URL", "")],
+        true,
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("postgres://"));
+
+    let ok = run(&[], true);
+    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        "configuration ok"
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_that_cannot_be_fetched_stops_the_start() {
+    let data = tempfile::tempdir().unwrap();
+    let output = daemon(data.path())
+        .env("SUPABASE_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "could not load the signing keys: could not fetch the JWKS from \
+             http://127.0.0.1:9/auth/v1/.well-known/jwks.json"
+        ),
+        "{stderr}"
     );
 }
 
@@ -279,4 +353,43 @@ async fn logs_never_contain_a_credential() {
             }
         }
     }
+}
+
+/// EXAI_LOG_FORMAT=json: every line is a JSON object, and the lines of a
+/// connection carry its user and session.
+#[tokio::test]
+async fn json_logs_parse_and_carry_user_and_session() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = daemon(data.path())
+        .args(["--port", "0"])
+        .env("EXAI_LOG_FORMAT", "json")
+        .spawn()
+        .unwrap();
+    let log = Log::collect(&mut child);
+    let url = log.url();
+    let mut client = exai_tests::connect(&url, &mint(data.path(), "json@example.com", 60)).await;
+    client.initialize().await;
+    let who = client.whoami(1).await;
+    client.close().await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
+    let lines: Vec<serde_json::Value> = log
+        .finish()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let opened = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "connection opened")
+        .expect("a 'connection opened' line");
+    assert_eq!(opened["span"]["user_id"], who["user_id"]);
+    assert_eq!(opened["span"]["session_id"], who["session_id"]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "stopped")
+    );
 }

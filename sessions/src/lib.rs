@@ -67,6 +67,11 @@ pub enum StoreError {
 /// Session storage. Object-safe: the daemon holds an `Arc<dyn SessionStore>`.
 #[async_trait]
 pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether the store can be used now (for readiness).
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Opens a live (`connected`) session for `principal`, unless that user
     /// already has `request.max_connections` live sessions. The check and the
     /// insert are one atomic step.

@@ -307,6 +307,10 @@ fn seconds(d: Duration) -> i32 {
 
 #[async_trait]
 impl SessionStore for PostgresStore {
+    async fn check(&self) -> Result<(), StoreError> {
+        PostgresStore::check(self).await
+    }
+
     async fn open(
         &self,
         principal: &Principal,

@@ -278,6 +278,10 @@ impl SupabaseStore {
 
 #[async_trait]
 impl SessionStore for SupabaseStore {
+    async fn check(&self) -> Result<(), StoreError> {
+        SupabaseStore::check(self).await
+    }
+
     async fn open(
         &self,
         principal: &Principal,

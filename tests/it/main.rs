@@ -11,6 +11,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod long_lived;
+mod operations;
 mod postgres_daemon;
 mod shutdown;
 mod store_contract;

@@ -24,13 +24,62 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Where this resource describes itself (RFC 9728 §3).
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
-pub(crate) fn router<F: ServiceFactory>(edge: Arc<Edge<F>>) -> Router {
-    Router::new()
+/// The public router; with `operations`, also `/metrics` and `/readyz`.
+pub(crate) fn router<F: ServiceFactory>(edge: Arc<Edge<F>>, operations: bool) -> Router {
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/mcp", get(mcp_upgrade::<F>))
         .route(METADATA_PATH, get(resource_metadata::<F>))
-        .route(&format!("{METADATA_PATH}/mcp"), get(resource_metadata::<F>))
+        .route(&format!("{METADATA_PATH}/mcp"), get(resource_metadata::<F>));
+    let router = if operations {
+        router
+            .route("/metrics", get(metrics::<F>))
+            .route("/readyz", get(readyz::<F>))
+    } else {
+        router
+    };
+    router.with_state(edge)
+}
+
+/// The operators' router, for a listener of its own.
+pub(crate) fn admin_router<F: ServiceFactory>(edge: Arc<Edge<F>>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::<F>))
+        .route("/readyz", get(readyz::<F>))
         .with_state(edge)
+}
+
+async fn metrics<F: ServiceFactory>(State(edge): State<Arc<Edge<F>>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        edge.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Ready when the session store answers and a signing key is loaded; else
+/// 503 naming what is not.
+async fn readyz<F: ServiceFactory>(State(edge): State<Arc<Edge<F>>>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(error) = edge.store.check().await {
+        problems.push(format!("session store: {error}"));
+    }
+    if !edge.auth.ready() {
+        problems.push("signing keys: none loaded".to_owned());
+    }
+    if problems.is_empty() {
+        "ready\n".into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", problems.join("\n")),
+        )
+            .into_response()
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -49,27 +98,42 @@ async fn mcp_upgrade<F: ServiceFactory>(
         .auth
         .authenticate(credential(&headers)?, Access::User)
         .await
-        .map_err(|error| EdgeError::Auth {
-            error,
-            resource_metadata: Some(format!("{}{METADATA_PATH}", base_url(&edge, &headers))),
+        .map_err(|error| {
+            edge.metrics.auth_failure(error.kind());
+            EdgeError::Auth {
+                error,
+                resource_metadata: Some(format!("{}{METADATA_PATH}", base_url(&edge, &headers))),
+            }
         })?;
     let upgrade = upgrade.map_err(|_| EdgeError::UpgradeRequired)?;
     let limit = edge.config.max_connections_per_user;
-    let session = match headers.get("mcp-session-id") {
+    let resuming = headers.contains_key("mcp-session-id");
+    let opened = match headers.get("mcp-session-id") {
         // Resuming one of the caller's own sessions: another user's id, an
         // expired one and a made-up one all answer 404 alike.
         Some(id) => {
             let id = id.to_str().map_err(|_| StoreError::NotFound)?;
             let id = SessionId::from_client(id);
-            edge.store.resume(&principal, &id, limit).await?
+            edge.store.resume(&principal, &id, limit).await
         }
         None => {
             let metadata = SessionMetadata::new("websocket", Some(peer.to_string()));
             edge.store
                 .open(&principal, OpenSession::new(limit, metadata))
-                .await?
+                .await
         }
     };
+    let session = match opened {
+        Ok(session) => session,
+        Err(error) => {
+            if matches!(error, StoreError::LimitReached { .. }) {
+                edge.metrics.refused("connections_per_user");
+            }
+            return Err(error.into());
+        }
+    };
+    edge.metrics
+        .session_event(if resuming { "resumed" } else { "opened" });
 
     let span = tracing::info_span!(
         "connection",
@@ -93,6 +157,7 @@ async fn mcp_upgrade<F: ServiceFactory>(
     let service = edge.factory.service(&context);
     let tracker_token = edge.connections.token();
     let config = edge.config.clone();
+    let metrics = edge.metrics.clone();
     let connection = ws::Connection {
         guard,
         live,
@@ -110,7 +175,9 @@ async fn mcp_upgrade<F: ServiceFactory>(
             async move {
                 let _counted = tracker_token;
                 tracing::info!(peer = %peer, "connection opened");
+                metrics.connection_opened("websocket");
                 ws::run(socket, service, connection).await;
+                metrics.connection_closed("websocket");
             }
             .instrument(span)
         });

@@ -19,11 +19,14 @@ mod error;
 mod framing;
 mod http;
 mod lifecycle;
+mod metrics;
 mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use metrics::Metrics;
 
 use exai_auth::{Authenticator, Principal};
 use exai_sessions::{SessionId, SessionStore};
@@ -103,6 +106,7 @@ impl Default for EdgeConfig {
 
 /// Everything the edge needs to serve requests.
 pub struct Edge<F> {
+    metrics: Arc<Metrics>,
     auth: Arc<Authenticator>,
     store: Arc<dyn SessionStore>,
     lifecycle: Arc<lifecycle::Lifecycle>,
@@ -120,13 +124,16 @@ impl<F: ServiceFactory> Edge<F> {
         store: Arc<dyn SessionStore>,
         factory: F,
         config: EdgeConfig,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let lifecycle = Arc::new(lifecycle::Lifecycle::new(
             store.clone(),
             config.activity_flush,
             config.session_timeout,
+            metrics.clone(),
         ));
         Edge {
+            metrics,
             auth,
             store,
             lifecycle,
@@ -141,8 +148,12 @@ impl<F: ServiceFactory> Edge<F> {
 /// Serves `edge` on `listener` until `shutdown` is cancelled; then stops
 /// accepting, closes every WebSocket with 1001 (going away), waits for the
 /// connections to finish (at most the configured grace), and returns.
+///
+/// With an `admin` listener, `/metrics`, `/healthz` and `/readyz` are served
+/// there and `/metrics` and `/readyz` not on the public listener.
 pub async fn serve<F: ServiceFactory>(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     edge: Edge<F>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -151,10 +162,23 @@ pub async fn serve<F: ServiceFactory>(
         ..edge
     });
     let background = tokio::spawn(edge.lifecycle.clone().run(shutdown.clone()));
-    let app = http::router(edge.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let admin_task = admin.map(|admin| {
+        let app = http::admin_router(edge.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(admin, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        })
+    });
+    let app = http::router(edge.clone(), admin_task.is_none())
+        .into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
+    if let Some(task) = admin_task {
+        task.await.map_err(std::io::Error::other)??;
+    }
     edge.connections.close();
     if tokio::time::timeout(edge.config.shutdown_grace, edge.connections.wait())
         .await

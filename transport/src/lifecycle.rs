@@ -69,6 +69,7 @@ struct Entry {
 /// The registry and its background work. One per edge.
 pub(crate) struct Lifecycle {
     store: Arc<dyn SessionStore>,
+    metrics: Arc<crate::Metrics>,
     epoch: Instant,
     live: Mutex<HashMap<SessionId, Entry>>,
     unrecorded_closes: Mutex<Vec<(Principal, SessionId)>>,
@@ -81,9 +82,11 @@ impl Lifecycle {
         store: Arc<dyn SessionStore>,
         activity_flush: Duration,
         session_timeout: Duration,
+        metrics: Arc<crate::Metrics>,
     ) -> Self {
         Lifecycle {
             store,
+            metrics,
             epoch: Instant::now(),
             live: Mutex::default(),
             unrecorded_closes: Mutex::default(),
@@ -121,6 +124,7 @@ impl Lifecycle {
     /// The connection ended: records the close (or keeps it for a retry).
     pub(crate) async fn detach(&self, principal: Principal, session: SessionId) {
         let pending = self.live().remove(&session);
+        self.metrics.session_event("closed");
         if let Some(entry) = pending
             && entry.activity.load(Ordering::Relaxed) > entry.flushed
         {
@@ -204,6 +208,7 @@ impl Lifecycle {
             Ok(expired) => {
                 let live = self.live();
                 for record in expired {
+                    self.metrics.session_event("expired");
                     if let Some(entry) = live.get(&record.session_id) {
                         *entry.reason.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(Ended::TimedOut);

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::error::{close, jsonrpc};
 use crate::framing::{self, Decoded};
@@ -104,7 +105,7 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         inbound: in_rx,
         outbound: out_tx.clone(),
     };
-    let mut mcp = tokio::spawn(serve_mcp(service, transport, service_ct.clone()));
+    let mut mcp = tokio::spawn(serve_mcp(service, transport, service_ct.clone()).in_current_span());
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
 
     let reader = Reader {

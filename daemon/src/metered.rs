@@ -1,0 +1,129 @@
+//! A session store that times every call into the daemon's metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use exai_auth::{Principal, UserId};
+use exai_sessions::{
+    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionRecord,
+    SessionStore, StoreError, Turn,
+};
+use exai_transport::Metrics;
+
+/// Wraps a store; every call is observed as `store_operation_duration_seconds`
+/// and, when it fails for the store's own reasons, `store_errors`.
+#[derive(Debug)]
+pub(crate) struct MeteredStore {
+    inner: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    pub(crate) fn new(inner: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
+        MeteredStore { inner, metrics }
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let result = call.await;
+        // A refusal (not found, limit) is the store working; only an
+        // unavailable store counts as an error.
+        let failed = matches!(result, Err(StoreError::Unavailable(_)));
+        self.metrics
+            .store_operation(operation, start.elapsed(), failed);
+        result
+    }
+}
+
+#[async_trait]
+impl SessionStore for MeteredStore {
+    async fn check(&self) -> Result<(), StoreError> {
+        self.timed("check", self.inner.check()).await
+    }
+
+    async fn open(&self, p: &Principal, r: OpenSession) -> Result<SessionRecord, StoreError> {
+        self.timed("open", self.inner.open(p, r)).await
+    }
+
+    async fn touch(&self, p: &Principal, s: &SessionId) -> Result<(), StoreError> {
+        self.timed("touch", self.inner.touch(p, s)).await
+    }
+
+    async fn close(&self, p: &Principal, s: &SessionId) -> Result<(), StoreError> {
+        self.timed("close", self.inner.close(p, s)).await
+    }
+
+    async fn get(&self, p: &Principal, s: &SessionId) -> Result<SessionRecord, StoreError> {
+        self.timed("get", self.inner.get(p, s)).await
+    }
+
+    async fn list(&self, p: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
+        self.timed("list", self.inner.list(p)).await
+    }
+
+    async fn resume(
+        &self,
+        p: &Principal,
+        s: &SessionId,
+        max: u32,
+    ) -> Result<SessionRecord, StoreError> {
+        self.timed("resume", self.inner.resume(p, s, max)).await
+    }
+
+    async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
+        self.timed("touch_batch", self.inner.touch_batch(sessions))
+            .await
+    }
+
+    async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
+        self.timed("expire_idle", self.inner.expire_idle(idle))
+            .await
+    }
+
+    async fn admin_list(
+        &self,
+        a: &Principal,
+        f: SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.timed("admin_list", self.inner.admin_list(a, f)).await
+    }
+
+    async fn admin_kill(&self, a: &Principal, s: &SessionId) -> Result<SessionRecord, StoreError> {
+        self.timed("admin_kill", self.inner.admin_kill(a, s)).await
+    }
+
+    async fn create_conversation(
+        &self,
+        p: &Principal,
+        l: &ConversationLimits,
+    ) -> Result<ConversationId, StoreError> {
+        self.timed("create_conversation", self.inner.create_conversation(p, l))
+            .await
+    }
+
+    async fn append_turn(
+        &self,
+        p: &Principal,
+        c: &ConversationId,
+        t: Turn,
+        l: &ConversationLimits,
+    ) -> Result<usize, StoreError> {
+        self.timed("append_turn", self.inner.append_turn(p, c, t, l))
+            .await
+    }
+
+    async fn read_conversation(
+        &self,
+        p: &Principal,
+        c: &ConversationId,
+        l: &ConversationLimits,
+    ) -> Result<Vec<Turn>, StoreError> {
+        self.timed("read_conversation", self.inner.read_conversation(p, c, l))
+            .await
+    }
+}
