@@ -393,3 +393,72 @@ async fn json_logs_parse_and_carry_user_and_session() {
             .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "stopped")
     );
 }
+
+/// `.env.docker.example` as shipped passes `--check-config`, and names every
+/// variable the daemon reads.
+#[test]
+fn the_example_env_file_is_valid_and_complete() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../.env.docker.example"
+    ))
+    .unwrap();
+    let mut set = Vec::new();
+    let mut named = Vec::new();
+    for line in example.lines() {
+        let line = line.trim();
+        let (commented, entry) = match line.strip_prefix("# ") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        if let Some((name, value)) = entry.split_once('=')
+            && !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        {
+            named.push(name.to_owned());
+            if !commented {
+                set.push((name.to_owned(), value.to_owned()));
+            }
+        }
+    }
+    // Every variable in the daemon's --help (flags with [env: NAME]) and the
+    // environment-only secrets.
+    let help = Command::new(env!("CARGO_BIN_EXE_exai-daemon"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let mut wanted: Vec<String> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next().map(str::to_owned))
+        .collect();
+    wanted.extend(
+        [
+            "SUPABASE_JWT_SECRET",
+            "SUPABASE_SERVICE_ROLE_KEY",
+            "EXAI_WS_TOKEN",
+            "RUST_LOG",
+        ]
+        .map(str::to_owned),
+    );
+    for variable in &wanted {
+        assert!(
+            named.contains(variable),
+            "{variable} is missing from .env.docker.example"
+        );
+    }
+    let data = tempfile::tempdir().unwrap();
+    let output = daemon(data.path())
+        .envs(set.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .arg("--check-config")
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
