@@ -78,6 +78,7 @@ async fn metrics_parse_and_move_with_traffic() {
     );
     check("exai_connections_open", &[("transport", "websocket")], 1.0);
     check("exai_session_events_total", &[("event", "opened")], 1.0);
+    check("exai_sessions", &[("status", "connected")], 1.0);
     check(
         "exai_refusals_total",
         &[("limit", "connections_per_user")],

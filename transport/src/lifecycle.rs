@@ -109,6 +109,7 @@ impl Lifecycle {
             reason: reason.clone(),
         };
         self.live().insert(session.clone(), entry);
+        self.metrics.session_attached();
         LiveSession {
             activity,
             epoch: self.epoch,
@@ -125,6 +126,7 @@ impl Lifecycle {
     pub(crate) async fn detach(&self, principal: Principal, session: SessionId) {
         let pending = self.live().remove(&session);
         self.metrics.session_event("closed");
+        self.metrics.session_detached();
         if let Some(entry) = pending
             && entry.activity.load(Ordering::Relaxed) > entry.flushed
         {

@@ -30,6 +30,7 @@ pub struct Metrics {
     connections_opened: Family<Labels, Counter>,
     auth_failures: Family<Labels, Counter>,
     session_events: Family<Labels, Counter>,
+    sessions: Family<Labels, Gauge>,
     refusals: Family<Labels, Counter>,
     tool_calls: Family<Labels, Counter>,
     tool_latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -61,6 +62,7 @@ impl Metrics {
             connections_opened: Family::default(),
             auth_failures: Family::default(),
             session_events: Family::default(),
+            sessions: Family::default(),
             refusals: Family::default(),
             tool_calls: Family::default(),
             tool_latency: Family::new_with_constructor(latency_histogram),
@@ -91,6 +93,11 @@ impl Metrics {
             "session_events",
             "Sessions opened, resumed, closed and expired",
             m.session_events.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Sessions this daemon holds, by status (connected); ended ones are counted in session_events",
+            m.sessions.clone(),
         );
         registry.register(
             "refusals",
@@ -167,6 +174,18 @@ impl Metrics {
         self.session_events
             .get_or_create(&vec![("event", event.to_owned())])
             .inc();
+    }
+
+    pub(crate) fn session_attached(&self) {
+        self.sessions
+            .get_or_create(&vec![("status", "connected".to_owned())])
+            .inc();
+    }
+
+    pub(crate) fn session_detached(&self) {
+        self.sessions
+            .get_or_create(&vec![("status", "connected".to_owned())])
+            .dec();
     }
 
     pub(crate) fn refused(&self, limit: &'static str) {
