@@ -15,6 +15,7 @@
 mod memory;
 mod model;
 mod postgres;
+mod sqlstate;
 mod supabase;
 
 use std::time::Duration;

@@ -287,18 +287,8 @@ fn store_error(
     max_connections: u32,
     limits: Option<&ConversationLimits>,
 ) -> StoreError {
-    match error.code().map(|c| c.code()) {
-        Some("PT404") => StoreError::NotFound,
-        Some("PT409") => StoreError::Conflict(SessionStatus::Connected),
-        Some("PT422") => StoreError::TurnLimit {
-            max: limits.map_or(0, |l| l.max_turns),
-        },
-        Some("PT429") => StoreError::LimitReached {
-            limit: max_connections,
-        },
-        Some("23503") => StoreError::UnknownUser,
-        _ => unavailable(error),
-    }
+    crate::sqlstate::known(error.code().map(|c| c.code()), max_connections, limits)
+        .unwrap_or_else(|| unavailable(error))
 }
 
 fn seconds(d: Duration) -> i32 {
