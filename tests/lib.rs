@@ -24,6 +24,41 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub use pg::TestPostgres;
 pub use postgrest::TestPostgrest;
 
+impl TestPostgres {
+    /// A fresh server with exai's migrations applied and these users in
+    /// `auth.users` (as Supabase Auth would have them), and a plain
+    /// connection to it.
+    pub async fn migrated(users: &[&str]) -> (TestPostgres, tokio_postgres::Client) {
+        let server = TestPostgres::start();
+        exai_sessions::PostgresStore::new(&server.url, exai_sessions::PostgresConfig::default())
+            .expect("a pool")
+            .migrate()
+            .await
+            .expect("migrations apply");
+        let db = pg_client(&server.url).await;
+        for email in users {
+            db.execute(
+                "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
+                &[&UserId::from_email(email).as_uuid(), email],
+            )
+            .await
+            .expect("a user row");
+        }
+        (server, db)
+    }
+
+    /// The `postgres` store configuration for this server, with `timeout`
+    /// on every call.
+    pub fn store_config(&self, timeout: Duration) -> exai_daemon::StoreConfig {
+        let mut config = exai_sessions::PostgresConfig::default();
+        config.timeout = timeout;
+        exai_daemon::StoreConfig::Postgres {
+            url: Secret::new(self.url.as_bytes().to_vec()),
+            config,
+        }
+    }
+}
+
 /// A plain connection to `url`, for checking and arranging rows directly.
 pub async fn pg_client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

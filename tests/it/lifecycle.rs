@@ -3,9 +3,6 @@
 
 use std::time::Duration;
 
-use exai_auth::{Secret, UserId};
-use exai_daemon::StoreConfig;
-use exai_sessions::{PostgresConfig, PostgresStore};
 use exai_tests::{TestDaemon, TestPostgres, pg_client, token, try_connect_with};
 use serde_json::json;
 
@@ -114,28 +111,11 @@ async fn idle_sessions_expire_and_active_ones_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_refuses_new_sessions_serves_open_ones_and_loses_nothing() {
-    let server = TestPostgres::start();
-    PostgresStore::new(&server.url, PostgresConfig::default())
-        .unwrap()
-        .migrate()
-        .await
-        .unwrap();
-    let db = pg_client(&server.url).await;
     let email = "outage@example.com";
-    db.execute(
-        "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
-        &[&UserId::from_email(email).as_uuid(), &email],
-    )
-    .await
-    .unwrap();
+    let (server, db) = TestPostgres::migrated(&[email]).await;
     drop(db);
     let daemon = TestDaemon::start_with(|c| {
-        let mut config = PostgresConfig::default();
-        config.timeout = Duration::from_secs(2);
-        c.store = StoreConfig::Postgres {
-            url: Secret::new(server.url.as_bytes().to_vec()),
-            config,
-        };
+        c.store = server.store_config(Duration::from_secs(2));
         c.edge.activity_flush = Duration::from_millis(200);
     })
     .await;

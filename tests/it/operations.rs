@@ -5,12 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use exai_auth::{Secret, UserId};
-use exai_daemon::StoreConfig;
-use exai_sessions::{PostgresConfig, PostgresStore};
+use exai_auth::UserId;
 use exai_tests::{
-    TestDaemon, TestPostgres, claims, http_get, http_get_at, now, parse_metrics, pg_client, sign,
-    token,
+    TestDaemon, TestPostgres, claims, http_get, http_get_at, now, parse_metrics, sign, token,
 };
 use serde_json::json;
 
@@ -194,22 +191,9 @@ async fn an_admin_listener_keeps_operations_off_the_public_port() {
 
 #[tokio::test]
 async fn readiness_follows_the_database() {
-    let server = TestPostgres::start();
-    PostgresStore::new(&server.url, PostgresConfig::default())
-        .unwrap()
-        .migrate()
-        .await
-        .unwrap();
-    drop(pg_client(&server.url).await);
-    let daemon = TestDaemon::start_with(|c| {
-        let mut config = PostgresConfig::default();
-        config.timeout = Duration::from_secs(2);
-        c.store = StoreConfig::Postgres {
-            url: Secret::new(server.url.as_bytes().to_vec()),
-            config,
-        };
-    })
-    .await;
+    let (server, _db) = TestPostgres::migrated(&[]).await;
+    let daemon =
+        TestDaemon::start_with(|c| c.store = server.store_config(Duration::from_secs(2))).await;
     assert_eq!(
         http_get(&daemon, "/readyz", None).await,
         (200, "ready\n".to_owned())

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use exai_auth::{Secret, UserId};
 use exai_daemon::StoreConfig;
-use exai_sessions::{PostgresConfig, PostgresStore};
-use exai_tests::{TestDaemon, TestPostgres, pg_client, token};
+use exai_sessions::PostgresConfig;
+use exai_tests::{TestDaemon, TestPostgres, token};
 use tokio_postgres::Client;
 
 fn postgres(url: &str) -> StoreConfig {
@@ -15,26 +15,6 @@ fn postgres(url: &str) -> StoreConfig {
         url: Secret::new(url.as_bytes().to_vec()),
         config: PostgresConfig::default(),
     }
-}
-
-/// A migrated server with these users in `auth.users`.
-async fn database(users: &[&str]) -> (TestPostgres, Client) {
-    let server = TestPostgres::start();
-    PostgresStore::new(&server.url, PostgresConfig::default())
-        .unwrap()
-        .migrate()
-        .await
-        .unwrap();
-    let db = pg_client(&server.url).await;
-    for email in users {
-        db.execute(
-            "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
-            &[&UserId::from_email(email).as_uuid(), email],
-        )
-        .await
-        .unwrap();
-    }
-    (server, db)
 }
 
 async fn statuses(db: &Client, email: &str) -> Vec<String> {
@@ -51,7 +31,8 @@ async fn statuses(db: &Client, email: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn connections_are_tracked_in_mcp_sessions() {
-    let (server, db) = database(&["jazeel@example.com", "michelle@example.com"]).await;
+    let (server, db) =
+        TestPostgres::migrated(&["jazeel@example.com", "michelle@example.com"]).await;
     let daemon = TestDaemon::start_with(|c| c.store = postgres(&server.url)).await;
     let mut jazeel = daemon
         .connect_initialized(&token("jazeel@example.com"))
@@ -98,7 +79,7 @@ async fn connections_are_tracked_in_mcp_sessions() {
 
 #[tokio::test]
 async fn the_limit_holds_across_daemons_sharing_a_database() {
-    let (server, _db) = database(&["busy@example.com", "other@example.com"]).await;
+    let (server, _db) = TestPostgres::migrated(&["busy@example.com", "other@example.com"]).await;
     let first = TestDaemon::start_with(|c| c.store = postgres(&server.url)).await;
     let second = TestDaemon::start_with(|c| c.store = postgres(&server.url)).await;
     let busy = token("busy@example.com");
@@ -141,7 +122,7 @@ async fn a_database_that_is_down_or_not_migrated_stops_the_start() {
 /// The same daemon on the supabase store, through the REST API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_on_the_supabase_store() {
-    let (server, db) = database(&["rest@example.com"]).await;
+    let (server, db) = TestPostgres::migrated(&["rest@example.com"]).await;
     let rest = exai_tests::TestPostgrest::start(&server.url, exai_tests::TEST_SECRET).await;
     let daemon = TestDaemon::start_with(|c| {
         c.store = StoreConfig::Supabase {
