@@ -130,6 +130,27 @@ impl Authenticator {
         }
     }
 
+    /// Whether the API key `key_id` may still be used (not revoked, not
+    /// expired). Connections it opened are closed when it may not.
+    pub async fn api_key_valid(&self, key_id: &str) -> Result<bool, AuthError> {
+        let Mode::MultiUser {
+            api_keys: Some(store),
+            ..
+        } = &self.mode
+        else {
+            return Ok(false);
+        };
+        let record = store
+            .find_api_key(key_id)
+            .await
+            .map_err(|_| AuthError::Unavailable)?;
+        let now = SystemTime::now();
+        Ok(
+            record
+                .is_some_and(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|at| at > now)),
+        )
+    }
+
     /// Whether credentials can be checked now (for readiness): single-user
     /// mode always can; multi-user mode needs a signing key.
     pub fn ready(&self) -> bool {

@@ -24,6 +24,12 @@ pub enum CommandError {
     /// The database could not be migrated.
     #[error("migration failed")]
     Migrate(#[source] exai_sessions::StoreError),
+    /// The session database failed.
+    #[error("the session database failed")]
+    Store(#[source] exai_sessions::StoreError),
+    /// The API key store failed.
+    #[error("the API key store failed")]
+    Keys(#[source] Box<exai_auth::KeyStoreError>),
     /// The tool ran and reported an error.
     #[error("the tool reported an error: {0}")]
     ToolFailed(String),

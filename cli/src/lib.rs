@@ -5,6 +5,7 @@
 //!   tokio-tungstenite), usable by other Rust programs too;
 //! - `commands` implements each subcommand.
 
+mod admin;
 pub mod client;
 mod commands;
 
@@ -36,6 +37,80 @@ enum Command {
     Call(CallArgs),
     /// Apply the database migrations (idempotent), or print their SQL
     Migrate(MigrateArgs),
+    /// API keys (administrators)
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Sessions of every user (administrators)
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct Database {
+    /// The PostgreSQL connection string
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    database_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key for a user and print it (once)
+    Create {
+        /// The user: a UUID, or an email known to auth.users
+        #[arg(long)]
+        user: String,
+        /// A label for the key
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the key is valid (e.g. 90d) [default: no expiry]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        #[command(flatten)]
+        db: Database,
+    },
+    /// List API keys (never their secrets)
+    List {
+        /// Only this user's (UUID or email)
+        #[arg(long)]
+        user: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: Database,
+    },
+    /// Revoke an API key: refused from now on, its open connections closed
+    Revoke {
+        /// The key's id (the part after exai_)
+        key_id: String,
+        #[command(flatten)]
+        db: Database,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List sessions
+    List {
+        /// Only this user's (UUID or email)
+        #[arg(long)]
+        user: Option<String>,
+        /// Only in this state: connected, disconnected, expired or killed
+        #[arg(long)]
+        status: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: Database,
+    },
+    /// End a session: the daemon holding it closes the connection
+    Kill {
+        /// The session's id
+        session_id: String,
+        #[command(flatten)]
+        db: Database,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +173,29 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         }
         Command::Call(args) => {
             commands::call(&args.url, &args.token, &args.tool, args.args).await?
+        }
+        Command::Keys(KeysCommand::Create {
+            user,
+            name,
+            expires,
+            db,
+        }) => admin::keys_create(&db.database_url, &user, name, expires).await?,
+        Command::Keys(KeysCommand::List { user, json, db }) => {
+            admin::keys_list(&db.database_url, user.as_deref(), json).await?
+        }
+        Command::Keys(KeysCommand::Revoke { key_id, db }) => {
+            admin::keys_revoke(&db.database_url, &key_id).await?
+        }
+        Command::Sessions(SessionsCommand::List {
+            user,
+            status,
+            json,
+            db,
+        }) => {
+            admin::sessions_list(&db.database_url, user.as_deref(), status.as_deref(), json).await?
+        }
+        Command::Sessions(SessionsCommand::Kill { session_id, db }) => {
+            admin::sessions_kill(&db.database_url, &session_id).await?
         }
         Command::Migrate(args) => match (args.print, args.database_url) {
             (true, _) => commands::migration_sql(),

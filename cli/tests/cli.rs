@@ -220,3 +220,132 @@ async fn migrate_twice_changes_nothing_the_second_time() {
     let missing = run(nowhere).await;
     assert_eq!(missing.status.code(), Some(2), "clap usage error");
 }
+
+/// Admin commands against a database shared with a running daemon:
+/// an API key created, used, listed and revoked (its open connection is
+/// closed); sessions of two users listed, and one killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_sessions_for_administrators() {
+    use std::time::Duration;
+    let (server, db) =
+        exai_tests::TestPostgres::migrated(&["jazeel@example.com", "michelle@example.com"]).await;
+    let daemon = TestDaemon::start_with(|c| {
+        c.store = server.store_config(Duration::from_secs(5));
+        c.edge.activity_flush = Duration::from_millis(100);
+    })
+    .await;
+    let admin = |args: &[&str]| {
+        let mut command = exai(args);
+        command.env("DATABASE_URL", &server.url);
+        command
+    };
+
+    // Keys: create, connect with it, list, revoke.
+    let key = stdout(
+        &run(admin(&[
+            "keys",
+            "create",
+            "--user",
+            "jazeel@example.com",
+            "--name",
+            "ci",
+        ]))
+        .await,
+    );
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("exai_"), "{key}");
+    let mut held = exai_tests::connect(&daemon.url, &key).await;
+    held.initialize().await;
+    assert_eq!(
+        held.whoami(1).await["user_id"],
+        UserId::from_email("jazeel@example.com").to_string()
+    );
+    let listed: Value = serde_json::from_str(&stdout(
+        &run(admin(&[
+            "keys",
+            "list",
+            "--user",
+            "jazeel@example.com",
+            "--json",
+        ]))
+        .await,
+    ))
+    .unwrap();
+    let key_id = &key["exai_".len().."exai_".len() + 16];
+    assert_eq!(listed[0]["key_id"], key_id);
+    assert_eq!(listed[0]["name"], "ci");
+    assert_eq!(listed[0]["revoked_at"], Value::Null);
+    assert!(!listed.to_string().contains(&key[22..]), "never the secret");
+    let table = stdout(&run(admin(&["keys", "list"])).await);
+    assert!(table.starts_with("KEY ID"), "{table}");
+    assert!(table.contains(key_id));
+    stdout(&run(admin(&["keys", "revoke", key_id])).await);
+    let frame = held.recv_close().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 4401);
+    assert_eq!(frame.reason.as_str(), "API key revoked");
+    let refused = daemon.try_connect(Some(&key)).await.err().expect("refused");
+    assert_eq!(
+        (refused.status, refused.body.trim_end()),
+        (401, "API key revoked")
+    );
+
+    // Sessions: two users, listed with their emails; one killed.
+    let mut jazeel = daemon
+        .connect_initialized(&mint("jazeel@example.com").await)
+        .await;
+    let mut michelle = daemon
+        .connect_initialized(&mint("michelle@example.com").await)
+        .await;
+    let target = jazeel.whoami(2).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    michelle.whoami(2).await;
+    let live: Value = serde_json::from_str(&stdout(
+        &run(admin(&[
+            "sessions",
+            "list",
+            "--status",
+            "connected",
+            "--json",
+        ]))
+        .await,
+    ))
+    .unwrap();
+    let mut emails: Vec<&str> = live
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["email"].as_str().unwrap())
+        .collect();
+    emails.sort();
+    assert_eq!(emails, ["jazeel@example.com", "michelle@example.com"]);
+    let table = stdout(&run(admin(&["sessions", "list"])).await);
+    assert!(table.starts_with("USER"), "{table}");
+    assert!(table.contains(&target));
+    stdout(&run(admin(&["sessions", "kill", &target])).await);
+    let frame = jazeel.recv_close().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 4410);
+    let status: String = db
+        .query_one(
+            "SELECT connection_status FROM mcp_sessions WHERE session_id = $1",
+            &[&target],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "killed");
+    assert_eq!(
+        michelle.whoami(3).await["email"],
+        "michelle@example.com",
+        "others unaffected"
+    );
+
+    let missing = run(admin(&["sessions", "kill", "no-such-session"])).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr).trim_end(),
+        "exai: no session no-such-session"
+    );
+    daemon.stop().await;
+}

@@ -80,6 +80,11 @@ impl SessionStore for MeteredStore {
             .await
     }
 
+    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+        self.timed("killed_among", self.inner.killed_among(sessions))
+            .await
+    }
+
     async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
         self.timed("expire_idle", self.inner.expire_idle(idle))
             .await

@@ -114,6 +114,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// daemon's activity batcher flushes). Each entry names its user.
     async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError>;
 
+    /// Which of `sessions` an administrator killed (each daemon asks about
+    /// the sessions it holds, so it can close their sockets).
+    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError>;
+
     /// Marks every session idle for longer than `idle` (live or
     /// disconnected) `expired`, and returns them.
     async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError>;

@@ -210,6 +210,16 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(users
+            .values()
+            .flatten()
+            .filter(|s| s.status == SessionStatus::Killed && sessions.contains(&s.session_id))
+            .map(|s| s.session_id.clone())
+            .collect())
+    }
+
     async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         let mut expired = Vec::new();

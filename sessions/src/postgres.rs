@@ -50,6 +50,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_conversations_and_lifecycle",
         include_str!("../migrations/0005_conversations_and_lifecycle.sql"),
     ),
+    (
+        "0006_killed_sessions",
+        include_str!("../migrations/0006_killed_sessions.sql"),
+    ),
 ];
 
 const SESSION_COLUMNS: &str =
@@ -157,6 +161,55 @@ impl PostgresStore {
         self.with_client(async |client| {
             client.simple_query("SELECT 1").await.map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The ids of the users with these emails (admin tooling).
+    pub async fn user_ids_by_email(&self, email: &str) -> Result<Vec<UserId>, StoreError> {
+        self.with_client(async |client| {
+            let rows = client
+                .query(
+                    "SELECT id FROM auth.users WHERE lower(email) = lower($1)",
+                    &[&email],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(rows.iter().map(|r| UserId::new(r.get(0))).collect())
+        })
+        .await
+    }
+
+    /// Every user who holds an API key (admin tooling).
+    pub async fn all_api_key_users(&self) -> Result<Vec<UserId>, StoreError> {
+        self.with_client(async |client| {
+            let rows = client
+                .query("SELECT DISTINCT user_id FROM public.mcp_api_keys", &[])
+                .await
+                .map_err(unavailable)?;
+            Ok(rows.iter().map(|r| UserId::new(r.get(0))).collect())
+        })
+        .await
+    }
+
+    /// The emails of these users, where known (admin tooling).
+    pub async fn emails(
+        &self,
+        users: &[UserId],
+    ) -> Result<std::collections::HashMap<UserId, String>, StoreError> {
+        let ids: Vec<uuid::Uuid> = users.iter().map(|u| u.as_uuid()).collect();
+        self.with_client(async |client| {
+            let rows = client
+                .query(
+                    "SELECT id, email FROM auth.users WHERE id = ANY($1) AND email IS NOT NULL",
+                    &[&ids],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .map(|r| (UserId::new(r.get(0)), r.get(1)))
+                .collect())
         })
         .await
     }
@@ -438,6 +491,24 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = sessions.iter().map(SessionId::as_str).collect();
+        self.with_client(async |client| {
+            let rows = client
+                .query("SELECT public.mcp_killed_sessions($1)", &[&ids])
+                .await
+                .map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .map(|r| SessionId::from_client(r.get::<_, String>(0)))
+                .collect())
         })
         .await
     }

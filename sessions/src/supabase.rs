@@ -368,6 +368,22 @@ impl SessionStore for SupabaseStore {
         Ok(())
     }
 
+    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = self
+            .rpc("mcp_killed_sessions", json!({ "p_session_ids": sessions }))
+            .await
+            .map_err(unavailable)?;
+        Ok(ids
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|id| id.as_str().map(SessionId::from_client))
+            .collect())
+    }
+
     async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
         let rows = self
             .rpc(

@@ -101,6 +101,8 @@ pub(crate) mod close {
     pub(crate) const OTHER_USER: u16 = 4403;
     /// No MCP request for longer than the session timeout.
     pub(crate) const SESSION_TIMED_OUT: u16 = 4408;
+    /// An administrator killed the session.
+    pub(crate) const SESSION_KILLED: u16 = 4410;
 }
 
 /// JSON-RPC error codes the edge itself answers with (the rest are rmcp's).

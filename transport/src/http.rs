@@ -141,9 +141,7 @@ async fn mcp_upgrade<F: ServiceFactory>(
         session_id = %session.session_id,
         transport = "websocket",
     );
-    let live = edge
-        .lifecycle
-        .attach(principal.user_id, &session.session_id);
+    let live = edge.lifecycle.attach(&principal, &session.session_id);
     let guard = SessionGuard::new(
         edge.lifecycle.clone(),
         principal.clone(),

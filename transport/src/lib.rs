@@ -128,6 +128,7 @@ impl<F: ServiceFactory> Edge<F> {
     ) -> Self {
         let lifecycle = Arc::new(lifecycle::Lifecycle::new(
             store.clone(),
+            auth.clone(),
             config.activity_flush,
             config.session_timeout,
             metrics.clone(),

@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 pub(crate) enum Ended {
     /// Idle past the session timeout.
     TimedOut,
+    /// An administrator killed the session.
+    Killed,
+    /// The API key that opened the connection was revoked or expired.
+    KeyRevoked,
 }
 
 /// What a connection holds: where to record activity, and how it is told
@@ -57,6 +61,8 @@ fn millis_since(epoch: Instant) -> u64 {
 
 struct Entry {
     user: UserId,
+    /// The API key that opened the connection, if one did.
+    api_key: Option<String>,
     activity: Arc<AtomicU64>,
     /// The activity value last written to the store.
     flushed: u64,
@@ -69,6 +75,7 @@ struct Entry {
 /// The registry and its background work. One per edge.
 pub(crate) struct Lifecycle {
     store: Arc<dyn SessionStore>,
+    auth: Arc<exai_auth::Authenticator>,
     metrics: Arc<crate::Metrics>,
     epoch: Instant,
     live: Mutex<HashMap<SessionId, Entry>>,
@@ -80,12 +87,14 @@ pub(crate) struct Lifecycle {
 impl Lifecycle {
     pub(crate) fn new(
         store: Arc<dyn SessionStore>,
+        auth: Arc<exai_auth::Authenticator>,
         activity_flush: Duration,
         session_timeout: Duration,
         metrics: Arc<crate::Metrics>,
     ) -> Self {
         Lifecycle {
             store,
+            auth,
             metrics,
             epoch: Instant::now(),
             live: Mutex::default(),
@@ -96,12 +105,18 @@ impl Lifecycle {
     }
 
     /// Registers a session this daemon now holds open.
-    pub(crate) fn attach(&self, user: UserId, session: &SessionId) -> LiveSession {
+    pub(crate) fn attach(&self, principal: &Principal, session: &SessionId) -> LiveSession {
+        let user = principal.user_id;
+        let api_key = match &principal.method {
+            exai_auth::AuthMethod::ApiKey { key_id } => Some(key_id.clone()),
+            _ => None,
+        };
         let activity = Arc::new(AtomicU64::new(millis_since(self.epoch)));
         let ended = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         let entry = Entry {
             user,
+            api_key,
             activity: activity.clone(),
             flushed: activity.load(Ordering::Relaxed),
             flushed_at: Instant::now(),
@@ -205,6 +220,52 @@ impl Lifecycle {
         }
     }
 
+    /// Ends the connections in `sessions` for `reason`.
+    fn end(&self, sessions: &[SessionId], reason: Ended) {
+        let live = self.live();
+        for session in sessions {
+            if let Some(entry) = live.get(session) {
+                *entry.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                entry.ended.cancel();
+            }
+        }
+    }
+
+    /// Closes the sessions an administrator killed, and the connections of
+    /// API keys revoked since they were opened.
+    async fn end_revoked(&self) {
+        let (sessions, keys): (Vec<SessionId>, Vec<(SessionId, String)>) = {
+            let live = self.live();
+            let sessions = live.keys().cloned().collect();
+            let keys = live
+                .iter()
+                .filter_map(|(s, e)| e.api_key.clone().map(|k| (s.clone(), k)))
+                .collect();
+            (sessions, keys)
+        };
+        match self.store.killed_among(&sessions).await {
+            Ok(killed) => self.end(&killed, Ended::Killed),
+            Err(error) => tracing::warn!(%error, "could not check for killed sessions"),
+        }
+        let mut checked: HashMap<String, bool> = HashMap::new();
+        let mut revoked = Vec::new();
+        for (session, key) in keys {
+            let valid = match checked.get(&key) {
+                Some(valid) => *valid,
+                None => {
+                    // A failed check leaves the connection open.
+                    let valid = self.auth.api_key_valid(&key).await.unwrap_or(true);
+                    checked.insert(key, valid);
+                    valid
+                }
+            };
+            if !valid {
+                revoked.push(session);
+            }
+        }
+        self.end(&revoked, Ended::KeyRevoked);
+    }
+
     async fn expire(&self) {
         match self.store.expire_idle(self.session_timeout).await {
             Ok(expired) => {
@@ -239,6 +300,7 @@ impl Lifecycle {
             self.flush_activity(false).await;
             self.retry_closes().await;
             self.expire().await;
+            self.end_revoked().await;
         }
     }
 

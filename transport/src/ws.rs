@@ -51,6 +51,8 @@ enum End {
     TokenExpired,
     OtherUser,
     TimedOut,
+    Killed,
+    KeyRevoked,
 }
 
 impl End {
@@ -62,6 +64,8 @@ impl End {
             End::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
             End::OtherUser => (close::OTHER_USER, "token is for another user"),
             End::TimedOut => (close::SESSION_TIMED_OUT, "session timed out"),
+            End::Killed => (close::SESSION_KILLED, "session killed by an administrator"),
+            End::KeyRevoked => (close::TOKEN_EXPIRED, "API key revoked"),
             End::ClientClosed | End::SocketError => return None,
         };
         Some(CloseFrame {
@@ -121,6 +125,8 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         () = shutdown.cancelled() => End::Shutdown,
         () = live.ended.cancelled() => match live.reason() {
             Some(Ended::TimedOut) | None => End::TimedOut,
+            Some(Ended::Killed) => End::Killed,
+            Some(Ended::KeyRevoked) => End::KeyRevoked,
         },
         _ = &mut mcp => End::ServiceEnded,
     };
