@@ -30,6 +30,9 @@ pub enum CommandError {
     /// The API key store failed.
     #[error("the API key store failed")]
     Keys(#[source] Box<exai_auth::KeyStoreError>),
+    /// Signing in, or using the stored sign-in, failed.
+    #[error("{0}")]
+    SignIn(String),
     /// The tool ran and reported an error.
     #[error("the tool reported an error: {0}")]
     ToolFailed(String),

@@ -8,6 +8,7 @@
 mod admin;
 pub mod client;
 mod commands;
+mod signin;
 
 use std::io::Write as _;
 
@@ -35,6 +36,34 @@ enum Command {
     Token(TokenCommand),
     /// Call one MCP tool on the daemon and print its result as JSON
     Call(CallArgs),
+    /// Sign in with Supabase Auth (email and password) and keep the session
+    Login {
+        /// The account's email [default: asked]
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the password from standard input instead of asking
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        config: ConfigDir,
+    },
+    /// Forget the stored session
+    Logout {
+        #[command(flatten)]
+        config: ConfigDir,
+    },
+    /// Who you are signed in as, and who the daemon says you are
+    Whoami {
+        /// The daemon's MCP WebSocket URL
+        #[arg(long, env = "EXAI_URL", default_value = "ws://127.0.0.1:8079/mcp")]
+        url: String,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        config: ConfigDir,
+    },
     /// Apply the database migrations (idempotent), or print their SQL
     Migrate(MigrateArgs),
     /// API keys (administrators)
@@ -43,6 +72,48 @@ enum Command {
     /// Sessions of every user (administrators)
     #[command(subcommand)]
     Sessions(SessionsCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProjectArgs {
+    /// The Supabase project URL
+    #[arg(long, env = "SUPABASE_URL", value_name = "URL")]
+    supabase_url: Option<String>,
+    /// The project's anon key; set it through the environment only.
+    #[arg(
+        long = "supabase-anon-key",
+        env = "SUPABASE_ANON_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    anon_key: Option<String>,
+}
+
+impl ProjectArgs {
+    fn project(&self) -> Option<signin::Project<'_>> {
+        Some(signin::Project {
+            url: self.supabase_url.as_deref()?,
+            anon_key: self.anon_key.as_deref()?,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigDir {
+    /// Where the signed-in session is kept [default: the user's config directory + /exai]
+    #[arg(long, env = "EXAI_CONFIG_DIR", value_name = "DIR")]
+    config_dir: Option<std::path::PathBuf>,
+}
+
+impl ConfigDir {
+    fn path(&self) -> Result<std::path::PathBuf, CommandError> {
+        match &self.config_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => dirs::config_dir().map(|d| d.join("exai")).ok_or_else(|| {
+                CommandError::Usage("no config directory: set EXAI_CONFIG_DIR".into())
+            }),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,12 +228,48 @@ struct CallArgs {
     /// The daemon's MCP WebSocket URL
     #[arg(long, env = "EXAI_URL", default_value = "ws://127.0.0.1:8079/mcp")]
     url: String,
-    /// Access token [env: EXAI_TOKEN]
+    /// Access token or API key [env: EXAI_TOKEN, else EXAI_API_KEY, else the stored sign-in]
     #[arg(long, env = "EXAI_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
+    /// An API key; set it through the environment (EXAI_API_KEY)
+    #[arg(
+        long = "api-key",
+        env = "EXAI_API_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    #[command(flatten)]
+    project: ProjectArgs,
+    #[command(flatten)]
+    config: ConfigDir,
     /// A tool argument; the value is read as JSON when it parses, else as a string
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = commands::parse_arg)]
     args: Vec<(String, serde_json::Value)>,
+}
+
+/// The stored sign-in, refreshed if need be.
+async fn signed_in(
+    project: &ProjectArgs,
+    config: &ConfigDir,
+) -> Result<signin::Stored, CommandError> {
+    signin::current(project.project().as_ref(), &config.path()?)
+        .await?
+        .ok_or_else(|| {
+            CommandError::SignIn("not signed in: run exai login, or pass --token".into())
+        })
+}
+
+fn prompt_line(prompt: &str) -> Result<String, CommandError> {
+    use std::io::Write as _;
+    let mut stderr = std::io::stderr();
+    write!(stderr, "{prompt}").map_err(CommandError::Output)?;
+    stderr.flush().map_err(CommandError::Output)?;
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(CommandError::Output)?;
+    Ok(line.trim().to_owned())
 }
 
 /// Runs the parsed command, writing its output to standard output.
@@ -172,7 +279,72 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             commands::mint(&args.email, args.user_id, args.ttl, &args.auth)?
         }
         Command::Call(args) => {
-            commands::call(&args.url, &args.token, &args.tool, args.args).await?
+            let token = match args.token.or(args.api_key) {
+                Some(token) => token,
+                None => signed_in(&args.project, &args.config).await?.access_token,
+            };
+            commands::call(&args.url, &token, &args.tool, args.args).await?
+        }
+        Command::Login {
+            email,
+            password_stdin,
+            project,
+            config,
+        } => {
+            let project_ref = project.project().ok_or_else(|| {
+                CommandError::Usage("signing in needs SUPABASE_URL and SUPABASE_ANON_KEY".into())
+            })?;
+            let email = match email {
+                Some(email) => email,
+                None if password_stdin => {
+                    return Err(CommandError::Usage("--password-stdin needs --email".into()));
+                }
+                None => prompt_line("Email: ")?,
+            };
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(CommandError::Output)?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                rpassword::prompt_password("Password: ").map_err(CommandError::Output)?
+            };
+            let session = signin::login(&project_ref, &email, &password, &config.path()?).await?;
+            format!(
+                "signed in as {} (user {}); token valid until {}",
+                session.email.as_deref().unwrap_or(&email),
+                session.user_id,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(session.expires_at)
+                )
+            )
+        }
+        Command::Logout { config } => {
+            if signin::logout(&config.path()?)? {
+                "signed out".to_owned()
+            } else {
+                "not signed in".to_owned()
+            }
+        }
+        Command::Whoami {
+            url,
+            project,
+            config,
+        } => {
+            let session = signed_in(&project, &config).await?;
+            let local = format!(
+                "signed in as {} (user {}) at {}; token valid until {}",
+                session.email.as_deref().unwrap_or("?"),
+                session.user_id,
+                session.supabase_url,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(session.expires_at)
+                )
+            );
+            let daemon = commands::call(&url, &session.access_token, "whoami", Vec::new()).await?;
+            let daemon: serde_json::Value = serde_json::from_str(&daemon).unwrap_or_default();
+            format!("{local}\ndaemon: {}", daemon["structuredContent"])
         }
         Command::Keys(KeysCommand::Create {
             user,

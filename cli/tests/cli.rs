@@ -14,6 +14,10 @@ fn exai(args: &[&str]) -> Command {
         .env_remove("EXAI_TOKEN")
         .env_remove("EXAI_URL")
         .env_remove("EXAI_DATA_DIR")
+        .env_remove("EXAI_API_KEY")
+        .env_remove("EXAI_CONFIG_DIR")
+        .env_remove("SUPABASE_URL")
+        .env_remove("SUPABASE_ANON_KEY")
         .env(
             "SUPABASE_JWT_SECRET",
             std::str::from_utf8(TEST_SECRET).unwrap(),
@@ -172,9 +176,13 @@ async fn failures_exit_non_zero_with_one_clear_line() {
         .await,
         "exai: invalid daemon URL 'http://nowhere'",
     );
-    let missing = run(exai(&["call", "whoami", "--url", &daemon.url])).await;
-    assert_eq!(missing.status.code(), Some(2), "clap usage error");
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("--token <TOKEN>"));
+    let nobody = tempfile::tempdir().unwrap();
+    let mut unsigned = exai(&["call", "whoami", "--url", &daemon.url]);
+    unsigned.env("EXAI_CONFIG_DIR", nobody.path());
+    check(
+        run(unsigned).await,
+        "exai: not signed in: run exai login, or pass --token",
+    );
     daemon.stop().await;
 }
 
@@ -346,6 +354,164 @@ async fn keys_and_sessions_for_administrators() {
     assert_eq!(
         String::from_utf8_lossy(&missing.stderr).trim_end(),
         "exai: no session no-such-session"
+    );
+    daemon.stop().await;
+}
+
+/// A server that answers as Supabase Auth's token endpoint documents
+/// (`POST /auth/v1/token?grant_type=password|refresh_token`, the anon key in
+/// `apikey`), issuing access tokens the test daemon accepts, refresh tokens
+/// that work once, and access tokens that expire in 30 s (so the CLI, which
+/// refreshes a minute ahead, refreshes on every use).
+async fn fake_supabase_auth() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::{Arc, Mutex};
+    let issued: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = issued.clone();
+    let handler = move |axum::extract::Query(query): axum::extract::Query<
+        std::collections::HashMap<String, String>,
+    >,
+                        headers: axum::http::HeaderMap,
+                        axum::Json(body): axum::Json<Value>| {
+        let issued = issued.clone();
+        async move {
+            use axum::http::StatusCode;
+            let refuse = |status: StatusCode, description: &str| {
+                (
+                    status,
+                    axum::Json(
+                        serde_json::json!({"error": "invalid_grant", "error_description": description}),
+                    ),
+                )
+            };
+            if headers.get("apikey").and_then(|v| v.to_str().ok()) != Some("test-anon-key") {
+                return refuse(StatusCode::UNAUTHORIZED, "Invalid API key");
+            }
+            let email = match query.get("grant_type").map(String::as_str) {
+                Some("password") => {
+                    if body["password"] != "correct horse battery staple" {
+                        return refuse(StatusCode::BAD_REQUEST, "Invalid login credentials");
+                    }
+                    body["email"].as_str().unwrap_or_default().to_owned()
+                }
+                Some("refresh_token") => {
+                    let presented = body["refresh_token"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut issued = issued.lock().unwrap();
+                    match issued.iter().position(|t| *t == presented) {
+                        // Used once: it is spent now.
+                        Some(i) => {
+                            issued[i] = format!("spent:{presented}");
+                            "jazeel@example.com".to_owned()
+                        }
+                        None => {
+                            return refuse(
+                                StatusCode::BAD_REQUEST,
+                                "Invalid Refresh Token: Already Used",
+                            );
+                        }
+                    }
+                }
+                _ => return refuse(StatusCode::BAD_REQUEST, "unsupported grant_type"),
+            };
+            let mut claims = exai_tests::claims(&email);
+            claims["exp"] = serde_json::json!(exai_tests::now() + 30);
+            let refresh = format!("refresh-{}", uuid::Uuid::new_v4());
+            issued.lock().unwrap().push(refresh.clone());
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({
+                    "access_token": exai_tests::sign(&claims),
+                    "token_type": "bearer",
+                    "expires_in": 30,
+                    "expires_at": exai_tests::now() + 30,
+                    "refresh_token": refresh,
+                    "user": {"id": UserId::from_email(&email).to_string(), "email": email},
+                })),
+            )
+        }
+    };
+    let app = axum::Router::new().route("/auth/v1/token", axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, log)
+}
+
+#[tokio::test]
+async fn login_refresh_whoami_logout() {
+    use std::io::Write as _;
+    let daemon = TestDaemon::start().await;
+    let (auth_url, issued) = fake_supabase_auth().await;
+    let config = tempfile::tempdir().unwrap();
+    let user = |args: &[&str]| {
+        let mut command = exai(args);
+        command
+            .env("SUPABASE_URL", &auth_url)
+            .env("SUPABASE_ANON_KEY", "test-anon-key")
+            .env("EXAI_CONFIG_DIR", config.path())
+            .env("EXAI_URL", &daemon.url);
+        command
+    };
+    let login = |password: &'static str| {
+        let mut command = user(&["login", "--email", "jazeel@example.com", "--password-stdin"]);
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut child = command.spawn().unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{password}\n").as_bytes())
+                    .unwrap();
+                child.wait_with_output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let wrong = login("wrong").await;
+    assert_eq!(wrong.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&wrong.stderr).trim_end(),
+        "exai: Supabase Auth refused: Invalid login credentials"
+    );
+    let signed_in = stdout(&login("correct horse battery staple").await);
+    assert!(
+        signed_in.starts_with("signed in as jazeel@example.com"),
+        "{signed_in}"
+    );
+    let file = config.path().join("session.json");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Each use refreshes (the token has under a minute left), spending the
+    // previous refresh token.
+    let who = stdout(&run(user(&["whoami"])).await);
+    assert!(who.contains("signed in as jazeel@example.com"), "{who}");
+    assert!(who.contains(&UserId::from_email("jazeel@example.com").to_string()));
+    let result: Value =
+        serde_json::from_str(&stdout(&run(user(&["call", "whoami"])).await)).unwrap();
+    assert_eq!(result["structuredContent"]["email"], "jazeel@example.com");
+    let tokens = issued.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 3, "login, then two refreshes: {tokens:?}");
+    assert!(tokens[0].starts_with("spent:") && tokens[1].starts_with("spent:"));
+    let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(stored["refresh_token"], tokens[2]);
+
+    assert_eq!(stdout(&run(user(&["logout"])).await).trim(), "signed out");
+    let after = run(user(&["call", "whoami"])).await;
+    assert_eq!(after.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&after.stderr).trim_end(),
+        "exai: not signed in: run exai login, or pass --token"
     );
     daemon.stop().await;
 }
