@@ -30,6 +30,9 @@ pub enum CommandError {
     /// The API key store failed.
     #[error("the API key store failed")]
     Keys(#[source] Box<exai_auth::KeyStoreError>),
+    /// `exai doctor` found problems (listed on standard output).
+    #[error("problems found")]
+    Unhealthy,
     /// Signing in, or using the stored sign-in, failed.
     #[error("{0}")]
     SignIn(String),

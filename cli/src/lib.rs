@@ -8,6 +8,7 @@
 mod admin;
 pub mod client;
 mod commands;
+mod doctor;
 mod signin;
 
 use std::io::Write as _;
@@ -36,6 +37,9 @@ enum Command {
     Token(TokenCommand),
     /// Call one MCP tool on the daemon and print its result as JSON
     Call(CallArgs),
+    /// Check what the daemon's configuration would do: settings, signing
+    /// keys, session store, listen address
+    Doctor(Box<exai_daemon::config::DaemonArgs>),
     /// Sign in with Supabase Auth (email and password) and keep the session
     Login {
         /// The account's email [default: asked]
@@ -319,6 +323,15 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(session.expires_at)
                 )
             )
+        }
+        Command::Doctor(args) => {
+            let (report, healthy) = doctor::run(*args).await;
+            if !healthy {
+                let mut stdout = std::io::stdout().lock();
+                writeln!(stdout, "{report}").map_err(CommandError::Output)?;
+                return Err(CommandError::Unhealthy);
+            }
+            report
         }
         Command::Logout { config } => {
             if signin::logout(&config.path()?)? {

@@ -515,3 +515,58 @@ async fn login_refresh_whoami_logout() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn doctor_names_each_problem_and_how_to_fix_it() {
+    let (server, _db) = exai_tests::TestPostgres::migrated(&[]).await;
+    let doctor = |env: &[(&str, &str)]| {
+        let mut command = exai(&["doctor"]);
+        command
+            .env("EXAI_WS_PORT", "0")
+            .env("EXAI_SESSION_STORE", "postgres")
+            .env("DATABASE_URL", &server.url)
+            .envs(env.iter().copied());
+        run(command)
+    };
+    let healthy = doctor(&[]).await;
+    let report = stdout(&healthy);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines[0], "ok       settings: valid");
+    assert_eq!(
+        lines[1],
+        "ok       signing: SUPABASE_JWT_SECRET (HS256) set"
+    );
+    assert_eq!(
+        lines[2],
+        "ok       sessions: PostgreSQL reachable and migrated"
+    );
+    assert!(
+        lines[4].starts_with("ok       listen: 127.0.0.1:0 is free"),
+        "{report}"
+    );
+
+    let fresh = exai_tests::TestPostgres::start();
+    let unmigrated = doctor(&[("DATABASE_URL", fresh.url.as_str())]).await;
+    assert_eq!(unmigrated.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&unmigrated.stdout).into_owned();
+    assert!(
+        report.contains("problem  sessions: PostgreSQL lacks migrations (0001_supabase_bootstrap"),
+        "{report}"
+    );
+    assert!(report.contains("run: exai migrate"));
+    assert_eq!(
+        String::from_utf8_lossy(&unmigrated.stderr).trim_end(),
+        "exai: problems found"
+    );
+
+    let bad = doctor(&[("EXAI_WS_PORT", "x"), ("MCP_SESSION_TIMEOUT", "0")]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&bad.stdout).into_owned();
+    assert_eq!(
+        report.lines().collect::<Vec<_>>(),
+        [
+            "problem  settings: EXAI_WS_PORT=x: expected a port number (0-65535)",
+            "problem  settings: MCP_SESSION_TIMEOUT=0: expected a whole number of seconds, at least 1",
+        ]
+    );
+}
