@@ -26,6 +26,10 @@ pub use commands::CommandError;
     about = "Command-line client and admin tool for the exai MCP daemon"
 )]
 pub struct Cli {
+    /// Settings file (NAME=value lines) under flags and the environment
+    /// [default: .env, else .env.docker, in the working directory]
+    #[arg(long, global = true, value_name = "FILE")]
+    env_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }

@@ -570,3 +570,34 @@ async fn doctor_names_each_problem_and_how_to_fix_it() {
         ]
     );
 }
+
+/// `exai` reads the same env file as the daemon.
+#[tokio::test]
+async fn the_cli_reads_an_env_file_too() {
+    let daemon = TestDaemon::start().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let secret = std::str::from_utf8(TEST_SECRET).unwrap();
+    std::fs::write(
+        cwd.path().join(".env"),
+        format!("SUPABASE_JWT_SECRET={secret}\n"),
+    )
+    .unwrap();
+    let mut mint = exai(&["token", "mint", "--email", "file@example.com"]);
+    mint.env_remove("SUPABASE_JWT_SECRET")
+        .current_dir(cwd.path());
+    let token = stdout(&run(mint).await);
+    let result: Value = serde_json::from_str(&stdout(
+        &run(exai(&[
+            "call",
+            "whoami",
+            "--url",
+            &daemon.url,
+            "--token",
+            token.trim(),
+        ]))
+        .await,
+    ))
+    .unwrap();
+    assert_eq!(result["structuredContent"]["email"], "file@example.com");
+    daemon.stop().await;
+}

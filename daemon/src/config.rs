@@ -44,6 +44,14 @@ pub enum ConfigError {
         /// The listen host.
         host: String,
     },
+    /// The env file could not be used.
+    #[error("env file {}: {reason}", path.display())]
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// `EXAI_SESSION_STORE=postgres` without `DATABASE_URL`.
     #[error("EXAI_SESSION_STORE=postgres needs DATABASE_URL")]
     MissingDatabaseUrl,
@@ -294,6 +302,11 @@ pub struct DaemonArgs {
     /// 64 otherwise) without starting
     #[arg(long)]
     pub check_config: bool,
+
+    /// Settings file (NAME=value lines) under flags and the environment
+    /// [default: .env, else .env.docker, in the working directory]
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
 
     /// Address to listen on; overrides --host and --port
     #[arg(long, value_name = "HOST:PORT")]

@@ -8,6 +8,7 @@
 //! `127.0.0.1:0`.
 
 pub mod config;
+pub mod env_file;
 pub mod logging;
 mod metered;
 mod secret_file;

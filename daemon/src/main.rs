@@ -4,7 +4,6 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use exai_daemon::config::{DaemonArgs, SecretSource};
 
 /// sysexits' EX_USAGE: the configuration is wrong.
@@ -12,7 +11,13 @@ const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = DaemonArgs::parse();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(problem) => {
+            eprintln!("exai-daemon: invalid configuration:\n  {problem}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let check_only = args.check_config;
     // Every problem at once, before anything binds (logging is not set up
     // yet: its format is part of what is being checked).
@@ -69,6 +74,20 @@ async fn run(config: exai_daemon::Config, secret: Option<SecretSource>) -> anyho
     daemon.stop().await.context("shutting down")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Flags over the environment over the env file over the defaults.
+fn parse_args() -> Result<DaemonArgs, exai_daemon::config::ConfigError> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut command = DaemonArgs::command();
+    if let Some(file) = exai_daemon::env_file::locate(&raw, &cwd)? {
+        command =
+            exai_daemon::env_file::apply(command, &file, |name| std::env::var_os(name).is_some())?;
+    }
+    let matches = command.get_matches_from(raw);
+    Ok(DaemonArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

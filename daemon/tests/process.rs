@@ -462,3 +462,79 @@ fn the_example_env_file_is_valid_and_complete() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Settings come from flags, then the environment, then an env file
+/// (`--env-file`, else `.env`, else `.env.docker`), then the defaults; a
+/// secret read from the file never shows in `--help`.
+#[test]
+fn an_env_file_sits_under_flags_and_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cwd.path().join(".env.docker"),
+        "EXAI_WS_PORT=x\nMCP_SESSION_TIMEOUT=0\nSUPABASE_JWT_SECRET=file-secret-value-not-for-help\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cwd.path().join("other.env"),
+        "MCP_MAX_CONNECTIONS_PER_USER=0\n",
+    )
+    .unwrap();
+    let check = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let output = daemon(data.path())
+            .current_dir(cwd.path())
+            .envs(extra_env.iter().copied())
+            .arg("--check-config")
+            .args(args)
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (
+            output.status.code(),
+            stderr
+                .lines()
+                .skip(1)
+                .map(|l| l.trim().to_owned())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let port = "EXAI_WS_PORT=x: expected a port number (0-65535)".to_owned();
+    let timeout =
+        "MCP_SESSION_TIMEOUT=0: expected a whole number of seconds, at least 1".to_owned();
+    assert_eq!(
+        check(&[], &[]),
+        (Some(64), vec![port.clone(), timeout.clone()]),
+        "the file is read"
+    );
+    assert_eq!(
+        check(&[("EXAI_WS_PORT", "0")], &[]),
+        (Some(64), vec![timeout]),
+        "the environment wins"
+    );
+    assert_eq!(
+        check(&[("EXAI_WS_PORT", "0")], &["--session-timeout", "5"]),
+        (Some(0), vec![]),
+        "a flag wins"
+    );
+    assert_eq!(
+        check(&[], &["--env-file", "other.env"]),
+        (
+            Some(64),
+            vec![
+                "MCP_MAX_CONNECTIONS_PER_USER=0: expected a whole number of at least 1".to_owned()
+            ]
+        ),
+        "--env-file names the file"
+    );
+    let (code, lines) = check(&[], &["--env-file", "missing.env"]);
+    assert_eq!(code, Some(64));
+    assert!(lines[0].ends_with("missing.env: no such file"), "{lines:?}");
+    let help = daemon(data.path())
+        .current_dir(cwd.path())
+        .arg("--help")
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("file-secret-value-not-for-help"));
+}
