@@ -8,12 +8,11 @@
 //! the legacy shared secret (HS256) or with asymmetric keys published as a
 //! JWKS (ES256, RS256, EdDSA); both may be configured at once.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::TokenCache;
@@ -95,7 +94,7 @@ impl Default for JwtConfig {
 pub struct JwtVerifier {
     hs256: Option<DecodingKey>,
     jwks: Option<Jwks>,
-    validations: HashMap<Algorithm, Validation>,
+    rules: ClaimRules,
     cache: Option<TokenCache>,
     pub(crate) allowed_roles: Vec<String>,
 }
@@ -114,32 +113,18 @@ impl JwtVerifier {
     /// A verifier for `config`. The JWKS, if any, is fetched on first use;
     /// [`JwtVerifier::start`] fetches it up front.
     pub fn new(config: JwtConfig) -> Result<Self, JwksError> {
-        let mut required = vec!["exp", "aud"];
-        if config.issuer.is_some() {
-            required.push("iss");
-        }
-        let validations = std::iter::once(Algorithm::HS256)
-            .chain(ASYMMETRIC.iter().copied())
-            .map(|alg| {
-                let mut v = Validation::new(alg);
-                v.leeway = config.leeway.as_secs();
-                v.validate_exp = true;
-                v.validate_nbf = true;
-                v.set_audience(&[&config.audience]);
-                if let Some(issuer) = &config.issuer {
-                    v.set_issuer(&[issuer]);
-                }
-                v.set_required_spec_claims(&required);
-                (alg, v)
-            })
-            .collect();
+        let rules = ClaimRules {
+            audience: config.audience,
+            issuer: config.issuer,
+            leeway: config.leeway.as_secs_f64(),
+        };
         Ok(JwtVerifier {
             hs256: config
                 .hs256_secret
                 .as_ref()
                 .map(|s| DecodingKey::from_secret(s.expose())),
             jwks: config.jwks.map(Jwks::new).transpose()?,
-            validations,
+            rules,
             cache: (config.cache_capacity > 0).then(|| TokenCache::new(config.cache_capacity)),
             allowed_roles: config.allowed_roles,
         })
@@ -198,6 +183,12 @@ impl JwtVerifier {
             }
             cache.remove(key);
         }
+        // Exactly three dot-separated parts: header.payload.signature.
+        let (message, signature) = token.rsplit_once('.').ok_or(AuthError::Malformed)?;
+        let (_, payload) = message.split_once('.').ok_or(AuthError::Malformed)?;
+        if payload.contains('.') {
+            return Err(AuthError::Malformed);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|e| header_error(token, e))?;
         let (key, kid) = match header.alg {
             Algorithm::HS256 => (self.hs256.clone().ok_or(AuthError::BadAlgorithm)?, None),
@@ -212,10 +203,21 @@ impl JwtVerifier {
             }
             _ => return Err(AuthError::BadAlgorithm),
         };
-        let validation = &self.validations[&header.alg];
-        let claims = jsonwebtoken::decode::<RawClaims>(token, &key, validation)
+        // The signature is checked by jsonwebtoken's crypto provider; the
+        // claims are then read once and checked below (jsonwebtoken's own
+        // `decode` parses them twice, which alone costs more than the HS256
+        // budget of the auth issue).
+        if !jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, header.alg)
             .map_err(map_error)?
-            .claims;
+        {
+            return Err(AuthError::BadSignature);
+        }
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthError::Malformed)?;
+        let claims: RawClaims =
+            serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
+        self.rules.check(&claims, unix_now())?;
         let principal = claims.into_principal()?;
         if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
             cache.insert(key, &principal, kid);
@@ -231,7 +233,10 @@ impl JwtVerifier {
 struct RawClaims {
     sub: Option<String>,
     role: Option<String>,
-    exp: Option<u64>,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iss: Option<String>,
+    aud: Option<Audience>,
     email: Option<String>,
     session_id: Option<String>,
     aal: Option<String>,
@@ -254,11 +259,74 @@ impl RawClaims {
             auth_session_id: self.session_id,
             aal: self.aal,
             is_anonymous: self.is_anonymous.unwrap_or(false),
-            expires_at: self.exp,
+            // Non-negative and finite: checked by `ClaimRules::check`.
+            expires_at: self.exp.map(|exp| exp as u64),
             app_metadata: self.app_metadata,
             method: AuthMethod::Jwt,
         })
     }
+}
+
+/// `aud` is one string or an array of strings (RFC 7519 section 4.1.3).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(aud) => aud == wanted,
+            Audience::Many(auds) => auds.iter().any(|aud| aud == wanted),
+        }
+    }
+}
+
+/// The registered claims every accepted token must satisfy, checked in the
+/// order (and with the semantics) of jsonwebtoken's `Validation`: required
+/// claims present, then `exp`, `nbf`, `iss`, `aud`.
+#[derive(Debug)]
+struct ClaimRules {
+    audience: String,
+    issuer: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    leeway: f64,
+}
+
+impl ClaimRules {
+    fn check(&self, claims: &RawClaims, now: f64) -> Result<(), AuthError> {
+        let exp = claims.exp.ok_or(AuthError::MissingClaim("exp"))?;
+        let aud = claims.aud.as_ref().ok_or(AuthError::MissingClaim("aud"))?;
+        if self.issuer.is_some() && claims.iss.is_none() {
+            return Err(AuthError::MissingClaim("iss"));
+        }
+        if !exp.is_finite() || exp < 0.0 || exp < now - self.leeway {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = claims.nbf
+            && (!nbf.is_finite() || nbf > now + self.leeway)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(issuer) = &self.issuer
+            && claims.iss.as_deref() != Some(issuer.as_str())
+        {
+            return Err(AuthError::WrongIssuer);
+        }
+        if !aud.contains(&self.audience) {
+            return Err(AuthError::WrongAudience);
+        }
+        Ok(())
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// A header that jsonwebtoken cannot read: an unsupported `alg` (such as
@@ -471,6 +539,30 @@ mod tests {
         check(&other.unwrap(), Err(BadSignature)).await;
         // Within the leeway an expired token still passes.
         check(&sign(&with(json!({"exp": now() - 5}))), Ok(())).await;
+    }
+
+    #[tokio::test]
+    async fn registered_claims_are_checked_as_rfc_7519_reads_them() {
+        use AuthError::*;
+        // `aud` may be an array; it must contain our audience.
+        check(&sign(&with(json!({"aud": ["x", "authenticated"]}))), Ok(())).await;
+        check(&sign(&with(json!({"aud": ["x", "y"]}))), Err(WrongAudience)).await;
+        check(&sign(&with(json!({"aud": 7}))), Err(Malformed)).await;
+        // NumericDate may carry a fraction; it must be a number.
+        check(&sign(&with(json!({"exp": now() as f64 + 60.5}))), Ok(())).await;
+        check(&sign(&with(json!({"exp": "tomorrow"}))), Err(Malformed)).await;
+        check(&sign(&with(json!({"exp": -1}))), Err(Expired)).await;
+        check(&sign(&with(json!({"nbf": now() + 5}))), Ok(())).await;
+        // With an issuer configured, `iss` is required and must match.
+        let mut config = JwtConfig::new().with_hs256(Secret::new(SECRET.to_vec()));
+        config.issuer = Some("https://p.supabase.co/auth/v1".into());
+        let strict = JwtVerifier::new(config).unwrap();
+        let verify = async |claims: Value| strict.verify(&sign(&claims)).await.map(|_| ());
+        assert_eq!(verify(good_claims()).await, Err(MissingClaim("iss")));
+        let wrong = with(json!({"iss": "https://q.supabase.co/auth/v1"}));
+        assert_eq!(verify(wrong).await, Err(WrongIssuer));
+        let right = with(json!({"iss": "https://p.supabase.co/auth/v1"}));
+        assert_eq!(verify(right).await, Ok(()));
     }
 
     #[tokio::test]
