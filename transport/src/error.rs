@@ -87,28 +87,35 @@ fn quoted_string_safe(s: &str) -> String {
 }
 
 /// WebSocket close codes (RFC 6455 §7.4.1) the edge uses.
-pub(crate) mod close {
+pub mod close {
     /// The server is shutting down.
-    pub(crate) const GOING_AWAY: u16 = 1001;
+    pub const GOING_AWAY: u16 = 1001;
     /// The client sent a binary frame; MCP messages are text.
-    pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
     /// The MCP session behind the socket ended.
-    pub(crate) const NORMAL: u16 = 1000;
+    pub const NORMAL: u16 = 1000;
     /// The credential that opened the connection expired (reconnect with a
     /// fresh one).
-    pub(crate) const TOKEN_EXPIRED: u16 = 4401;
+    pub const TOKEN_EXPIRED: u16 = 4401;
     /// An in-band refresh offered another user's credential.
-    pub(crate) const OTHER_USER: u16 = 4403;
+    pub const OTHER_USER: u16 = 4403;
     /// No MCP request for longer than the session timeout.
-    pub(crate) const SESSION_TIMED_OUT: u16 = 4408;
+    pub const SESSION_TIMED_OUT: u16 = 4408;
     /// An administrator killed the session.
-    pub(crate) const SESSION_KILLED: u16 = 4410;
+    pub const SESSION_KILLED: u16 = 4410;
 }
 
-/// JSON-RPC error codes the edge itself answers with (the rest are rmcp's).
-pub(crate) mod jsonrpc {
+/// JSON-RPC error codes exai itself answers with (the standard ones come
+/// from rmcp). All are in the range JSON-RPC reserves for servers.
+pub mod jsonrpc {
     /// `auth/refresh` with a credential that does not verify.
-    pub(crate) const INVALID_CREDENTIAL: i32 = -32001;
+    pub const INVALID_CREDENTIAL: i32 = -32001;
+    /// `exai connect`: the connection to the daemon dropped while the request
+    /// was in flight; it may or may not have run.
+    pub const CONNECTION_LOST: i32 = -32002;
+    /// `exai connect`: the daemon stayed unreachable for as long as the
+    /// request could wait.
+    pub const NOT_CONNECTED: i32 = -32003;
 }
 
 #[cfg(test)]

@@ -163,6 +163,7 @@ async fn mcp_upgrade<F: ServiceFactory>(
         outbound_queue: config.outbound_queue,
         auth: edge.auth.clone(),
         principal: context.principal.clone(),
+        metrics: metrics.clone(),
     };
     let mut response = upgrade
         .protocols(["mcp"])

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use error::{close, jsonrpc};
 pub use metrics::Metrics;
 
 use exai_auth::{Authenticator, Principal};

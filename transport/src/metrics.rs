@@ -29,6 +29,7 @@ pub struct Metrics {
     connections_open: Family<Labels, Gauge>,
     connections_opened: Family<Labels, Counter>,
     auth_failures: Family<Labels, Counter>,
+    credential_refreshes: Family<Labels, Counter>,
     session_events: Family<Labels, Counter>,
     sessions: Family<Labels, Gauge>,
     refusals: Family<Labels, Counter>,
@@ -61,6 +62,7 @@ impl Metrics {
             connections_open: Family::default(),
             connections_opened: Family::default(),
             auth_failures: Family::default(),
+            credential_refreshes: Family::default(),
             session_events: Family::default(),
             sessions: Family::default(),
             refusals: Family::default(),
@@ -88,6 +90,11 @@ impl Metrics {
             "auth_failures",
             "Refused credentials, by reason",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "credential_refreshes",
+            "In-band auth/refresh requests, by outcome (ok, refused, other_user)",
+            m.credential_refreshes.clone(),
         );
         registry.register(
             "session_events",
@@ -167,6 +174,12 @@ impl Metrics {
     pub(crate) fn auth_failure(&self, reason: &'static str) {
         self.auth_failures
             .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    pub(crate) fn credential_refresh(&self, outcome: &'static str) {
+        self.credential_refreshes
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
             .inc();
     }
 

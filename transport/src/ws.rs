@@ -34,6 +34,7 @@ use tracing::Instrument as _;
 use crate::error::{close, jsonrpc};
 use crate::framing::{self, Decoded};
 use crate::lifecycle::{Ended, Lifecycle, LiveSession};
+use crate::metrics::Metrics;
 
 /// Messages read but not yet taken by the MCP service.
 const INBOUND_QUEUE: usize = 32;
@@ -86,6 +87,7 @@ pub(crate) struct Connection {
     pub(crate) auth: Arc<Authenticator>,
     /// Who opened the connection.
     pub(crate) principal: Principal,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 pub(crate) async fn run<S: rmcp::ServerHandler>(
@@ -100,6 +102,7 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         outbound_queue,
         auth,
         principal,
+        metrics,
     } = connection;
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
@@ -118,6 +121,7 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         outbound: &out_tx,
         auth: &auth,
         principal: &principal,
+        metrics: &metrics,
         deadline: deadline(principal.expires_at),
     };
     let end = tokio::select! {
@@ -181,6 +185,7 @@ struct Reader<'a> {
     outbound: &'a mpsc::Sender<Message>,
     auth: &'a Authenticator,
     principal: &'a Principal,
+    metrics: &'a Metrics,
     /// When the credential that admitted the connection expires.
     deadline: Option<Instant>,
 }
@@ -277,6 +282,7 @@ impl Reader<'_> {
             .await;
         let reply = match result {
             Ok(fresh) if fresh.user_id == self.principal.user_id => {
+                self.metrics.credential_refresh("ok");
                 self.deadline = deadline(fresh.expires_at);
                 tracing::info!(expires_at = ?fresh.expires_at, "credential refreshed in band");
                 serde_json::json!({
@@ -286,19 +292,21 @@ impl Reader<'_> {
                 })
             }
             Ok(_) => {
+                self.metrics.credential_refresh("other_user");
                 tracing::warn!("auth/refresh offered another user's token; closing");
                 let error = auth_error(&AuthError::OtherUser);
                 self.send(&ServerJsonRpcMessage::error(error, Some(id)))
                     .await;
                 return Some(End::OtherUser);
             }
-            Err(refused) => match serde_json::to_value(ServerJsonRpcMessage::error(
-                auth_error(&refused),
-                Some(id),
-            )) {
-                Ok(value) => value,
-                Err(_) => return None,
-            },
+            Err(refused) => {
+                self.metrics.credential_refresh("refused");
+                let error = ServerJsonRpcMessage::error(auth_error(&refused), Some(id));
+                match serde_json::to_value(error) {
+                    Ok(value) => value,
+                    Err(_) => return None,
+                }
+            }
         };
         (!self.send(&reply).await).then_some(End::SocketError)
     }
