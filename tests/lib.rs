@@ -247,8 +247,10 @@ pub fn parse_metrics(text: &str) -> Vec<(String, std::collections::BTreeMap<Stri
 }
 
 /// Runs `tests/tools/<script>` with `input` on stdin; returns its stdout.
-fn python_tool(script: &str, input: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
+/// The Python with the pinned test packages (`tests/tools/requirements.txt`):
+/// `EXAI_TEST_PYTHON`, which `cargo xtask test` sets, else the virtual
+/// environment xtask makes under `target/`. Panics when neither exists.
+pub fn python() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("EXAI_TEST_PYTHON")
         .map(std::path::PathBuf::from)
@@ -258,8 +260,20 @@ fn python_tool(script: &str, input: &[u8]) -> Vec<u8> {
         "the Python test tools are not installed ({}): run `cargo xtask test`, which installs them",
         python.display()
     );
-    let mut child = std::process::Command::new(&python)
-        .arg(root.join("tools").join(script))
+    python
+}
+
+/// `tests/tools/<script>`.
+pub fn python_script(script: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools")
+        .join(script)
+}
+
+fn python_tool(script: &str, input: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(python())
+        .arg(python_script(script))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

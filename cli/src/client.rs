@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A WebSocket to the daemon.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Why talking to the daemon failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,35 +64,7 @@ pub struct Connection {
 
 /// Connects to `url` with `token`, and runs the MCP handshake.
 pub async fn connect(url: &str, token: &str) -> Result<Connection, ClientError> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|_| ClientError::InvalidUrl(url.to_owned()))?;
-    let bearer =
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::InvalidToken)?;
-    request.headers_mut().insert(header::AUTHORIZATION, bearer);
-    request.headers_mut().insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static("mcp"),
-    );
-    let (socket, _) =
-        tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(|error| match error {
-                tungstenite::Error::Http(response) => ClientError::Refused {
-                    status: response.status().as_u16(),
-                    reason: response
-                        .body()
-                        .as_deref()
-                        .map(String::from_utf8_lossy)
-                        .and_then(|body| body.lines().next().map(str::to_owned))
-                        .unwrap_or_default(),
-                },
-                tungstenite::Error::Url(_) => ClientError::InvalidUrl(url.to_owned()),
-                other => ClientError::Connect {
-                    url: url.to_owned(),
-                    source: Box::new(other),
-                },
-            })?;
+    let (socket, _) = open(url, token, None).await?;
     let (sink, stream) = socket.split();
     let transport = WsClientTransport {
         sink: Arc::new(Mutex::new(sink)),
@@ -99,6 +72,54 @@ pub async fn connect(url: &str, token: &str) -> Result<Connection, ClientError> 
     };
     let service = ().serve(transport).await.map_err(|e| ClientError::Initialize(Box::new(e)))?;
     Ok(Connection { service })
+}
+
+/// Opens an authenticated WebSocket to `url` offering the `mcp` subprotocol,
+/// resuming `session` when given. Returns the socket and the id of the
+/// session the daemon opened or resumed (its `Mcp-Session-Id` header).
+pub async fn open(
+    url: &str,
+    token: &str,
+    session: Option<&str>,
+) -> Result<(Socket, Option<String>), ClientError> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|_| ClientError::InvalidUrl(url.to_owned()))?;
+    let bearer =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::InvalidToken)?;
+    let headers = request.headers_mut();
+    headers.insert(header::AUTHORIZATION, bearer);
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static("mcp"),
+    );
+    if let Some(session) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert("mcp-session-id", session);
+    }
+    let (socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|error| match error {
+            tungstenite::Error::Http(response) => ClientError::Refused {
+                status: response.status().as_u16(),
+                reason: response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .and_then(|body| body.lines().next().map(str::to_owned))
+                    .unwrap_or_default(),
+            },
+            tungstenite::Error::Url(_) => ClientError::InvalidUrl(url.to_owned()),
+            other => ClientError::Connect {
+                url: url.to_owned(),
+                source: Box::new(other),
+            },
+        })?;
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((socket, session))
 }
 
 impl Connection {

@@ -36,6 +36,12 @@ pub enum CommandError {
     /// Signing in, or using the stored sign-in, failed.
     #[error("{0}")]
     SignIn(String),
+    /// The daemon ended the connection for good.
+    #[error("{0}")]
+    Ended(String),
+    /// Supabase Auth could not be reached (worth trying again later).
+    #[error("{0}")]
+    Unreachable(String),
     /// The tool ran and reported an error.
     #[error("the tool reported an error: {0}")]
     ToolFailed(String),
@@ -103,6 +109,36 @@ pub(crate) async fn migrate(url: &str) -> Result<String, CommandError> {
     Ok(lines.join("\n"))
 }
 
+/// The direct connection string of a hosted Supabase project's database,
+/// `postgresql://postgres:<password>@db.<ref>.supabase.co:5432/postgres`
+/// with TLS required. The result holds the password: never print it.
+pub(crate) fn supabase_database_url(
+    project_url: &str,
+    password: &str,
+) -> Result<String, CommandError> {
+    let not_hosted = || {
+        CommandError::Usage(format!(
+            "SUPABASE_URL '{project_url}' is not a hosted project (https://<ref>.supabase.co); \
+             pass --database-url instead"
+        ))
+    };
+    let parsed = reqwest::Url::parse(project_url).map_err(|_| not_hosted())?;
+    let project_ref = parsed
+        .host_str()
+        .and_then(|host| host.strip_suffix(".supabase.co"))
+        .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .ok_or_else(not_hosted)?;
+    let mut url = reqwest::Url::parse(&format!(
+        "postgresql://db.{project_ref}.supabase.co:5432/postgres?sslmode=require"
+    ))
+    .map_err(|_| not_hosted())?;
+    // Percent-encodes whatever the password holds.
+    url.set_username("postgres")
+        .and_then(|()| url.set_password(Some(password)))
+        .map_err(|()| not_hosted())?;
+    Ok(url.into())
+}
+
 /// Every migration's SQL, in order, for pasting into Supabase's SQL editor.
 pub(crate) fn migration_sql() -> String {
     exai_sessions::MIGRATIONS
@@ -146,5 +182,25 @@ mod tests {
         check("empty=", Ok(("empty", json!(""))));
         check("novalue", Err("expected KEY=VALUE, got 'novalue'"));
         check("=x", Err("the argument name is empty"));
+    }
+
+    #[test]
+    fn supabase_database_url_from_the_project_url() {
+        let url = supabase_database_url("https://abcdefghij.supabase.co", "p@ss:w/rd#1").unwrap();
+        assert_eq!(
+            url,
+            "postgresql://postgres:p%40ss%3Aw%2Frd%231@db.abcdefghij.supabase.co:5432/postgres?sslmode=require"
+        );
+        for not_hosted in [
+            "http://localhost:54321",
+            "https://supabase.co",
+            "https://a.b.supabase.co",
+            "not a url",
+        ] {
+            let error = supabase_database_url(not_hosted, "secret-pw").unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("--database-url"), "{message}");
+            assert!(!message.contains("secret-pw"));
+        }
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! - [`client`] is a small MCP-over-WebSocket client (rmcp over
 //!   tokio-tungstenite), usable by other Rust programs too;
-//! - `commands` implements each subcommand.
+//! - `bridge` is `exai connect`, the stdio bridge for editors;
+//! - `commands` implements the other subcommands.
 
 mod admin;
+mod bridge;
 pub mod client;
 mod commands;
 mod doctor;
@@ -34,6 +36,17 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// The log level when `RUST_LOG` does not say: `exai connect` reports
+    /// reconnections, other commands only problems.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Connect(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Development access tokens
@@ -41,6 +54,9 @@ enum Command {
     Token(TokenCommand),
     /// Call one MCP tool on the daemon and print its result as JSON
     Call(CallArgs),
+    /// Relay MCP between standard input/output and the daemon, for editors
+    /// that launch a command (VSCode, Claude Desktop); logs go to stderr
+    Connect(ConnectArgs),
     /// Check what the daemon's configuration would do: settings, signing
     /// keys, session store, listen address
     Doctor(Box<exai_daemon::config::DaemonArgs>),
@@ -195,14 +211,24 @@ enum SessionsCommand {
 #[derive(Debug, clap::Args)]
 struct MigrateArgs {
     /// The PostgreSQL connection string
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        value_name = "URL",
-        required_unless_present = "print"
-    )]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     database_url: Option<String>,
+    /// Migrate the hosted Supabase project at SUPABASE_URL through its direct
+    /// database connection (db.<ref>.supabase.co, TLS), with the database
+    /// password from SUPABASE_DB_PASSWORD
+    #[arg(long)]
+    supabase: bool,
+    /// The Supabase project URL, for --supabase
+    #[arg(long, env = "SUPABASE_URL", value_name = "URL")]
+    supabase_url: Option<String>,
+    /// The project's database password; set it through the environment only
+    #[arg(
+        long = "supabase-db-password",
+        env = "SUPABASE_DB_PASSWORD",
+        hide = true,
+        hide_env_values = true
+    )]
+    supabase_db_password: Option<String>,
     /// Print the SQL (for Supabase's SQL editor) instead of applying it
     #[arg(long)]
     print: bool,
@@ -236,6 +262,29 @@ struct CallArgs {
     /// The daemon's MCP WebSocket URL
     #[arg(long, env = "EXAI_URL", default_value = "ws://127.0.0.1:8079/mcp")]
     url: String,
+    #[command(flatten)]
+    credential: CredentialArgs,
+    /// A tool argument; the value is read as JSON when it parses, else as a string
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = commands::parse_arg)]
+    args: Vec<(String, serde_json::Value)>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConnectArgs {
+    /// The daemon's MCP WebSocket URL
+    #[arg(long, env = "EXAI_URL", default_value = "ws://127.0.0.1:8079/mcp")]
+    url: String,
+    /// How long a message waits for the daemon while the bridge reconnects,
+    /// before a request is answered with an error
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
+    #[command(flatten)]
+    credential: CredentialArgs,
+}
+
+/// Who the client acts for: a token, an API key, or the stored sign-in.
+#[derive(Debug, clap::Args)]
+struct CredentialArgs {
     /// Access token or API key [env: EXAI_TOKEN, else EXAI_API_KEY, else the stored sign-in]
     #[arg(long, env = "EXAI_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -251,9 +300,26 @@ struct CallArgs {
     project: ProjectArgs,
     #[command(flatten)]
     config: ConfigDir,
-    /// A tool argument; the value is read as JSON when it parses, else as a string
-    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = commands::parse_arg)]
-    args: Vec<(String, serde_json::Value)>,
+}
+
+impl CredentialArgs {
+    /// The token or key given, else the stored sign-in (refreshed).
+    async fn token(&self) -> Result<String, CommandError> {
+        match self.token.as_ref().or(self.api_key.as_ref()) {
+            Some(token) => Ok(token.clone()),
+            None => Ok(signed_in(&self.project, &self.config).await?.access_token),
+        }
+    }
+
+    fn into_bridge_credential(self) -> Result<bridge::Credential, CommandError> {
+        if let Some(token) = self.token.or(self.api_key) {
+            return Ok(bridge::Credential::Fixed(token));
+        }
+        Ok(bridge::Credential::SignedIn {
+            config_dir: self.config.path()?,
+            project: self.project.supabase_url.zip(self.project.anon_key),
+        })
+    }
 }
 
 /// The stored sign-in, refreshed if need be.
@@ -287,11 +353,15 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             commands::mint(&args.email, args.user_id, args.ttl, &args.auth)?
         }
         Command::Call(args) => {
-            let token = match args.token.or(args.api_key) {
-                Some(token) => token,
-                None => signed_in(&args.project, &args.config).await?.access_token,
-            };
+            let token = args.credential.token().await?;
             commands::call(&args.url, &token, &args.tool, args.args).await?
+        }
+        Command::Connect(args) => {
+            let options = bridge::Options {
+                url: args.url,
+                wait: args.wait,
+            };
+            return bridge::run(options, args.credential.into_bridge_credential()?).await;
         }
         Command::Login {
             email,
@@ -386,15 +456,32 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Sessions(SessionsCommand::Kill { session_id, db }) => {
             admin::sessions_kill(&db.database_url, &session_id).await?
         }
-        Command::Migrate(args) => match (args.print, args.database_url) {
-            (true, _) => commands::migration_sql(),
-            (false, Some(url)) => commands::migrate(&url).await?,
-            (false, None) => {
-                return Err(CommandError::Usage(
-                    "--database-url (or DATABASE_URL) is required".into(),
-                ));
+        Command::Migrate(args) => {
+            if args.print {
+                commands::migration_sql()
+            } else if args.supabase {
+                let project = args
+                    .supabase_url
+                    .ok_or_else(|| CommandError::Usage("--supabase needs SUPABASE_URL".into()))?;
+                let password = args.supabase_db_password.ok_or_else(|| {
+                    CommandError::Usage(
+                        "--supabase needs the database password in SUPABASE_DB_PASSWORD \
+                         (Supabase dashboard: Project Settings, Database)"
+                            .into(),
+                    )
+                })?;
+                let url = commands::supabase_database_url(&project, &password)?;
+                commands::migrate(&url).await?
+            } else {
+                let url = args.database_url.ok_or_else(|| {
+                    CommandError::Usage(
+                        "--database-url (or DATABASE_URL) is required, or --supabase, or --print"
+                            .into(),
+                    )
+                })?;
+                commands::migrate(&url).await?
             }
-        },
+        }
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{output}").map_err(CommandError::Output)

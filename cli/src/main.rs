@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
     };
     exai_daemon::logging::init(
         std::env::var("RUST_LOG").ok().as_deref(),
-        "warn",
+        cli.default_log_level(),
         exai_daemon::config::LogFormat::Text,
     );
     match exai_cli::run(cli).await {

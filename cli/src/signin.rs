@@ -78,7 +78,7 @@ async fn grant(
         .json(&body)
         .send()
         .await
-        .map_err(|e| CommandError::SignIn(format!("could not reach Supabase Auth: {e}")))?;
+        .map_err(|e| CommandError::Unreachable(format!("could not reach Supabase Auth: {e}")))?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -175,10 +175,19 @@ pub(crate) async fn current(
     project: Option<&Project<'_>>,
     config_dir: &Path,
 ) -> Result<Option<Stored>, CommandError> {
+    current_within(project, config_dir, REFRESH_MARGIN).await
+}
+
+/// Like [`current`], refreshing when less than `margin` is left.
+pub(crate) async fn current_within(
+    project: Option<&Project<'_>>,
+    config_dir: &Path,
+    margin: Duration,
+) -> Result<Option<Stored>, CommandError> {
     let Some(session) = load(config_dir)? else {
         return Ok(None);
     };
-    if session.expires_at > now() + REFRESH_MARGIN.as_secs() {
+    if session.expires_at > now() + margin.as_secs() {
         return Ok(Some(session));
     }
     let project = project.ok_or_else(|| {

@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 use exai_auth::UserId;
 use exai_tests::{TEST_SECRET, TestDaemon};
+
+mod connect;
 use serde_json::Value;
 
 fn exai(args: &[&str]) -> Command {
@@ -183,6 +185,31 @@ async fn failures_exit_non_zero_with_one_clear_line() {
         run(unsigned).await,
         "exai: not signed in: run exai login, or pass --token",
     );
+    let mut no_password = exai(&["migrate", "--supabase"]);
+    no_password
+        .env("SUPABASE_URL", "https://abcdefghij.supabase.co")
+        .env_remove("SUPABASE_DB_PASSWORD")
+        .env_remove("DATABASE_URL");
+    check(
+        run(no_password).await,
+        "exai: --supabase needs the database password in SUPABASE_DB_PASSWORD \
+         (Supabase dashboard: Project Settings, Database)",
+    );
+    let mut self_hosted = exai(&["migrate", "--supabase"]);
+    self_hosted
+        .env("SUPABASE_URL", "http://localhost:8000")
+        .env("SUPABASE_DB_PASSWORD", "hunter2-db-password");
+    check(
+        run(self_hosted).await,
+        "exai: SUPABASE_URL 'http://localhost:8000' is not a hosted project \
+         (https://<ref>.supabase.co); pass --database-url instead",
+    );
+    let mut neither = exai(&["migrate"]);
+    neither.env_remove("DATABASE_URL");
+    check(
+        run(neither).await,
+        "exai: --database-url (or DATABASE_URL) is required, or --supabase, or --print",
+    );
     daemon.stop().await;
 }
 
@@ -222,11 +249,6 @@ async fn migrate_twice_changes_nothing_the_second_time() {
     let sql = stdout(&run(exai(&["migrate", "--print"])).await);
     assert!(sql.contains("CREATE TABLE IF NOT EXISTS public.mcp_sessions"));
     assert!(sql.contains("-- exai migration 0004_session_functions"));
-
-    let mut nowhere = exai(&["migrate"]);
-    nowhere.env_remove("DATABASE_URL");
-    let missing = run(nowhere).await;
-    assert_eq!(missing.status.code(), Some(2), "clap usage error");
 }
 
 /// Admin commands against a database shared with a running daemon:
@@ -600,4 +622,53 @@ async fn the_cli_reads_an_env_file_too() {
     .unwrap();
     assert_eq!(result["structuredContent"]["email"], "file@example.com");
     daemon.stop().await;
+}
+
+/// `.env.docker.example` names every variable `exai` reads, too.
+#[test]
+fn the_example_env_file_names_every_cli_variable() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../.env.docker.example"
+    ))
+    .unwrap();
+    let named = |variable: &str| {
+        example
+            .lines()
+            .map(|line| line.trim().trim_start_matches("# "))
+            .any(|line| line.starts_with(&format!("{variable}=")))
+    };
+    let subcommands: &[&[&str]] = &[
+        &["call"],
+        &["connect"],
+        &["login"],
+        &["whoami"],
+        &["migrate"],
+        &["keys", "create"],
+        &["sessions", "list"],
+        &["token", "mint"],
+    ];
+    let mut wanted = vec![
+        "EXAI_API_KEY".to_owned(),
+        "SUPABASE_ANON_KEY".to_owned(),
+        "SUPABASE_DB_PASSWORD".to_owned(),
+    ];
+    for args in subcommands {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_exai"));
+        let help = command.args(*args).arg("--help").output().unwrap();
+        assert!(help.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&help.stdout).into_owned();
+        wanted.extend(
+            help.split("[env: ")
+                .skip(1)
+                .filter_map(|rest| rest.split(['=', ']', ',']).next().map(str::to_owned)),
+        );
+    }
+    assert!(wanted.len() > 6, "{wanted:?}");
+    for variable in &wanted {
+        assert!(
+            named(variable),
+            "{variable} is missing from .env.docker.example"
+        );
+    }
 }

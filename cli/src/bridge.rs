@@ -1,0 +1,834 @@
+//! `exai connect`: the stdio bridge for MCP clients that launch a command
+//! (VSCode's `mcp.json`, Claude Desktop, Cursor).
+//!
+//! Standard input and output carry newline-delimited JSON-RPC, as the MCP
+//! stdio transport defines; every message is relayed unchanged to and from
+//! the daemon's WebSocket, one message per text frame. The bridge reads only
+//! as much of each message as it needs to keep four promises:
+//!
+//! - **Nothing hangs.** A request in flight when the socket drops is answered
+//!   with a JSON-RPC error ([`jsonrpc::CONNECTION_LOST`]); a message that
+//!   arrives while the bridge reconnects waits up to `--wait`, and a request
+//!   that waited that long is answered with [`jsonrpc::NOT_CONNECTED`].
+//! - **The session survives.** The bridge reconnects with jittered
+//!   exponential backoff, asks to resume its session (`Mcp-Session-Id`), and
+//!   replays the client's `initialize` on the new socket (answering it
+//!   itself), so the editor never notices.
+//! - **The sign-in stays fresh.** A stored sign-in is refreshed before its
+//!   access token expires and handed to the daemon in band (`auth/refresh`).
+//! - **Standard output is protocol only.** Logs go to standard error.
+//!
+//! Close codes that mean "stop" end the bridge with a one-line reason: an
+//! administrator killed the session (4410), or the daemon refuses the
+//! credential on reconnect (401/403).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use exai_transport::{close, jsonrpc};
+
+use crate::client::{self, ClientError, Socket};
+use crate::{CommandError, signin};
+
+/// Refresh a stored sign-in this long before its access token expires.
+const REFRESH_BEFORE: Duration = Duration::from_secs(120);
+/// After a failed refresh, try again this much later.
+const REFRESH_RETRY: Duration = Duration::from_secs(30);
+/// Most messages held while the daemon is unreachable.
+const MAX_QUEUED: usize = 1024;
+/// Reconnect delays: the first attempt is immediate, then about 250 ms,
+/// doubling up to about 10 s.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// A connection that lasted at least this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long the daemon may take to answer the replayed `initialize`.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this many "session is connected" refusals in a row (the daemon has
+/// not yet noticed the old socket is gone), start a new session instead.
+const MAX_CONFLICTS: u32 = 3;
+/// The JSON-RPC ids of the bridge's own requests start with this.
+const OWN_ID_PREFIX: &str = "exai-connect:";
+
+/// Where the bridge's access token comes from.
+pub(crate) enum Credential {
+    /// `EXAI_TOKEN` or `EXAI_API_KEY`: used as is, never refreshed.
+    Fixed(String),
+    /// The sign-in `exai login` stored, refreshed through Supabase Auth when
+    /// the project (URL and anon key) is known.
+    SignedIn {
+        /// `SUPABASE_URL` and `SUPABASE_ANON_KEY`.
+        project: Option<(String, String)>,
+        /// Where the session file lives.
+        config_dir: PathBuf,
+    },
+}
+
+/// A token and, when it can be refreshed, when it expires (Unix seconds).
+struct Token {
+    value: String,
+    refreshable_until: Option<u64>,
+}
+
+impl Credential {
+    /// The current token, refreshed first if less than `margin` is left.
+    async fn fresh(&self, margin: Duration) -> Result<Token, CommandError> {
+        match self {
+            Credential::Fixed(token) => Ok(Token {
+                value: token.clone(),
+                refreshable_until: None,
+            }),
+            Credential::SignedIn {
+                project,
+                config_dir,
+            } => {
+                let project = project
+                    .as_ref()
+                    .map(|(url, anon_key)| signin::Project { url, anon_key });
+                let stored = signin::current_within(project.as_ref(), config_dir, margin)
+                    .await?
+                    .ok_or_else(|| {
+                        CommandError::SignIn(
+                            "not signed in: run exai login, or set EXAI_TOKEN or EXAI_API_KEY"
+                                .into(),
+                        )
+                    })?;
+                Ok(Token {
+                    value: stored.access_token,
+                    refreshable_until: project.is_some().then_some(stored.expires_at),
+                })
+            }
+        }
+    }
+}
+
+/// How `exai connect` behaves.
+pub(crate) struct Options {
+    /// The daemon's MCP WebSocket URL.
+    pub(crate) url: String,
+    /// How long a message waits for the daemon while reconnecting.
+    pub(crate) wait: Duration,
+}
+
+/// Relays standard input and output to the daemon until standard input ends
+/// (`Ok`) or the daemon ends the bridge for good (`Err`, with the reason).
+pub(crate) async fn run(options: Options, credential: Credential) -> Result<(), CommandError> {
+    let lines = read_stdin();
+    let bridge = Bridge {
+        url: options.url,
+        wait: options.wait,
+        credential: Arc::new(credential),
+        out: tokio::io::stdout(),
+        session: None,
+        initialize: None,
+        initialized: false,
+        in_flight: HashMap::new(),
+        queued: VecDeque::new(),
+        own_requests: HashSet::new(),
+        next_own_id: 0,
+        attempt: 0,
+        conflicts: 0,
+        up_since: None,
+        link: Link::Down(Instant::now()),
+        refresh_at: None,
+        refreshing: None,
+    };
+    bridge.relay(lines).await
+}
+
+/// Standard input, one line per message, read on a plain thread so that a
+/// blocked read never keeps the process from exiting.
+fn read_stdin() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(64);
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The state of the socket to the daemon.
+enum Link {
+    /// Connected and relaying.
+    Up(Duplex),
+    /// Waiting until the instant of the next attempt.
+    Down(Instant),
+    /// An attempt is running.
+    Connecting(JoinHandle<Result<Established, Failure>>),
+}
+
+/// The two halves of the socket.
+struct Duplex {
+    sink: SplitSink<Socket, Message>,
+    stream: SplitStream<Socket>,
+}
+
+/// A connection made, authenticated and (when resumed) re-initialized.
+struct Established {
+    socket: Duplex,
+    session: Option<String>,
+    token: Token,
+    resumed: bool,
+}
+
+/// Why an attempt to connect failed.
+enum Failure {
+    /// Trying again cannot help (the credential is refused, the URL is
+    /// wrong, nobody is signed in).
+    Fatal(CommandError),
+    /// The session to resume is gone (expired, or the daemon forgot it).
+    SessionGone,
+    /// The session to resume is still attached to a connection.
+    Conflict,
+    /// Worth trying again later.
+    Retry(String),
+}
+
+/// What happened on the link.
+enum LinkEvent {
+    Frame(String),
+    Lost(Option<CloseFrame>, String),
+    Other,
+    RetryNow,
+    Attempt(Result<Established, Failure>),
+}
+
+struct Bridge {
+    url: String,
+    wait: Duration,
+    credential: Arc<Credential>,
+    out: tokio::io::Stdout,
+    /// The daemon's session id, for resuming.
+    session: Option<String>,
+    /// The client's `initialize` request, replayed on every new connection.
+    initialize: Option<Value>,
+    /// Whether the client sent `notifications/initialized`.
+    initialized: bool,
+    /// Requests sent to the daemon and not yet answered, by id.
+    in_flight: HashMap<String, Value>,
+    /// Messages waiting for a connection, with when they arrived.
+    queued: VecDeque<(Instant, String)>,
+    /// Ids of the bridge's own requests (`auth/refresh`).
+    own_requests: HashSet<String>,
+    next_own_id: u64,
+    /// Failed attempts since the last stable connection.
+    attempt: u32,
+    conflicts: u32,
+    up_since: Option<Instant>,
+    link: Link,
+    /// When the sign-in is due for a refresh.
+    refresh_at: Option<Instant>,
+    refreshing: Option<JoinHandle<Result<Token, CommandError>>>,
+}
+
+impl Bridge {
+    async fn relay(mut self, mut lines: mpsc::Receiver<String>) -> Result<(), CommandError> {
+        self.connect_now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let refresh_due = self.refresh_at.filter(|_| self.refreshing.is_none());
+            tokio::select! {
+                line = lines.recv() => match line {
+                    Some(line) => self.on_client_line(line).await?,
+                    None => {
+                        self.close().await;
+                        return Ok(());
+                    }
+                },
+                event = next_event(&mut self.link) => self.on_link(event).await?,
+                () = sleep_until_some(refresh_due) => self.start_refresh(),
+                refreshed = join_some(&mut self.refreshing) => {
+                    self.refreshing = None;
+                    self.on_refreshed(refreshed).await?;
+                }
+                _ = tick.tick() => self.expire_queued().await?,
+            }
+        }
+    }
+
+    /// Starts an attempt to connect now.
+    fn connect_now(&mut self) {
+        let replay = self.initialize.clone().map(|initialize| Replay {
+            initialize,
+            initialized: self.initialized,
+        });
+        self.link = Link::Connecting(tokio::spawn(establish(
+            self.url.clone(),
+            self.credential.clone(),
+            self.session.clone(),
+            replay,
+        )));
+    }
+
+    /// Waits before the next attempt, longer after each failure.
+    fn retry_later(&mut self) {
+        let delay = backoff(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        self.link = Link::Down(Instant::now() + delay);
+    }
+
+    async fn on_link(&mut self, event: LinkEvent) -> Result<(), CommandError> {
+        match event {
+            LinkEvent::Frame(text) => self.on_daemon_frame(text).await,
+            LinkEvent::Other => Ok(()),
+            LinkEvent::RetryNow => {
+                self.connect_now();
+                Ok(())
+            }
+            LinkEvent::Lost(frame, why) => self.lost(frame, why).await,
+            LinkEvent::Attempt(Ok(established)) => self.established(established).await,
+            LinkEvent::Attempt(Err(failure)) => match failure {
+                Failure::Fatal(error) => {
+                    self.give_up(&error).await?;
+                    Err(error)
+                }
+                Failure::SessionGone => {
+                    tracing::info!("the previous session is gone; opening a new one");
+                    self.session = None;
+                    self.connect_now();
+                    Ok(())
+                }
+                Failure::Conflict => {
+                    self.conflicts += 1;
+                    if self.conflicts >= MAX_CONFLICTS {
+                        tracing::info!("the previous session is still attached; opening a new one");
+                        self.session = None;
+                    }
+                    self.retry_later();
+                    Ok(())
+                }
+                Failure::Retry(why) => {
+                    tracing::warn!("cannot reach the daemon: {why}");
+                    self.retry_later();
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    async fn established(&mut self, established: Established) -> Result<(), CommandError> {
+        let Established {
+            socket,
+            session,
+            token,
+            resumed,
+        } = established;
+        match (&session, resumed) {
+            (Some(id), true) => tracing::info!(session = %id, "reconnected; session resumed"),
+            (Some(id), false) => tracing::info!(session = %id, "connected"),
+            (None, _) => tracing::info!("connected"),
+        }
+        self.session = session.or(self.session.take());
+        self.conflicts = 0;
+        self.up_since = Some(Instant::now());
+        self.link = Link::Up(socket);
+        self.schedule_refresh(&token);
+        for (_, line) in std::mem::take(&mut self.queued) {
+            self.send_to_daemon(line).await?;
+        }
+        Ok(())
+    }
+
+    /// The socket dropped: answer what was in flight, then reconnect (or
+    /// stop, when the daemon said so).
+    async fn lost(&mut self, frame: Option<CloseFrame>, why: String) -> Result<(), CommandError> {
+        if let Some(handle) = self.refreshing.take() {
+            handle.abort();
+        }
+        self.refresh_at = None;
+        let stable = self
+            .up_since
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE_AFTER);
+        if stable {
+            self.attempt = 0;
+        }
+        let code = frame.as_ref().map(|f| u16::from(f.code));
+        let reason = frame
+            .as_ref()
+            .map(|f| f.reason.to_string())
+            .filter(|r| !r.is_empty())
+            .unwrap_or(why);
+        let message = format!(
+            "the connection to the exai daemon was lost ({reason}) before the answer arrived; \
+             the request may or may not have run"
+        );
+        for (_, id) in std::mem::take(&mut self.in_flight) {
+            self.write(&error_response(id, jsonrpc::CONNECTION_LOST, &message))
+                .await?;
+        }
+        self.own_requests.clear();
+        let fatal = match code {
+            Some(close::SESSION_KILLED) => Some("an administrator ended this session"),
+            Some(close::OTHER_USER) => {
+                Some("the daemon closed the connection: another user's credential")
+            }
+            _ => None,
+        };
+        if let Some(fatal) = fatal {
+            let error = CommandError::Ended(fatal.to_owned());
+            self.give_up(&error).await?;
+            return Err(error);
+        }
+        tracing::warn!(code, "connection to the daemon lost: {reason}");
+        if self.attempt == 0 {
+            self.attempt = 1;
+            self.connect_now();
+        } else {
+            self.retry_later();
+        }
+        Ok(())
+    }
+
+    /// A line from the client: relay it, or hold it until connected.
+    async fn on_client_line(&mut self, line: String) -> Result<(), CommandError> {
+        if line.trim().is_empty() {
+            return Ok(());
+        }
+        if matches!(self.link, Link::Up(_)) {
+            return self.send_to_daemon(line).await;
+        }
+        if self.queued.len() >= MAX_QUEUED {
+            return self
+                .refuse(&line, "too many messages are waiting for the exai daemon")
+                .await;
+        }
+        self.queued.push_back((Instant::now(), line));
+        Ok(())
+    }
+
+    /// Sends a client message; if the socket is gone it will be answered by
+    /// [`Bridge::lost`] like any other request in flight.
+    async fn send_to_daemon(&mut self, line: String) -> Result<(), CommandError> {
+        if let Ok(message) = serde_json::from_str::<Value>(&line) {
+            for message in each(&message) {
+                self.track_outgoing(message);
+            }
+        }
+        let Link::Up(socket) = &mut self.link else {
+            self.queued.push_back((Instant::now(), line));
+            return Ok(());
+        };
+        if let Err(error) = socket.sink.send(Message::Text(line.into())).await {
+            return self.lost(None, error.to_string()).await;
+        }
+        Ok(())
+    }
+
+    fn track_outgoing(&mut self, message: &Value) {
+        let method = message.get("method").and_then(Value::as_str);
+        match (method, message.get("id")) {
+            (Some(method), Some(id)) => {
+                if method == "initialize" {
+                    self.initialize = Some(message.clone());
+                }
+                self.in_flight.insert(id_key(id), id.clone());
+            }
+            (Some("notifications/initialized"), None) => self.initialized = true,
+            (Some("notifications/cancelled"), None) => {
+                // The daemon need not answer a cancelled request.
+                if let Some(id) = message.pointer("/params/requestId") {
+                    self.in_flight.remove(&id_key(id));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A frame from the daemon: to the client, unless it answers one of the
+    /// bridge's own requests.
+    async fn on_daemon_frame(&mut self, text: String) -> Result<(), CommandError> {
+        let Ok(message) = serde_json::from_str::<Value>(&text) else {
+            tracing::warn!("the daemon sent a frame that is not JSON; passed on as is");
+            return self.write_raw(&text).await;
+        };
+        let mut own = false;
+        for message in each(&message) {
+            if message.get("method").is_some() {
+                continue;
+            }
+            let Some(id) = message.get("id") else {
+                continue;
+            };
+            let key = id_key(id);
+            if self.own_requests.remove(&key) {
+                own = true;
+                match message.pointer("/error/message").and_then(Value::as_str) {
+                    Some(error) => {
+                        tracing::warn!("the daemon refused the refreshed token: {error}")
+                    }
+                    None => tracing::info!("token refreshed"),
+                }
+            } else {
+                self.in_flight.remove(&key);
+            }
+        }
+        if own {
+            return Ok(());
+        }
+        if text.contains('\n') {
+            return self.write(&message).await;
+        }
+        self.write_raw(&text).await
+    }
+
+    /// Answers requests that waited too long for a connection.
+    async fn expire_queued(&mut self) -> Result<(), CommandError> {
+        let message = format!(
+            "the exai daemon has been unreachable for {}; the request was not sent",
+            humantime::format_duration(self.wait)
+        );
+        while let Some((since, _)) = self.queued.front() {
+            if since.elapsed() < self.wait {
+                break;
+            }
+            let Some((_, line)) = self.queued.pop_front() else {
+                break;
+            };
+            self.refuse(&line, &message).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers every request in `line` with [`jsonrpc::NOT_CONNECTED`];
+    /// notifications cannot be answered, so they are logged.
+    async fn refuse(&mut self, line: &str, why: &str) -> Result<(), CommandError> {
+        let Ok(message) = serde_json::from_str::<Value>(line) else {
+            tracing::warn!("dropped a message that is not JSON: {why}");
+            return Ok(());
+        };
+        for message in each(&message) {
+            match message
+                .get("id")
+                .filter(|_| message.get("method").is_some())
+            {
+                Some(id) => {
+                    let answer = error_response(id.clone(), jsonrpc::NOT_CONNECTED, why);
+                    self.write(&answer).await?;
+                }
+                None => {
+                    let method = message.get("method").and_then(Value::as_str);
+                    tracing::warn!(method, "dropped a notification or response: {why}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stopping for good: whatever waits is answered with `error`.
+    async fn give_up(&mut self, error: &CommandError) -> Result<(), CommandError> {
+        let why = format!("exai connect stopped: {error}");
+        for (_, line) in std::mem::take(&mut self.queued) {
+            self.refuse(&line, &why).await?;
+        }
+        for (_, id) in std::mem::take(&mut self.in_flight) {
+            let answer = error_response(id, jsonrpc::CONNECTION_LOST, &why);
+            self.write(&answer).await?;
+        }
+        Ok(())
+    }
+
+    /// Plans the next refresh: `REFRESH_BEFORE` ahead of expiry, or halfway
+    /// there for a token that lives shorter than that.
+    fn schedule_refresh(&mut self, token: &Token) {
+        self.refresh_at = token.refreshable_until.map(|expires_at| {
+            let left = (UNIX_EPOCH + Duration::from_secs(expires_at))
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            let wait = left.saturating_sub(REFRESH_BEFORE).max(left / 2);
+            Instant::now() + wait.max(Duration::from_secs(1))
+        });
+    }
+
+    fn start_refresh(&mut self) {
+        self.refresh_at = None;
+        let credential = self.credential.clone();
+        // A little more than REFRESH_BEFORE, so that a timer firing a moment
+        // early still refreshes.
+        let margin = REFRESH_BEFORE + Duration::from_secs(5);
+        self.refreshing = Some(tokio::spawn(async move { credential.fresh(margin).await }));
+    }
+
+    async fn on_refreshed(
+        &mut self,
+        refreshed: Result<Result<Token, CommandError>, tokio::task::JoinError>,
+    ) -> Result<(), CommandError> {
+        let token = match refreshed {
+            Ok(Ok(token)) => token,
+            Ok(Err(error)) => {
+                tracing::warn!("could not refresh the sign-in: {error}; trying again shortly");
+                self.refresh_at = Some(Instant::now() + REFRESH_RETRY);
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+        self.schedule_refresh(&token);
+        let Link::Up(socket) = &mut self.link else {
+            return Ok(());
+        };
+        self.next_own_id += 1;
+        let id = format!("{OWN_ID_PREFIX}refresh:{}", self.next_own_id);
+        let request = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "method": "auth/refresh",
+            "params": { "token": token.value },
+        });
+        self.own_requests.insert(id_key(&Value::String(id)));
+        if let Err(error) = socket
+            .sink
+            .send(Message::Text(request.to_string().into()))
+            .await
+        {
+            return self.lost(None, error.to_string()).await;
+        }
+        Ok(())
+    }
+
+    /// Standard input ended: close the socket politely.
+    async fn close(&mut self) {
+        if let Link::Up(socket) = &mut self.link {
+            let _ = socket.sink.send(Message::Close(None)).await;
+        }
+    }
+
+    async fn write(&mut self, message: &Value) -> Result<(), CommandError> {
+        self.write_raw(&message.to_string()).await
+    }
+
+    async fn write_raw(&mut self, line: &str) -> Result<(), CommandError> {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        self.out
+            .write_all(&bytes)
+            .await
+            .map_err(CommandError::Output)?;
+        self.out.flush().await.map_err(CommandError::Output)
+    }
+}
+
+/// The client's handshake, replayed on a new connection.
+struct Replay {
+    initialize: Value,
+    initialized: bool,
+}
+
+/// One attempt: a fresh token, the upgrade (resuming `session`), and the
+/// replayed handshake.
+async fn establish(
+    url: String,
+    credential: Arc<Credential>,
+    session: Option<String>,
+    replay: Option<Replay>,
+) -> Result<Established, Failure> {
+    let token = credential
+        .fresh(REFRESH_BEFORE)
+        .await
+        .map_err(|error| match error {
+            CommandError::Unreachable(why) => Failure::Retry(why),
+            other => Failure::Fatal(other),
+        })?;
+    let (socket, opened) = client::open(&url, &token.value, session.as_deref())
+        .await
+        .map_err(|error| match error {
+            ClientError::Refused { status: 404, .. } if session.is_some() => Failure::SessionGone,
+            ClientError::Refused { status: 409, .. } => Failure::Conflict,
+            ClientError::Refused {
+                status: status @ (401 | 403),
+                reason,
+            } => Failure::Fatal(CommandError::SignIn(format!(
+                "the daemon refused the credential (HTTP {status}): {reason}"
+            ))),
+            ClientError::InvalidUrl(_) | ClientError::InvalidToken => {
+                Failure::Fatal(CommandError::Client(error))
+            }
+            other => Failure::Retry(error_chain(&other)),
+        })?;
+    let resumed = session.is_some() && opened == session;
+    let (sink, stream) = socket.split();
+    let mut socket = Duplex { sink, stream };
+    if let Some(replay) = replay {
+        tokio::time::timeout(REPLAY_TIMEOUT, replay_handshake(&mut socket, replay))
+            .await
+            .map_err(|_| Failure::Retry("the daemon did not answer initialize".into()))??;
+    }
+    Ok(Established {
+        socket,
+        session: opened,
+        token,
+        resumed,
+    })
+}
+
+/// Sends the client's `initialize` under the bridge's own id, waits for the
+/// answer (which the client already had), then `notifications/initialized`.
+async fn replay_handshake(socket: &mut Duplex, replay: Replay) -> Result<(), Failure> {
+    let id = format!("{OWN_ID_PREFIX}initialize");
+    let mut initialize = replay.initialize;
+    initialize["id"] = Value::String(id.clone());
+    let send_failed = |e: tokio_tungstenite::tungstenite::Error| Failure::Retry(e.to_string());
+    socket
+        .sink
+        .send(Message::Text(initialize.to_string().into()))
+        .await
+        .map_err(send_failed)?;
+    loop {
+        let frame = socket.stream.next().await;
+        let text = match frame {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(Failure::Retry("closed during initialize".into()));
+            }
+            Some(Err(error)) => return Err(Failure::Retry(error.to_string())),
+            Some(Ok(_)) => continue,
+        };
+        let Ok(answer) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if answer.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+            continue;
+        }
+        if let Some(error) = answer.pointer("/error/message").and_then(Value::as_str) {
+            return Err(Failure::Retry(format!("initialize refused: {error}")));
+        }
+        break;
+    }
+    if replay.initialized {
+        let notification = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        socket
+            .sink
+            .send(Message::Text(notification.to_string().into()))
+            .await
+            .map_err(send_failed)?;
+    }
+    Ok(())
+}
+
+async fn next_event(link: &mut Link) -> LinkEvent {
+    match link {
+        Link::Up(socket) => match socket.stream.next().await {
+            Some(Ok(Message::Text(text))) => LinkEvent::Frame(text.to_string()),
+            Some(Ok(Message::Close(frame))) => LinkEvent::Lost(frame, "closed".into()),
+            Some(Ok(_)) => LinkEvent::Other,
+            Some(Err(error)) => LinkEvent::Lost(None, error.to_string()),
+            None => LinkEvent::Lost(None, "closed".into()),
+        },
+        Link::Down(at) => {
+            tokio::time::sleep_until(*at).await;
+            LinkEvent::RetryNow
+        }
+        Link::Connecting(handle) => match handle.await {
+            Ok(result) => LinkEvent::Attempt(result),
+            Err(error) => LinkEvent::Attempt(Err(Failure::Retry(error.to_string()))),
+        },
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_some<T>(handle: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match handle {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The messages of a frame: the elements of a batch, or the one message.
+fn each(message: &Value) -> impl Iterator<Item = &Value> {
+    match message {
+        Value::Array(batch) => batch.iter().collect::<Vec<_>>().into_iter(),
+        one => vec![one].into_iter(),
+    }
+}
+
+/// A JSON-RPC id as a map key: `1` and `"1"` are different ids.
+fn id_key(id: &Value) -> String {
+    id.to_string()
+}
+
+fn error_response(id: Value, code: i32, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// Jittered exponential backoff: attempt 0 is immediate; then a delay drawn
+/// from the upper half of `BACKOFF_BASE × 2^(attempt-1)`, capped.
+fn backoff(attempt: u32) -> Duration {
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << (attempt - 1).min(16))
+        .min(BACKOFF_CAP);
+    let half = ceiling / 2;
+    half + half.mul_f64(rand::random_range(0.0..=1.0))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        for attempt in 1..40 {
+            let delay = backoff(attempt);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(BACKOFF_CAP);
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{attempt}: {delay:?}"
+            );
+        }
+        let draws: HashSet<Duration> = (0..20).map(|_| backoff(5)).collect();
+        assert!(draws.len() > 1, "the delay is jittered");
+    }
+
+    #[test]
+    fn ids_of_different_types_are_different_keys() {
+        assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
+        assert_eq!(id_key(&json!("a")), id_key(&json!("a")));
+    }
+
+    #[test]
+    fn batches_are_seen_message_by_message() {
+        let batch = json!([{"id": 1}, {"id": 2}]);
+        assert_eq!(each(&batch).count(), 2);
+        assert_eq!(each(&json!({"id": 1})).count(), 1);
+    }
+}
