@@ -170,10 +170,15 @@ pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Cli
             .headers_mut()
             .insert(name, HeaderValue::from_str(value).unwrap());
     }
-    request.headers_mut().insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static("mcp"),
-    );
+    if !request
+        .headers()
+        .contains_key(header::SEC_WEBSOCKET_PROTOCOL)
+    {
+        request.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("mcp"),
+        );
+    }
     match tokio_tungstenite::connect_async(request).await {
         Ok((socket, response)) => {
             let protocol = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL);

@@ -334,6 +334,20 @@ pub struct DaemonArgs {
     #[arg(long, env = "MCP_SESSION_TIMEOUT", default_value = "3600")]
     pub session_timeout: String,
 
+    /// Largest WebSocket message accepted, in bytes (a larger one closes the
+    /// connection with 1009)
+    #[arg(long, env = "EXAI_WS_MAX_BYTES", default_value = "33554432")]
+    pub ws_max_bytes: String,
+
+    /// Seconds between the server's WebSocket pings
+    #[arg(long, env = "EXAI_WS_PING_INTERVAL", default_value = "30")]
+    pub ws_ping_interval: String,
+
+    /// Seconds to wait for the pong to a ping before closing the connection
+    /// (1011)
+    #[arg(long, env = "EXAI_WS_PING_TIMEOUT", default_value = "10")]
+    pub ws_ping_timeout: String,
+
     /// Multi-user mode: every connection authenticates as a Supabase user;
     /// false: the single-user mode of the original daemon
     #[arg(long, env = "MCP_ENABLE_MULTI_USER", default_value = "true")]
@@ -442,6 +456,24 @@ impl DaemonArgs {
             "a whole number of seconds, at least 1",
             |v: &u64| *v >= 1,
         ));
+        let max_bytes = problems.check(parse(
+            "EXAI_WS_MAX_BYTES",
+            &self.ws_max_bytes,
+            "a whole number of bytes, at least 1024",
+            |v: &usize| *v >= 1024,
+        ));
+        let ping_interval = problems.check(parse(
+            "EXAI_WS_PING_INTERVAL",
+            &self.ws_ping_interval,
+            "a whole number of seconds, at least 1",
+            |v: &u64| *v >= 1,
+        ));
+        let ping_timeout = problems.check(parse(
+            "EXAI_WS_PING_TIMEOUT",
+            &self.ws_ping_timeout,
+            "a whole number of seconds, at least 1",
+            |v: &u64| *v >= 1,
+        ));
         let multi_user = problems.check(parse_bool("MCP_ENABLE_MULTI_USER", &self.multi_user));
         let log_format = problems.check(match self.log_format.trim() {
             "text" => Ok(LogFormat::Text),
@@ -514,18 +546,35 @@ impl DaemonArgs {
                 None
             }
         };
-        let (Some(auth), Some(store), Some(max_connections), Some(timeout), Some(log_format), true) = (
+        let (
+            Some(auth),
+            Some(store),
+            Some(max_connections),
+            Some(timeout),
+            Some(log_format),
+            Some(max_bytes),
+            Some(ping_interval),
+            Some(ping_timeout),
+            true,
+        ) = (
             auth,
             store,
             max_connections,
             timeout,
             log_format,
+            max_bytes,
+            ping_interval,
+            ping_timeout,
             problems.0.is_empty(),
-        ) else {
+        )
+        else {
             return Err(ConfigErrors(problems.0));
         };
         let mut edge = EdgeConfig::default();
         edge.max_connections_per_user = max_connections;
+        edge.max_message_bytes = max_bytes;
+        edge.ping_interval = Duration::from_secs(ping_interval);
+        edge.ping_timeout = Duration::from_secs(ping_timeout);
         edge.session_timeout = Duration::from_secs(timeout);
         edge.activity_flush = activity_flush(edge.session_timeout);
         edge.public_url = public_url;
@@ -691,6 +740,28 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn websocket_settings_reach_the_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let (config, _) = parse(&[
+            "--data-dir",
+            data,
+            "--ws-max-bytes",
+            "2048",
+            "--ws-ping-interval",
+            "7",
+            "--ws-ping-timeout",
+            "3",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(config.edge.max_message_bytes, 2048);
+        assert_eq!(config.edge.ping_interval, Duration::from_secs(7));
+        assert_eq!(config.edge.ping_timeout, Duration::from_secs(3));
+    }
+
     /// The problems `args` has, as their messages.
     fn problems(args: &[&str]) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
@@ -747,6 +818,21 @@ mod tests {
                 "MCP_SESSION_TIMEOUT=0: expected a whole number of seconds, at least 1",
                 "EXAI_LOG_FORMAT=xml: expected text or json",
                 "EXAI_SESSION_STORE=postgres needs DATABASE_URL",
+            ],
+        );
+        check(
+            &[
+                "--ws-max-bytes",
+                "100",
+                "--ws-ping-interval",
+                "0",
+                "--ws-ping-timeout",
+                "soon",
+            ],
+            &[
+                "EXAI_WS_MAX_BYTES=100: expected a whole number of bytes, at least 1024",
+                "EXAI_WS_PING_INTERVAL=0: expected a whole number of seconds, at least 1",
+                "EXAI_WS_PING_TIMEOUT=soon: expected a whole number of seconds, at least 1",
             ],
         );
         check(

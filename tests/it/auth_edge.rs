@@ -89,3 +89,37 @@ async fn a_plain_get_is_authenticated_too_and_health_is_open() {
     assert_eq!((status, body.trim()), (200, "ok"));
     daemon.stop().await;
 }
+
+/// Browsers cannot set headers on a WebSocket: the token may come as an
+/// `mcp.auth.<token>` entry of `Sec-WebSocket-Protocol` (SEP-1288's form);
+/// only `mcp` is echoed. A bad one is refused like a bad header, and the
+/// query string is never read.
+#[tokio::test]
+async fn a_browser_sends_its_token_as_a_subprotocol() {
+    let daemon = TestDaemon::start().await;
+    let good = token("browser@example.com");
+    let offered = format!("mcp, mcp.auth.{good}");
+    let mut client =
+        exai_tests::try_connect_with(&daemon.url, &[("sec-websocket-protocol", &offered)])
+            .await
+            .expect("accepted, with `mcp` echoed");
+    client.initialize().await;
+    assert_eq!(client.whoami(1).await["email"], "browser@example.com");
+    client.close().await;
+
+    let bad = "mcp, mcp.auth.not-a-token";
+    let refused = exai_tests::try_connect_with(&daemon.url, &[("sec-websocket-protocol", bad)])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.body.trim(), "malformed token");
+
+    let in_query = format!("{}?token={good}&access_token={good}", daemon.url);
+    let refused = exai_tests::try_connect(&in_query, None)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 401);
+    daemon.stop().await;
+}

@@ -51,3 +51,53 @@ async fn a_binary_frame_closes_with_1003() {
     assert_eq!(u16::from(frame.code), 1003);
     daemon.stop().await;
 }
+
+/// A message over `EXAI_WS_MAX_BYTES` closes with 1009; a text frame that
+/// is not UTF-8 with 1007. Other connections are untouched.
+#[tokio::test]
+async fn oversized_and_invalid_utf8_frames_close_with_1009_and_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let daemon = TestDaemon::start_with(|c| c.edge.max_message_bytes = 4096).await;
+    let mut bystander = daemon.connect_initialized(&token("b@example.com")).await;
+
+    let mut client = daemon.connect_initialized(&token("a@example.com")).await;
+    client.send_text("x".repeat(5000)).await;
+    let frame = client.recv_close().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1009);
+
+    let mut client = daemon.connect_initialized(&token("a@example.com")).await;
+    let invalid = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    client.send_frame(Message::Frame(invalid)).await;
+    let frame = client.recv_close().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1007);
+
+    assert_eq!(bystander.whoami(1).await["email"], "b@example.com");
+    bystander.close().await;
+    daemon.stop().await;
+}
+
+/// The server pings every `EXAI_WS_PING_INTERVAL`; a client that answers
+/// (tungstenite does, whenever it reads) stays; one that stops reading is
+/// closed with 1011 once a ping has gone unanswered for
+/// `EXAI_WS_PING_TIMEOUT`.
+#[tokio::test]
+async fn an_unanswered_ping_closes_with_1011() {
+    use std::time::Duration;
+    let daemon = TestDaemon::start_with(|c| {
+        c.edge.ping_interval = Duration::from_millis(100);
+        c.edge.ping_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut lively = daemon.connect_initialized(&token("a@example.com")).await;
+    let mut silent = daemon.connect_initialized(&token("b@example.com")).await;
+    for id in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(lively.whoami(id).await["email"], "a@example.com");
+    }
+    let frame = silent.recv_close().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1011);
+    assert_eq!(frame.reason.as_str(), "ping timeout");
+    lively.close().await;
+    daemon.stop().await;
+}

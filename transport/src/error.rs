@@ -92,6 +92,13 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The client sent a binary frame; MCP messages are text.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A message larger than `EXAI_WS_MAX_BYTES`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A ping went unanswered for `EXAI_WS_PING_TIMEOUT` (as other servers
+    /// close a dead keep-alive).
+    pub const PING_TIMEOUT: u16 = 1011;
     /// The MCP session behind the socket ended.
     pub const NORMAL: u16 = 1000;
     /// The credential that opened the connection expired (reconnect with a

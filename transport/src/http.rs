@@ -164,6 +164,8 @@ async fn mcp_upgrade<F: ServiceFactory>(
         auth: edge.auth.clone(),
         principal: context.principal.clone(),
         metrics: metrics.clone(),
+        ping_interval: config.ping_interval,
+        ping_timeout: config.ping_timeout,
     };
     let mut response = upgrade
         .protocols(["mcp"])
@@ -187,8 +189,11 @@ async fn mcp_upgrade<F: ServiceFactory>(
 }
 
 /// The credential of a request: `Authorization: Bearer …` (an access token
-/// or an API key) or `X-API-Key: …`. Never from the query string, and never
-/// logged.
+/// or an API key), or `X-API-Key: …`, or, for browsers (which cannot set
+/// headers on a WebSocket), an `mcp.auth.<token>` entry in
+/// `Sec-WebSocket-Protocol`, as the MCP WebSocket proposal (SEP-1288) has
+/// it; only `mcp` is ever echoed back. Never from the query string, and
+/// never logged.
 fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, EdgeError> {
     let malformed = || EdgeError::Auth {
         error: AuthError::Malformed,
@@ -203,13 +208,25 @@ fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, EdgeError> 
             _ => Ok(None),
         };
     }
-    match headers.get("x-api-key") {
-        Some(value) => Ok(Some(Credential::ApiKey(
+    if let Some(value) = headers.get("x-api-key") {
+        return Ok(Some(Credential::ApiKey(
             value.to_str().map_err(|_| malformed())?.trim(),
-        ))),
-        None => Ok(None),
+        )));
     }
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let value = value.to_str().map_err(|_| malformed())?;
+        if let Some(token) = value
+            .split(',')
+            .find_map(|entry| entry.trim().strip_prefix(SUBPROTOCOL_TOKEN_PREFIX))
+        {
+            return Ok(Some(Credential::Bearer(token)));
+        }
+    }
+    Ok(None)
 }
+
+/// The `Sec-WebSocket-Protocol` entry that carries a token.
+const SUBPROTOCOL_TOKEN_PREFIX: &str = "mcp.auth.";
 
 /// This server's base URL: `EXAI_PUBLIC_URL` when set, else from `Host`.
 fn base_url<F>(edge: &Edge<F>, headers: &HeaderMap) -> String {

@@ -76,6 +76,11 @@ pub struct EdgeConfig {
     pub max_message_bytes: usize,
     /// Messages queued towards one client before the server waits for it.
     pub outbound_queue: usize,
+    /// How often the server pings each WebSocket (`EXAI_WS_PING_INTERVAL`).
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed
+    /// with 1011 (`EXAI_WS_PING_TIMEOUT`).
+    pub ping_timeout: Duration,
     /// How long closing a connection may take at shutdown.
     pub shutdown_grace: Duration,
     /// The public base URL (`EXAI_PUBLIC_URL`), for the metadata this
@@ -96,6 +101,8 @@ impl Default for EdgeConfig {
             max_connections_per_user: 5,
             max_message_bytes: 32 * 1024 * 1024,
             outbound_queue: 64,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             public_url: None,
             authorization_servers: Vec::new(),

@@ -54,6 +54,9 @@ enum End {
     TimedOut,
     Killed,
     KeyRevoked,
+    TooBig,
+    InvalidUtf8,
+    PingTimeout,
 }
 
 impl End {
@@ -67,6 +70,9 @@ impl End {
             End::TimedOut => (close::SESSION_TIMED_OUT, "session timed out"),
             End::Killed => (close::SESSION_KILLED, "session killed by an administrator"),
             End::KeyRevoked => (close::TOKEN_EXPIRED, "API key revoked"),
+            End::TooBig => (close::MESSAGE_TOO_BIG, "message too big"),
+            End::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not UTF-8"),
+            End::PingTimeout => (close::PING_TIMEOUT, "ping timeout"),
             End::ClientClosed | End::SocketError => return None,
         };
         Some(CloseFrame {
@@ -88,6 +94,9 @@ pub(crate) struct Connection {
     /// Who opened the connection.
     pub(crate) principal: Principal,
     pub(crate) metrics: Arc<Metrics>,
+    /// How often to ping the client, and how long its pong may take.
+    pub(crate) ping_interval: Duration,
+    pub(crate) ping_timeout: Duration,
 }
 
 pub(crate) async fn run<S: rmcp::ServerHandler>(
@@ -103,6 +112,8 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         auth,
         principal,
         metrics,
+        ping_interval,
+        ping_timeout,
     } = connection;
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
@@ -122,6 +133,8 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         auth: &auth,
         principal: &principal,
         metrics: &metrics,
+        ping_interval,
+        ping_timeout,
         deadline: deadline(principal.expires_at),
     };
     let end = tokio::select! {
@@ -168,6 +181,31 @@ async fn serve_mcp<S: rmcp::ServerHandler>(
     }
 }
 
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A frame that could not be read: too large (1009), a text frame that is
+/// not UTF-8 (1007), or a broken socket (no close frame to send).
+fn read_error(error: axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error;
+    match error.into_inner().downcast::<Error>().map(|e| *e) {
+        Ok(Error::Capacity(_)) => End::TooBig,
+        Ok(Error::Utf8(_)) => End::InvalidUtf8,
+        Ok(error) => {
+            tracing::debug!(%error, "socket error");
+            End::SocketError
+        }
+        Err(error) => {
+            tracing::debug!(%error, "socket error");
+            End::SocketError
+        }
+    }
+}
+
 /// The instant a credential expiring at `expires_at` (Unix seconds) expires.
 fn deadline(expires_at: Option<u64>) -> Option<Instant> {
     let expires_at = expires_at?;
@@ -186,6 +224,8 @@ struct Reader<'a> {
     auth: &'a Authenticator,
     principal: &'a Principal,
     metrics: &'a Metrics,
+    ping_interval: Duration,
+    ping_timeout: Duration,
     /// When the credential that admitted the connection expires.
     deadline: Option<Instant>,
 }
@@ -196,26 +236,36 @@ impl Reader<'_> {
         // carrying its protocol version), rmcp accepts only requests; a stray
         // notification would end the session, so it is dropped here instead.
         let mut lifecycle_started = false;
+        // The server pings every `ping_interval`; a ping unanswered for
+        // `ping_timeout` ends the connection.
+        let mut next_ping = Instant::now() + self.ping_interval;
+        let mut pong_due: Option<Instant> = None;
         loop {
-            let expiry = async {
-                match self.deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             let frame = tokio::select! {
                 frame = stream.next() => frame,
-                () = expiry => return End::TokenExpired,
+                () = sleep_until_some(self.deadline) => return End::TokenExpired,
+                () = tokio::time::sleep_until(next_ping) => {
+                    next_ping = Instant::now() + self.ping_interval;
+                    if pong_due.is_none() {
+                        pong_due = Some(Instant::now() + self.ping_timeout);
+                        // A full queue means the client is not reading; the
+                        // pong will not come and the timeout ends it.
+                        let _ = self.outbound.try_send(Message::Ping(Default::default()));
+                    }
+                    continue;
+                }
+                () = sleep_until_some(pong_due) => return End::PingTimeout,
             };
             let text = match frame {
                 None | Some(Ok(Message::Close(_))) => return End::ClientClosed,
                 Some(Ok(Message::Text(text))) => text,
                 Some(Ok(Message::Binary(_))) => return End::BinaryFrame,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "socket error");
-                    return End::SocketError;
+                Some(Ok(Message::Pong(_))) => {
+                    pong_due = None;
+                    continue;
                 }
+                Some(Ok(Message::Ping(_))) => continue,
+                Some(Err(error)) => return read_error(error),
             };
             let message = match framing::decode(text.as_str()) {
                 Decoded::Message(message) => message,

@@ -107,6 +107,18 @@ impl Bridge {
             .unwrap()
     }
 
+    /// Waits until standard error contains `text`.
+    async fn wait_for_log(&self, text: &str) {
+        let seen = async {
+            while !self.stderr_text().contains(text) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(LINE_TIMEOUT, seen)
+            .await
+            .unwrap_or_else(|_| panic!("no '{text}' in: {}", self.stderr_text()));
+    }
+
     fn stderr_text(&self) -> String {
         std::fs::read_to_string(self.stderr.path()).unwrap()
     }
@@ -166,6 +178,7 @@ async fn python_sdk_stdio_client_survives_a_daemon_restart() {
     assert!(session.is_string(), "{before}");
 
     daemon.stop().await;
+    client.wait_for_log("connection to the daemon lost").await;
     let daemon = TestDaemon::start_with(|c| {
         c.port = port;
         c.store = store;
@@ -204,6 +217,9 @@ async fn a_request_sent_while_the_daemon_is_down_waits_for_it() {
     assert_eq!(first["email"], "a@example.com");
 
     daemon.stop().await;
+    // Once the bridge has seen the close (a request sent before that could
+    // be lost with the socket, and answered with an error), requests wait.
+    bridge.wait_for_log("connection to the daemon lost").await;
     bridge
         .send(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
                      "params": {"name": "whoami", "arguments": {}}}))
@@ -478,5 +494,23 @@ async fn the_stored_sign_in_is_refreshed_in_band() {
         tokens.len() >= 3,
         "login, refresh at connect, refresh in band: {tokens:?}"
     );
+    daemon.stop().await;
+}
+
+/// The daemon pings every connection; an idle bridge answers (its socket
+/// library does), so the daemon does not close it as dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_bridge_answers_the_daemons_pings() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.edge.ping_interval = Duration::from_millis(100);
+        c.edge.ping_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut bridge = Bridge::spawn(connect(&daemon.url, &exai_tests::token("a@example.com")));
+    bridge.initialize().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(bridge.whoami(2).await["email"], "a@example.com");
+    let log = bridge.stderr_text();
+    assert!(!log.contains("lost"), "{log}");
     daemon.stop().await;
 }
