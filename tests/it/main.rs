@@ -8,6 +8,7 @@ mod auth_tokens;
 mod database;
 mod framing;
 mod isolation;
+mod legacy;
 mod lifecycle;
 mod limits;
 mod long_lived;

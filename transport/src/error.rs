@@ -20,6 +20,9 @@ pub(crate) enum EdgeError {
     Store(#[from] StoreError),
     #[error("this endpoint speaks MCP over WebSocket: send an Upgrade: websocket request")]
     UpgradeRequired,
+    /// Too many connections are waiting to authenticate.
+    #[error("too many connections waiting to authenticate; retry shortly")]
+    Busy,
 }
 
 impl IntoResponse for EdgeError {
@@ -41,6 +44,7 @@ impl IntoResponse for EdgeError {
             EdgeError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, None),
             EdgeError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
             EdgeError::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, None),
+            EdgeError::Busy => (StatusCode::SERVICE_UNAVAILABLE, None),
         };
         if status.is_server_error() {
             tracing::warn!(error = %self, source = ?std::error::Error::source(&self), "request refused");
@@ -110,6 +114,12 @@ pub mod close {
     pub const SESSION_TIMED_OUT: u16 = 4408;
     /// An administrator killed the session.
     pub const SESSION_KILLED: u16 = 4410;
+    /// A limit or an unavailable store refused the legacy protocol's
+    /// `hello` (RFC 6455's "try again later").
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The legacy protocol's `hello` was missing, or its credential was
+    /// refused (the code the original daemon used).
+    pub const LEGACY_UNAUTHORIZED: u16 = 4003;
 }
 
 /// JSON-RPC error codes exai itself answers with (the standard ones come

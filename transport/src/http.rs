@@ -3,17 +3,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::ws::WebSocket;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use exai_auth::{Access, AuthError, Credential};
+use exai_auth::{Access, AuthError, Credential, Principal};
 use exai_sessions::{OpenSession, SessionId, SessionMetadata, StoreError};
 use tracing::Instrument;
 
-use crate::error::EdgeError;
+use crate::error::{EdgeError, close};
+use crate::legacy;
 use crate::ws::{self, SessionGuard};
 use crate::{ConnectionContext, Edge, ServiceFactory};
 
@@ -87,37 +89,109 @@ async fn healthz() -> &'static str {
 }
 
 /// `GET /mcp`: authenticate, open the session (within the user's limit),
-/// then upgrade. Nothing is upgraded before all three have succeeded.
+/// then upgrade. Nothing is upgraded before all three have succeeded, with
+/// one exception kept for the original EXAI shims: an upgrade with no
+/// credential at all that does not offer the `mcp` subprotocol is upgraded
+/// to wait for the legacy protocol's `hello`, which must then authenticate
+/// it ([`legacy_hello`]); until it does, no session exists and no MCP
+/// handler runs.
 async fn mcp_upgrade<F: ServiceFactory>(
     State(edge): State<Arc<Edge<F>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, EdgeError> {
-    let principal = edge
+    let principal = match edge
         .auth
         .authenticate(credential(&headers)?, Access::User)
         .await
-        .map_err(|error| {
+    {
+        Ok(principal) => principal,
+        Err(AuthError::Missing) if upgrade.is_ok() && !offers_mcp(&headers) => {
+            let upgrade = upgrade.map_err(|_| EdgeError::UpgradeRequired)?;
+            return legacy_upgrade(edge, peer, upgrade);
+        }
+        Err(error) => {
             edge.metrics.auth_failure(error.kind());
-            EdgeError::Auth {
+            return Err(EdgeError::Auth {
                 error,
                 resource_metadata: Some(format!("{}{METADATA_PATH}", base_url(&edge, &headers))),
-            }
-        })?;
+            });
+        }
+    };
     let upgrade = upgrade.map_err(|_| EdgeError::UpgradeRequired)?;
+    let resume = match headers.get("mcp-session-id") {
+        Some(id) => Some(SessionId::from_client(
+            id.to_str().map_err(|_| StoreError::NotFound)?,
+        )),
+        None => None,
+    };
+    let admitted = admit(&edge, principal, resume, peer, "websocket").await?;
+    let session_id = admitted.session_id.clone();
+    let config = &edge.config;
+    let mut response = upgrade
+        .protocols(["mcp"])
+        .max_message_size(config.max_message_bytes)
+        .max_frame_size(config.max_message_bytes)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| admitted.serve(socket, false));
+    if let Ok(id) = HeaderValue::from_str(session_id.as_str()) {
+        response.headers_mut().insert("mcp-session-id", id);
+    }
+    Ok(response)
+}
+
+/// A connection admitted: its session is open and counted; `serve` runs it.
+struct Admitted<S> {
+    session_id: SessionId,
+    service: S,
+    connection: ws::Connection,
+    span: tracing::Span,
+    tracker_token: tokio_util::task::task_tracker::TaskTrackerToken,
+    metrics: Arc<crate::Metrics>,
+    peer: SocketAddr,
+}
+
+impl<S: rmcp::ServerHandler> Admitted<S> {
+    async fn serve(self, socket: WebSocket, hello_received: bool) {
+        let Admitted {
+            service,
+            connection,
+            span,
+            tracker_token,
+            metrics,
+            peer,
+            ..
+        } = self;
+        async move {
+            let _counted = tracker_token;
+            tracing::info!(peer = %peer, "connection opened");
+            metrics.connection_opened("websocket");
+            ws::run(socket, service, connection, hello_received).await;
+            metrics.connection_closed("websocket");
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Opens (or resumes) `principal`'s session within the user's connection
+/// limit, and prepares the connection's handler.
+async fn admit<F: ServiceFactory>(
+    edge: &Arc<Edge<F>>,
+    principal: Principal,
+    resume: Option<SessionId>,
+    peer: SocketAddr,
+    transport: &'static str,
+) -> Result<Admitted<F::Service>, EdgeError> {
     let limit = edge.config.max_connections_per_user;
-    let resuming = headers.contains_key("mcp-session-id");
-    let opened = match headers.get("mcp-session-id") {
+    let resuming = resume.is_some();
+    let opened = match resume {
         // Resuming one of the caller's own sessions: another user's id, an
         // expired one and a made-up one all answer 404 alike.
-        Some(id) => {
-            let id = id.to_str().map_err(|_| StoreError::NotFound)?;
-            let id = SessionId::from_client(id);
-            edge.store.resume(&principal, &id, limit).await
-        }
+        Some(id) => edge.store.resume(&principal, &id, limit).await,
         None => {
-            let metadata = SessionMetadata::new("websocket", Some(peer.to_string()));
+            let metadata = SessionMetadata::new(transport, Some(peer.to_string()));
             edge.store
                 .open(&principal, OpenSession::new(limit, metadata))
                 .await
@@ -139,7 +213,7 @@ async fn mcp_upgrade<F: ServiceFactory>(
         "connection",
         user_id = %principal.user_id,
         session_id = %session.session_id,
-        transport = "websocket",
+        transport,
     );
     let live = edge.lifecycle.attach(&principal, &session.session_id);
     let guard = SessionGuard::new(
@@ -153,9 +227,7 @@ async fn mcp_upgrade<F: ServiceFactory>(
         session_id: session.session_id.clone(),
     };
     let service = edge.factory.service(&context);
-    let tracker_token = edge.connections.token();
-    let config = edge.config.clone();
-    let metrics = edge.metrics.clone();
+    let config = &edge.config;
     let connection = ws::Connection {
         guard,
         live,
@@ -163,29 +235,133 @@ async fn mcp_upgrade<F: ServiceFactory>(
         outbound_queue: config.outbound_queue,
         auth: edge.auth.clone(),
         principal: context.principal.clone(),
-        metrics: metrics.clone(),
+        metrics: edge.metrics.clone(),
         ping_interval: config.ping_interval,
         ping_timeout: config.ping_timeout,
+        session_id: session.session_id.clone(),
     };
-    let mut response = upgrade
-        .protocols(["mcp"])
+    Ok(Admitted {
+        session_id: session.session_id,
+        service,
+        connection,
+        span,
+        tracker_token: edge.connections.token(),
+        metrics: edge.metrics.clone(),
+        peer,
+    })
+}
+
+/// Whether the client offered the `mcp` subprotocol (every MCP WebSocket
+/// client does; the original EXAI shims do not).
+fn offers_mcp(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "mcp")
+}
+
+/// Upgrades a connection that will authenticate in the legacy protocol's
+/// `hello`. At most [`crate::EdgeConfig::max_pending_hellos`] such sockets
+/// wait at once (503 beyond), each for at most `hello_timeout`.
+fn legacy_upgrade<F: ServiceFactory>(
+    edge: Arc<Edge<F>>,
+    peer: SocketAddr,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, EdgeError> {
+    let permit = edge
+        .pending_hellos
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| EdgeError::Busy)?;
+    let config = &edge.config;
+    let tracker_token = edge.connections.token();
+    Ok(upgrade
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| {
-            async move {
-                let _counted = tracker_token;
-                tracing::info!(peer = %peer, "connection opened");
-                metrics.connection_opened("websocket");
-                ws::run(socket, service, connection).await;
-                metrics.connection_closed("websocket");
-            }
-            .instrument(span)
-        });
-    if let Ok(id) = HeaderValue::from_str(session.session_id.as_str()) {
-        response.headers_mut().insert("mcp-session-id", id);
+        .on_upgrade(move |socket| async move {
+            let _counted = tracker_token;
+            legacy_hello(edge, peer, socket, permit).await;
+        }))
+}
+
+/// The legacy protocol's opening: the first frame must be a `hello` whose
+/// `jwt` or `token` authenticates the user; otherwise `hello_ack {ok:
+/// false}` and close 4003. Then the session opens as for any connection.
+async fn legacy_hello<F: ServiceFactory>(
+    edge: Arc<Edge<F>>,
+    peer: SocketAddr,
+    mut socket: WebSocket,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    use axum::extract::ws::{CloseFrame, Message};
+    let first = tokio::select! {
+        frame = tokio::time::timeout(edge.config.hello_timeout, socket.recv()) => frame,
+        () = edge.shutdown.cancelled() => return,
+    };
+    let hello = match first {
+        Ok(Some(Ok(Message::Text(text)))) => legacy::Hello::parse(text.as_str()),
+        _ => None,
+    };
+    async fn refuse(socket: &mut WebSocket, error: &str, code: u16, reason: &'static str) {
+        let ack = legacy::hello_refused(error).to_string();
+        let _ = socket.send(Message::Text(ack.into())).await;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
     }
-    Ok(response)
+    let Some(hello) = hello else {
+        // No hello (an MCP message, garbage, or nothing in time): this
+        // socket has no credential, and gets nothing else.
+        return refuse(
+            &mut socket,
+            "missing_hello",
+            close::LEGACY_UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+    };
+    let credential = hello.credential.as_deref().map(Credential::Bearer);
+    let principal = match edge.auth.authenticate(credential, Access::User).await {
+        Ok(principal) => principal,
+        Err(error) => {
+            edge.metrics.auth_failure(error.kind());
+            return refuse(
+                &mut socket,
+                "unauthorized",
+                close::LEGACY_UNAUTHORIZED,
+                "unauthorized",
+            )
+            .await;
+        }
+    };
+    let admitted = match admit(&edge, principal, None, peer, "legacy").await {
+        Ok(admitted) => admitted,
+        Err(EdgeError::Store(StoreError::LimitReached { .. })) => {
+            return refuse(
+                &mut socket,
+                "connection limit reached",
+                close::TRY_AGAIN_LATER,
+                "connection limit reached",
+            )
+            .await;
+        }
+        Err(_) => {
+            return refuse(
+                &mut socket,
+                "session store unavailable",
+                close::TRY_AGAIN_LATER,
+                "session store unavailable",
+            )
+            .await;
+        }
+    };
+    drop(permit);
+    admitted.serve(socket, true).await;
 }
 
 /// The credential of a request: `Authorization: Bearer …` (an access token

@@ -18,6 +18,7 @@
 mod error;
 mod framing;
 mod http;
+mod legacy;
 mod lifecycle;
 mod metrics;
 mod ws;
@@ -81,6 +82,11 @@ pub struct EdgeConfig {
     /// How long a ping may go unanswered before the connection is closed
     /// with 1011 (`EXAI_WS_PING_TIMEOUT`).
     pub ping_timeout: Duration,
+    /// How long a connection that authenticates in the legacy protocol's
+    /// `hello` may take to send it.
+    pub hello_timeout: Duration,
+    /// How many such connections may wait for their `hello` at once.
+    pub max_pending_hellos: usize,
     /// How long closing a connection may take at shutdown.
     pub shutdown_grace: Duration,
     /// The public base URL (`EXAI_PUBLIC_URL`), for the metadata this
@@ -103,6 +109,8 @@ impl Default for EdgeConfig {
             outbound_queue: 64,
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            max_pending_hellos: 256,
             shutdown_grace: Duration::from_secs(10),
             public_url: None,
             authorization_servers: Vec::new(),
@@ -122,6 +130,8 @@ pub struct Edge<F> {
     config: EdgeConfig,
     shutdown: CancellationToken,
     connections: TaskTracker,
+    /// Sockets upgraded to wait for a legacy `hello`.
+    pending_hellos: Arc<tokio::sync::Semaphore>,
 }
 
 impl<F: ServiceFactory> Edge<F> {
@@ -147,6 +157,7 @@ impl<F: ServiceFactory> Edge<F> {
             store,
             lifecycle,
             factory,
+            pending_hellos: Arc::new(tokio::sync::Semaphore::new(config.max_pending_hellos)),
             config,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),

@@ -33,6 +33,7 @@ use tracing::Instrument as _;
 
 use crate::error::{close, jsonrpc};
 use crate::framing::{self, Decoded};
+use crate::legacy::{self, Hello, Legacy};
 use crate::lifecycle::{Ended, Lifecycle, LiveSession};
 use crate::metrics::Metrics;
 
@@ -57,6 +58,7 @@ enum End {
     TooBig,
     InvalidUtf8,
     PingTimeout,
+    LegacyUnauthorized,
 }
 
 impl End {
@@ -73,6 +75,7 @@ impl End {
             End::TooBig => (close::MESSAGE_TOO_BIG, "message too big"),
             End::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not UTF-8"),
             End::PingTimeout => (close::PING_TIMEOUT, "ping timeout"),
+            End::LegacyUnauthorized => (close::LEGACY_UNAUTHORIZED, "unauthorized"),
             End::ClientClosed | End::SocketError => return None,
         };
         Some(CloseFrame {
@@ -97,12 +100,19 @@ pub(crate) struct Connection {
     /// How often to ping the client, and how long its pong may take.
     pub(crate) ping_interval: Duration,
     pub(crate) ping_timeout: Duration,
+    /// The session's id, for the legacy protocol's `hello_ack`.
+    pub(crate) session_id: SessionId,
 }
 
+/// Serves one connection. `hello_received`: the legacy protocol's `hello`
+/// was already read and accepted (by [`crate::http`], for a client that
+/// authenticated in it), so the connection speaks that protocol from the
+/// start; otherwise the first frame decides.
 pub(crate) async fn run<S: rmcp::ServerHandler>(
     socket: WebSocket,
     service: S,
     connection: Connection,
+    hello_received: bool,
 ) {
     let Connection {
         guard,
@@ -114,14 +124,17 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         metrics,
         ping_interval,
         ping_timeout,
+        session_id,
     } = connection;
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let service_ct = CancellationToken::new();
+    let legacy = Arc::new(std::sync::OnceLock::new());
     let transport = WsTransport {
         inbound: in_rx,
         outbound: out_tx.clone(),
+        legacy: legacy.clone(),
     };
     let mut mcp = tokio::spawn(serve_mcp(service, transport, service_ct.clone()).in_current_span());
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
@@ -136,9 +149,18 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         ping_interval,
         ping_timeout,
         deadline: deadline(principal.expires_at),
+        legacy,
+        session_id: &session_id,
+    };
+    let reader = async move {
+        let mut reader = reader;
+        if hello_received && let Some(end) = reader.engage_legacy().await {
+            return end;
+        }
+        reader.run(stream, hello_received).await
     };
     let end = tokio::select! {
-        end = reader.run(stream) => end,
+        end = reader => end,
         () = shutdown.cancelled() => End::Shutdown,
         () = live.ended.cancelled() => match live.reason() {
             Some(Ended::TimedOut) | None => End::TimedOut,
@@ -226,12 +248,15 @@ struct Reader<'a> {
     metrics: &'a Metrics,
     ping_interval: Duration,
     ping_timeout: Duration,
+    /// Set when the connection speaks the legacy protocol.
+    legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
+    session_id: &'a SessionId,
     /// When the credential that admitted the connection expires.
     deadline: Option<Instant>,
 }
 
 impl Reader<'_> {
-    async fn run(mut self, mut stream: SplitStream<WebSocket>) -> End {
+    async fn run(mut self, mut stream: SplitStream<WebSocket>, mut decided: bool) -> End {
         // Until the client starts a lifecycle (initialize, or a request
         // carrying its protocol version), rmcp accepts only requests; a stray
         // notification would end the session, so it is dropped here instead.
@@ -267,6 +292,37 @@ impl Reader<'_> {
                 Some(Ok(Message::Ping(_))) => continue,
                 Some(Err(error)) => return read_error(error),
             };
+            // The first frame decides the protocol: the legacy one starts
+            // with `hello`.
+            if !decided {
+                decided = true;
+                if let Some(hello) = Hello::parse(text.as_str()) {
+                    if let Some(end) = self.check_hello(hello).await {
+                        return end;
+                    }
+                    if let Some(end) = self.engage_legacy().await {
+                        return end;
+                    }
+                    continue;
+                }
+            }
+            if let Some(legacy) = self.legacy.get() {
+                let step = legacy.on_frame(text.as_str());
+                if step.active {
+                    self.live.record_activity();
+                }
+                for reply in step.replies {
+                    if !self.send(&reply).await {
+                        return End::SocketError;
+                    }
+                }
+                for message in step.to_server {
+                    if self.inbound.send(message).await.is_err() {
+                        return End::ServiceEnded;
+                    }
+                }
+                continue;
+            }
             let message = match framing::decode(text.as_str()) {
                 Decoded::Message(message) => message,
                 Decoded::Reply(reply) => {
@@ -311,6 +367,36 @@ impl Reader<'_> {
                 return End::ServiceEnded;
             }
         }
+    }
+
+    /// A `hello` on a connection that authenticated with headers: a
+    /// credential in it must be valid and name the same user.
+    async fn check_hello(&self, hello: Hello) -> Option<End> {
+        let credential = hello.credential?;
+        match self
+            .auth
+            .authenticate(Some(Credential::Bearer(&credential)), Access::User)
+            .await
+        {
+            Ok(p) if p.user_id == self.principal.user_id => None,
+            _ => {
+                self.send(&legacy::hello_refused("unauthorized")).await;
+                Some(End::LegacyUnauthorized)
+            }
+        }
+    }
+
+    /// Switches to the legacy protocol: the MCP handshake the client never
+    /// sends, then `hello_ack`.
+    async fn engage_legacy(&mut self) -> Option<End> {
+        let _ = self.legacy.set(Arc::new(Legacy::default()));
+        for message in Legacy::handshake() {
+            if self.inbound.send(message).await.is_err() {
+                return Some(End::ServiceEnded);
+            }
+        }
+        let ack = legacy::hello_ack(self.session_id.as_str());
+        (!self.send(&ack).await).then_some(End::SocketError)
     }
 
     /// `auth/refresh {"token": "…"}`: a fresh credential for the same user
@@ -403,6 +489,9 @@ async fn write_loop(
 struct WsTransport {
     inbound: mpsc::Receiver<ClientJsonRpcMessage>,
     outbound: mpsc::Sender<Message>,
+    /// Set once the connection speaks the legacy protocol: messages are
+    /// translated into its frames.
+    legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -417,8 +506,15 @@ impl Transport<RoleServer> for WsTransport {
         item: ServerJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let outbound = self.outbound.clone();
+        let legacy = self.legacy.get().cloned();
         async move {
-            let text = serde_json::to_string(&item).map_err(|_| ConnectionClosed)?;
+            let text = match legacy {
+                Some(legacy) => match legacy.encode(&item) {
+                    Some(frame) => frame.to_string(),
+                    None => return Ok(()),
+                },
+                None => serde_json::to_string(&item).map_err(|_| ConnectionClosed)?,
+            };
             outbound
                 .send(Message::Text(text.into()))
                 .await
