@@ -346,6 +346,18 @@ fn prompt_line(prompt: &str) -> Result<String, CommandError> {
     Ok(line.trim().to_owned())
 }
 
+/// `error` and its sources, as one line: `outer: cause: root cause`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 /// Runs the parsed command, writing its output to standard output.
 pub async fn run(cli: Cli) -> Result<(), CommandError> {
     let output = match cli.command {

@@ -34,14 +34,7 @@ async fn main() -> ExitCode {
     match exai_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            eprintln!("exai: {message}");
+            eprintln!("exai: {}", exai_cli::error_chain(&error));
             ExitCode::FAILURE
         }
     }

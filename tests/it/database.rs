@@ -107,18 +107,11 @@ async fn as_role(
 
 #[tokio::test]
 async fn row_level_security_keeps_users_apart() {
-    let server = TestPostgres::start();
-    migrated(&server).await;
-    let mut db = pg_client(&server.url).await;
+    let (_server, mut db) =
+        TestPostgres::migrated(&["rls-a@example.com", "rls-b@example.com"]).await;
     let a = UserId::from_email("rls-a@example.com");
     let b = UserId::from_email("rls-b@example.com");
     for (id, email) in [(a, "rls-a@example.com"), (b, "rls-b@example.com")] {
-        db.execute(
-            "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
-            &[&id.as_uuid(), &email],
-        )
-        .await
-        .unwrap();
         db.execute(
             "INSERT INTO mcp_sessions (user_id, session_id, connection_status)
              VALUES ($1, $2, 'connected')",
@@ -205,18 +198,10 @@ async fn row_level_security_keeps_users_apart() {
 #[tokio::test]
 async fn the_rest_api_answers_each_user_with_their_own_rows() {
     use exai_tests::{TEST_SECRET, TestPostgrest, token};
-    let server = TestPostgres::start();
-    migrated(&server).await;
-    let db = pg_client(&server.url).await;
+    let (server, db) = TestPostgres::migrated(&["rest-a@example.com", "rest-b@example.com"]).await;
     let a = UserId::from_email("rest-a@example.com");
     let b = UserId::from_email("rest-b@example.com");
     for (id, email) in [(a, "rest-a@example.com"), (b, "rest-b@example.com")] {
-        db.execute(
-            "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
-            &[&id.as_uuid(), &email],
-        )
-        .await
-        .unwrap();
         db.execute(
             "INSERT INTO mcp_sessions (user_id, session_id, connection_status) VALUES ($1, $2, 'connected')",
             &[&id.as_uuid(), &format!("s-{email}")],

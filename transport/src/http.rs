@@ -127,7 +127,7 @@ async fn mcp_upgrade<F: ServiceFactory>(
         None => None,
     };
     let admitted = admit(&edge, principal, resume, peer, "websocket").await?;
-    let session_id = admitted.session_id.clone();
+    let session_id = admitted.connection.session_id.clone();
     let config = &edge.config;
     let mut response = upgrade
         .protocols(["mcp"])
@@ -143,7 +143,6 @@ async fn mcp_upgrade<F: ServiceFactory>(
 
 /// A connection admitted: its session is open and counted; `serve` runs it.
 struct Admitted<S> {
-    session_id: SessionId,
     service: S,
     connection: ws::Connection,
     span: tracing::Span,
@@ -161,7 +160,6 @@ impl<S: rmcp::ServerHandler> Admitted<S> {
             tracker_token,
             metrics,
             peer,
-            ..
         } = self;
         async move {
             let _counted = tracker_token;
@@ -238,10 +236,9 @@ async fn admit<F: ServiceFactory>(
         metrics: edge.metrics.clone(),
         ping_interval: config.ping_interval,
         ping_timeout: config.ping_timeout,
-        session_id: session.session_id.clone(),
+        session_id: session.session_id,
     };
     Ok(Admitted {
-        session_id: session.session_id,
         service,
         connection,
         span,

@@ -203,13 +203,6 @@ async fn serve_mcp<S: rmcp::ServerHandler>(
     }
 }
 
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A frame that could not be read: too large (1009), a text frame that is
 /// not UTF-8 (1007), or a broken socket (no close frame to send).
 fn read_error(error: axum::Error) -> End {
@@ -261,32 +254,38 @@ impl Reader<'_> {
         // carrying its protocol version), rmcp accepts only requests; a stray
         // notification would end the session, so it is dropped here instead.
         let mut lifecycle_started = false;
-        // The server pings every `ping_interval`; a ping unanswered for
-        // `ping_timeout` ends the connection.
-        let mut next_ping = Instant::now() + self.ping_interval;
-        let mut pong_due: Option<Instant> = None;
+        // Two timers, made once and reset (not re-armed per frame): the
+        // credential's expiry, and the keep-alive, which fires for the next
+        // ping or, once a ping is out, at its `ping_timeout`.
+        let expiry = tokio::time::sleep_until(self.deadline.unwrap_or_else(Instant::now));
+        let keepalive = tokio::time::sleep(self.ping_interval);
+        tokio::pin!(expiry, keepalive);
+        let mut ping_sent: Option<Instant> = None;
         loop {
             let frame = tokio::select! {
                 frame = stream.next() => frame,
-                () = sleep_until_some(self.deadline) => return End::TokenExpired,
-                () = tokio::time::sleep_until(next_ping) => {
-                    next_ping = Instant::now() + self.ping_interval;
-                    if pong_due.is_none() {
-                        pong_due = Some(Instant::now() + self.ping_timeout);
-                        // A full queue means the client is not reading; the
-                        // pong will not come and the timeout ends it.
-                        let _ = self.outbound.try_send(Message::Ping(Default::default()));
+                () = &mut expiry, if self.deadline.is_some() => return End::TokenExpired,
+                () = &mut keepalive => {
+                    if ping_sent.is_some() {
+                        return End::PingTimeout;
                     }
+                    let now = Instant::now();
+                    ping_sent = Some(now);
+                    // A full queue means the client is not reading; the
+                    // pong will not come and the timeout ends it.
+                    let _ = self.outbound.try_send(Message::Ping(Default::default()));
+                    keepalive.as_mut().reset(now + self.ping_timeout);
                     continue;
                 }
-                () = sleep_until_some(pong_due) => return End::PingTimeout,
             };
             let text = match frame {
                 None | Some(Ok(Message::Close(_))) => return End::ClientClosed,
                 Some(Ok(Message::Text(text))) => text,
                 Some(Ok(Message::Binary(_))) => return End::BinaryFrame,
                 Some(Ok(Message::Pong(_))) => {
-                    pong_due = None;
+                    if let Some(sent) = ping_sent.take() {
+                        keepalive.as_mut().reset(sent + self.ping_interval);
+                    }
                     continue;
                 }
                 Some(Ok(Message::Ping(_))) => continue,
@@ -346,7 +345,12 @@ impl Reader<'_> {
                     .await
                 {
                     Some(end) => return end,
-                    None => continue,
+                    None => {
+                        if let Some(at) = self.deadline {
+                            expiry.as_mut().reset(at);
+                        }
+                        continue;
+                    }
                 }
             }
             if matches!(&*message, ClientJsonRpcMessage::Request(_)) {
