@@ -440,13 +440,33 @@ pub async fn http_get(daemon: &TestDaemon, path: &str, token: Option<&str>) -> (
 
 /// The same, against the server at `base` (`http://HOST:PORT`).
 pub async fn http_get_at(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .iter()
+        .map(|auth| ("authorization", auth.as_str()))
+        .collect();
+    raw_get(base, path, &headers).await
+}
+
+/// A `GET` of `path` on `daemon` with extra `headers`: status and body.
+pub async fn http_get_with(
+    daemon: &TestDaemon,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    raw_get(&daemon.http, path, headers).await
+}
+
+async fn raw_get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();

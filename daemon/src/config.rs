@@ -348,6 +348,18 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_WS_PING_TIMEOUT", default_value = "10")]
     pub ws_ping_timeout: String,
 
+    /// Browser origins allowed to call /mcp over HTTP, comma-separated
+    /// (`https://app.example.com`, `http://localhost:6274`, or `*`); a
+    /// request from any other origin is refused with 403
+    #[arg(long, env = "EXAI_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+
+    /// Host names /mcp answers to over HTTP besides the loopback ones,
+    /// comma-separated (a proxy's public name, when the daemon listens on
+    /// loopback behind it); when set, other names get 403
+    #[arg(long, env = "EXAI_ALLOWED_HOSTS", default_value = "")]
+    pub allowed_hosts: String,
+
     /// Multi-user mode: every connection authenticates as a Supabase user;
     /// false: the single-user mode of the original daemon
     #[arg(long, env = "MCP_ENABLE_MULTI_USER", default_value = "true")]
@@ -489,6 +501,17 @@ impl DaemonArgs {
             .as_deref()
             .and_then(|url| problems.check(check_url("EXAI_PUBLIC_URL", url)));
         let supabase_url = problems.check(self.auth.supabase_url()).flatten();
+        let allowed_origins = list(&self.allowed_origins);
+        for origin in &allowed_origins {
+            if origin != "*" && !origin.starts_with("http://") && !origin.starts_with("https://") {
+                problems.push(ConfigError::Invalid {
+                    variable: "EXAI_ALLOWED_ORIGINS",
+                    value: origin.clone(),
+                    expected: "origins such as https://app.example.com, or *",
+                });
+            }
+        }
+        let extra_hosts = list(&self.allowed_hosts);
         let (host, port) = match listen {
             Some(addr) => (addr.ip().to_string(), addr.port()),
             None => (self.host.clone(), port.unwrap_or_default()),
@@ -578,6 +601,8 @@ impl DaemonArgs {
         edge.session_timeout = Duration::from_secs(timeout);
         edge.activity_flush = activity_flush(edge.session_timeout);
         edge.public_url = public_url;
+        edge.allowed_origins = allowed_origins;
+        edge.allowed_hosts = allowed_hosts(&host, extra_hosts);
         edge.authorization_servers = supabase_url
             .map(|base| format!("{base}/auth/v1"))
             .into_iter()
@@ -610,6 +635,35 @@ pub enum LogFormat {
 /// an active session never looks idle for its timeout.
 pub fn activity_flush(session_timeout: Duration) -> Duration {
     (session_timeout / 4).min(Duration::from_secs(30))
+}
+
+/// A comma-separated list, without blanks.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `Host` names `/mcp` answers to over HTTP: on a loopback listener the
+/// loopback names (against DNS rebinding) and `extra`; elsewhere `extra`,
+/// or any when none are given.
+fn allowed_hosts(listen_host: &str, extra: Vec<String>) -> Option<Vec<String>> {
+    if is_loopback(listen_host) {
+        let mut hosts = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        hosts.extend(extra);
+        Some(hosts)
+    } else if extra.is_empty() {
+        None
+    } else {
+        Some(extra)
+    }
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -760,6 +814,43 @@ mod tests {
         assert_eq!(config.edge.max_message_bytes, 2048);
         assert_eq!(config.edge.ping_interval, Duration::from_secs(7));
         assert_eq!(config.edge.ping_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn origins_and_hosts_reach_the_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let config = |args: &[&str]| {
+            let mut all = vec!["--data-dir", data];
+            all.extend_from_slice(args);
+            parse(&all).unwrap().into_config().unwrap().0.edge
+        };
+        let edge = config(&[
+            "--allowed-origins",
+            "http://localhost:6274, https://a.example",
+        ]);
+        assert_eq!(
+            edge.allowed_origins,
+            ["http://localhost:6274", "https://a.example"]
+        );
+        assert_eq!(
+            edge.allowed_hosts.as_deref(),
+            Some(&["localhost".to_owned(), "127.0.0.1".into(), "::1".into()][..]),
+            "the default listener is loopback"
+        );
+        let edge = config(&["--host", "0.0.0.0"]);
+        assert_eq!(edge.allowed_hosts, None);
+        let edge = config(&["--host", "0.0.0.0", "--allowed-hosts", "exai.example.com"]);
+        assert_eq!(
+            edge.allowed_hosts,
+            Some(vec!["exai.example.com".to_owned()])
+        );
+        assert_eq!(
+            problems(&["--allowed-origins", "example.com"]),
+            [
+                "EXAI_ALLOWED_ORIGINS=example.com: expected origins such as https://app.example.com, or *"
+            ]
+        );
     }
 
     /// The problems `args` has, as their messages.

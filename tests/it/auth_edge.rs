@@ -1,6 +1,6 @@
 //! Authentication at the edge: nothing is upgraded without a valid token.
 
-use exai_tests::{TestDaemon, claims, http_get, now, sign, token};
+use exai_tests::{TestDaemon, claims, http_get, http_get_with, now, sign, token};
 use serde_json::json;
 
 async fn check(daemon: &TestDaemon, token: Option<&str>, status: u16, challenge: &str) {
@@ -80,11 +80,23 @@ async fn a_plain_get_is_authenticated_too_and_health_is_open() {
     let daemon = TestDaemon::start().await;
     let (status, _) = http_get(&daemon, "/mcp", None).await;
     assert_eq!(status, 401);
+    // Without `Upgrade`, a GET is Streamable HTTP's, for an SSE stream.
     let (status, _) = http_get(&daemon, "/mcp", Some(&token("a@example.com"))).await;
-    assert_eq!(
-        status, 426,
-        "an authenticated GET without Upgrade is told to upgrade"
-    );
+    assert_eq!(status, 406, "a GET that does not accept text/event-stream");
+    // `Upgrade: websocket` without the rest of a handshake: told what it needs.
+    let (status, _) = http_get_with(
+        &daemon,
+        "/mcp",
+        &[
+            (
+                "authorization",
+                &format!("Bearer {}", token("a@example.com")),
+            ),
+            ("upgrade", "websocket"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 426, "a broken upgrade is told to upgrade properly");
     let (status, body) = http_get(&daemon, "/healthz", None).await;
     assert_eq!((status, body.trim()), (200, "ok"));
     daemon.stop().await;

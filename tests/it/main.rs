@@ -16,3 +16,4 @@ mod operations;
 mod postgres_daemon;
 mod shutdown;
 mod store_contract;
+mod streamable;

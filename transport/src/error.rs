@@ -20,6 +20,15 @@ pub(crate) enum EdgeError {
     Store(#[from] StoreError),
     #[error("this endpoint speaks MCP over WebSocket: send an Upgrade: websocket request")]
     UpgradeRequired,
+    /// A request body over `EXAI_WS_MAX_BYTES`.
+    #[error("request body too large")]
+    TooLarge,
+    /// A browser page from an origin not in `EXAI_ALLOWED_ORIGINS`.
+    #[error("origin not allowed (see EXAI_ALLOWED_ORIGINS)")]
+    OriginNotAllowed,
+    /// A loopback daemon addressed by another name (DNS rebinding).
+    #[error("host not allowed")]
+    HostNotAllowed,
     /// Too many connections are waiting to authenticate.
     #[error("too many connections waiting to authenticate; retry shortly")]
     Busy,
@@ -45,6 +54,10 @@ impl IntoResponse for EdgeError {
             EdgeError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
             EdgeError::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, None),
             EdgeError::Busy => (StatusCode::SERVICE_UNAVAILABLE, None),
+            EdgeError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, None),
+            EdgeError::OriginNotAllowed | EdgeError::HostNotAllowed => {
+                (StatusCode::FORBIDDEN, None)
+            }
         };
         if status.is_server_error() {
             tracing::warn!(error = %self, source = ?std::error::Error::source(&self), "request refused");
@@ -184,5 +197,8 @@ mod tests {
         check(StoreError::LimitReached { limit: 5 }.into(), 429, None);
         check(StoreError::Unavailable("db down".into()).into(), 503, None);
         check(EdgeError::UpgradeRequired, 426, None);
+        check(EdgeError::TooLarge, 413, None);
+        check(EdgeError::OriginNotAllowed, 403, None);
+        check(StoreError::NotFound.into(), 404, None);
     }
 }

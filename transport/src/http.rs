@@ -1,11 +1,12 @@
-//! Routes and the authenticated upgrade to MCP over WebSocket.
+//! Routes, authentication, and the authenticated upgrade to MCP over
+//! WebSocket (Streamable HTTP requests go on to [`streamable`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocket;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,9 +16,9 @@ use exai_sessions::{OpenSession, SessionId, SessionMetadata, StoreError};
 use tracing::Instrument;
 
 use crate::error::{EdgeError, close};
-use crate::legacy;
 use crate::ws::{self, SessionGuard};
 use crate::{ConnectionContext, Edge, ServiceFactory};
+use crate::{legacy, streamable};
 
 /// Size of the per-connection read buffer; tungstenite's default (128 KiB)
 /// would dominate the memory of an idle connection.
@@ -30,7 +31,7 @@ const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 pub(crate) fn router<F: ServiceFactory>(edge: Arc<Edge<F>>, operations: bool) -> Router {
     let router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/mcp", get(mcp_upgrade::<F>))
+        .route("/mcp", get(mcp::<F>).post(mcp::<F>).delete(mcp::<F>))
         .route(METADATA_PATH, get(resource_metadata::<F>))
         .route(&format!("{METADATA_PATH}/mcp"), get(resource_metadata::<F>));
     let router = if operations {
@@ -88,38 +89,61 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /mcp`: authenticate, open the session (within the user's limit),
-/// then upgrade. Nothing is upgraded before all three have succeeded, with
+/// `/mcp`: a WebSocket upgrade, or else MCP over Streamable HTTP
+/// ([`streamable`]).
+async fn mcp<F: ServiceFactory>(
+    State(edge): State<Arc<Edge<F>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
+) -> Result<Response, EdgeError> {
+    match upgrade {
+        Ok(upgrade) => mcp_upgrade(edge, peer, request.headers(), upgrade).await,
+        Err(_) if is_upgrade_attempt(request.headers()) => Err(EdgeError::UpgradeRequired),
+        Err(_) => streamable::handle(&edge, peer, request).await,
+    }
+}
+
+/// A request that asks for a WebSocket but is not a valid upgrade (a
+/// missing key or version): told what a valid one needs, not served as
+/// HTTP.
+fn is_upgrade_attempt(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// A WebSocket upgrade of `/mcp`: authenticate, open the session (within
+/// the user's limit), then upgrade. Nothing is upgraded before all three have succeeded, with
 /// one exception kept for the original EXAI shims: an upgrade with no
 /// credential at all that does not offer the `mcp` subprotocol is upgraded
 /// to wait for the legacy protocol's `hello`, which must then authenticate
 /// it ([`legacy_hello`]); until it does, no session exists and no MCP
 /// handler runs.
 async fn mcp_upgrade<F: ServiceFactory>(
-    State(edge): State<Arc<Edge<F>>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    edge: Arc<Edge<F>>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    upgrade: WebSocketUpgrade,
 ) -> Result<Response, EdgeError> {
     let principal = match edge
         .auth
-        .authenticate(credential(&headers)?, Access::User)
+        .authenticate(credential(headers)?, Access::User)
         .await
     {
         Ok(principal) => principal,
-        Err(AuthError::Missing) if upgrade.is_ok() && !offers_mcp(&headers) => {
-            let upgrade = upgrade.map_err(|_| EdgeError::UpgradeRequired)?;
+        Err(AuthError::Missing) if !offers_mcp(headers) => {
             return legacy_upgrade(edge, peer, upgrade);
         }
         Err(error) => {
             edge.metrics.auth_failure(error.kind());
             return Err(EdgeError::Auth {
                 error,
-                resource_metadata: Some(format!("{}{METADATA_PATH}", base_url(&edge, &headers))),
+                resource_metadata: Some(resource_metadata_url(&edge, headers)),
             });
         }
     };
-    let upgrade = upgrade.map_err(|_| EdgeError::UpgradeRequired)?;
     let resume = match headers.get("mcp-session-id") {
         Some(id) => Some(SessionId::from_client(
             id.to_str().map_err(|_| StoreError::NotFound)?,
@@ -173,15 +197,35 @@ impl<S: rmcp::ServerHandler> Admitted<S> {
     }
 }
 
+/// A session opened (or resumed) for one user, registered with the
+/// lifecycle; closed in the store when `guard` is closed or dropped.
+pub(crate) struct Opened {
+    pub(crate) principal: Principal,
+    pub(crate) session_id: SessionId,
+    pub(crate) live: crate::lifecycle::LiveSession,
+    pub(crate) guard: SessionGuard,
+    pub(crate) span: tracing::Span,
+}
+
+impl Opened {
+    /// What the session's MCP handler knows of it.
+    pub(crate) fn context(&self) -> ConnectionContext {
+        ConnectionContext {
+            principal: self.principal.clone(),
+            session_id: Some(self.session_id.clone()),
+        }
+    }
+}
+
 /// Opens (or resumes) `principal`'s session within the user's connection
-/// limit, and prepares the connection's handler.
-async fn admit<F: ServiceFactory>(
-    edge: &Arc<Edge<F>>,
+/// limit.
+pub(crate) async fn open_session<F: ServiceFactory>(
+    edge: &Edge<F>,
     principal: Principal,
     resume: Option<SessionId>,
     peer: SocketAddr,
     transport: &'static str,
-) -> Result<Admitted<F::Service>, EdgeError> {
+) -> Result<Opened, EdgeError> {
     let limit = edge.config.max_connections_per_user;
     let resuming = resume.is_some();
     let opened = match resume {
@@ -220,11 +264,33 @@ async fn admit<F: ServiceFactory>(
         session.session_id.clone(),
         edge.connections.clone(),
     );
-    let context = ConnectionContext {
+    Ok(Opened {
         principal,
-        session_id: session.session_id.clone(),
-    };
-    let service = edge.factory.service(&context);
+        session_id: session.session_id,
+        live,
+        guard,
+        span,
+    })
+}
+
+/// Opens (or resumes) `principal`'s session within the user's connection
+/// limit, and prepares the connection's handler.
+async fn admit<F: ServiceFactory>(
+    edge: &Arc<Edge<F>>,
+    principal: Principal,
+    resume: Option<SessionId>,
+    peer: SocketAddr,
+    transport: &'static str,
+) -> Result<Admitted<F::Service>, EdgeError> {
+    let opened = open_session(edge, principal, resume, peer, transport).await?;
+    let service = edge.factory.service(&opened.context());
+    let Opened {
+        principal,
+        session_id,
+        live,
+        guard,
+        span,
+    } = opened;
     let config = &edge.config;
     let connection = ws::Connection {
         guard,
@@ -232,11 +298,11 @@ async fn admit<F: ServiceFactory>(
         shutdown: edge.shutdown.clone(),
         outbound_queue: config.outbound_queue,
         auth: edge.auth.clone(),
-        principal: context.principal.clone(),
+        principal,
         metrics: edge.metrics.clone(),
         ping_interval: config.ping_interval,
         ping_timeout: config.ping_timeout,
-        session_id: session.session_id,
+        session_id,
     };
     Ok(Admitted {
         service,
@@ -367,7 +433,7 @@ async fn legacy_hello<F: ServiceFactory>(
 /// `Sec-WebSocket-Protocol`, as the MCP WebSocket proposal (SEP-1288) has
 /// it; only `mcp` is ever echoed back. Never from the query string, and
 /// never logged.
-fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, EdgeError> {
+pub(crate) fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, EdgeError> {
     let malformed = || EdgeError::Auth {
         error: AuthError::Malformed,
         resource_metadata: None,
@@ -402,7 +468,7 @@ fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, EdgeError> 
 const SUBPROTOCOL_TOKEN_PREFIX: &str = "mcp.auth.";
 
 /// This server's base URL: `EXAI_PUBLIC_URL` when set, else from `Host`.
-fn base_url<F>(edge: &Edge<F>, headers: &HeaderMap) -> String {
+fn base_url<F: ServiceFactory>(edge: &Edge<F>, headers: &HeaderMap) -> String {
     if let Some(url) = &edge.config.public_url {
         return url.trim_end_matches('/').to_owned();
     }
@@ -411,6 +477,14 @@ fn base_url<F>(edge: &Edge<F>, headers: &HeaderMap) -> String {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     format!("http://{host}")
+}
+
+/// Where this resource's RFC 9728 metadata is, for a challenge.
+pub(crate) fn resource_metadata_url<F: ServiceFactory>(
+    edge: &Edge<F>,
+    headers: &HeaderMap,
+) -> String {
+    format!("{}{METADATA_PATH}", base_url(edge, headers))
 }
 
 /// RFC 9728 protected-resource metadata: what this resource is and which

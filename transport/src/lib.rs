@@ -21,6 +21,7 @@ mod http;
 mod legacy;
 mod lifecycle;
 mod metrics;
+mod streamable;
 mod ws;
 
 use std::net::SocketAddr;
@@ -42,8 +43,9 @@ use tokio_util::task::TaskTracker;
 pub struct ConnectionContext {
     /// Who the connection acts for (verified).
     pub principal: Principal,
-    /// The session the connection opened.
-    pub session_id: SessionId,
+    /// The session the connection opened; `None` for a stateless request
+    /// (MCP 2026-07-28 over HTTP), which belongs to no session.
+    pub session_id: Option<SessionId>,
 }
 
 /// Builds the MCP server (an `rmcp` handler) for each new connection.
@@ -87,6 +89,15 @@ pub struct EdgeConfig {
     pub hello_timeout: Duration,
     /// How many such connections may wait for their `hello` at once.
     pub max_pending_hellos: usize,
+    /// Browser origins allowed to call `/mcp` over HTTP
+    /// (`EXAI_ALLOWED_ORIGINS`; `*` for any). A request with an `Origin`
+    /// not listed is refused with 403; requests without one (editors,
+    /// scripts) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Host names `/mcp` answers to over HTTP; `None` for any. The daemon
+    /// sets the loopback names when it listens on a loopback address, so a
+    /// page whose DNS name was rebound to 127.0.0.1 is refused (403).
+    pub allowed_hosts: Option<Vec<String>>,
     /// How long closing a connection may take at shutdown.
     pub shutdown_grace: Duration,
     /// The public base URL (`EXAI_PUBLIC_URL`), for the metadata this
@@ -111,6 +122,8 @@ impl Default for EdgeConfig {
             ping_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
             max_pending_hellos: 256,
+            allowed_origins: Vec::new(),
+            allowed_hosts: None,
             shutdown_grace: Duration::from_secs(10),
             public_url: None,
             authorization_servers: Vec::new(),
@@ -121,12 +134,15 @@ impl Default for EdgeConfig {
 }
 
 /// Everything the edge needs to serve requests.
-pub struct Edge<F> {
+pub struct Edge<F: ServiceFactory> {
     metrics: Arc<Metrics>,
     auth: Arc<Authenticator>,
     store: Arc<dyn SessionStore>,
     lifecycle: Arc<lifecycle::Lifecycle>,
-    factory: F,
+    factory: Arc<F>,
+    /// MCP over Streamable HTTP.
+    http: streamable::HttpService<F::Service>,
+    http_sessions: Arc<streamable::HttpSessions>,
     config: EdgeConfig,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -151,16 +167,28 @@ impl<F: ServiceFactory> Edge<F> {
             config.session_timeout,
             metrics.clone(),
         ));
+        let factory = Arc::new(factory);
+        let shutdown = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let http_sessions = streamable::HttpSessions::new(metrics.clone(), connections.clone());
+        let http = streamable::service(
+            factory.clone(),
+            http_sessions.clone(),
+            &config,
+            shutdown.clone(),
+        );
         Edge {
             metrics,
             auth,
             store,
             lifecycle,
             factory,
+            http,
+            http_sessions,
             pending_hellos: Arc::new(tokio::sync::Semaphore::new(config.max_pending_hellos)),
             config,
-            shutdown: CancellationToken::new(),
-            connections: TaskTracker::new(),
+            shutdown,
+            connections,
         }
     }
 }
@@ -177,10 +205,15 @@ pub async fn serve<F: ServiceFactory>(
     edge: Edge<F>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let edge = Arc::new(Edge {
-        shutdown: shutdown.clone(),
-        ..edge
+    // The edge's own token ends everything it started (sockets, HTTP
+    // sessions and their streams) when the caller's is cancelled.
+    let edge = Arc::new(edge);
+    let linked = edge.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        linked.cancel();
     });
+    let shutdown = edge.shutdown.clone();
     let background = tokio::spawn(edge.lifecycle.clone().run(shutdown.clone()));
     let admin_task = admin.map(|admin| {
         let app = http::admin_router(edge.clone());

@@ -1,0 +1,461 @@
+//! MCP over Streamable HTTP on `/mcp`: every request authenticated on its
+//! own, session ids bound to their user, `DELETE`, expiry, limits, and the
+//! `Origin` / `Host` / `MCP-Protocol-Version` checks.
+
+use std::time::Duration;
+
+use exai_tests::{TestDaemon, TestPostgres, token};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+/// A raw Streamable HTTP client: what a request got back.
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    /// The JSON-RPC messages in the body (JSON, or the `data:` of SSE events).
+    messages: Vec<Value>,
+    text: String,
+}
+
+impl Reply {
+    fn session(&self) -> Option<String> {
+        self.headers
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// The one response (result or error) in the body.
+    fn response(&self) -> &Value {
+        self.messages
+            .iter()
+            .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            .unwrap_or_else(|| panic!("no response in {:?}", self.text))
+    }
+}
+
+struct Http {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Http {
+    fn new(daemon: &TestDaemon) -> Http {
+        Http {
+            client: reqwest::Client::new(),
+            url: format!("{}/mcp", daemon.http),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        token: Option<&str>,
+        session: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, &self.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = tokio::time::timeout(Duration::from_secs(10), request.send())
+            .await
+            .expect("answered in time")
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let messages = if text.trim_start().starts_with('{') {
+            vec![serde_json::from_str(&text).unwrap()]
+        } else {
+            text.lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .filter(|data| !data.trim().is_empty())
+                .map(|data| serde_json::from_str(data.trim()).unwrap())
+                .collect()
+        };
+        Reply {
+            status,
+            headers,
+            messages,
+            text,
+        }
+    }
+
+    async fn post(&self, token: Option<&str>, session: Option<&str>, body: Value) -> Reply {
+        self.send(
+            reqwest::Method::POST,
+            token,
+            session,
+            &[],
+            Some(body.to_string()),
+        )
+        .await
+    }
+
+    /// `initialize` then `notifications/initialized`; the session id.
+    async fn open(&self, token: &str) -> String {
+        let reply = self.post(Some(token), None, initialize(1)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.response()["result"]["serverInfo"]["name"], "exai");
+        let session = reply.session().expect("a session id");
+        let reply = self
+            .post(
+                Some(token),
+                Some(&session),
+                json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        session
+    }
+
+    async fn whoami(&self, token: &str, session: Option<&str>, id: u64) -> Reply {
+        self.post(
+            Some(token),
+            session,
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                   "params": {"name": "whoami", "arguments": {}}}),
+        )
+        .await
+    }
+
+    async fn delete(&self, token: &str, session: &str) -> Reply {
+        self.send(
+            reqwest::Method::DELETE,
+            Some(token),
+            Some(session),
+            &[],
+            None,
+        )
+        .await
+    }
+}
+
+fn initialize(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "streamable-test", "version": "1"}
+    }})
+}
+
+fn identity(reply: &Reply) -> Value {
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.response()["result"]["structuredContent"].clone()
+}
+
+#[tokio::test]
+async fn a_session_belongs_to_the_user_who_opened_it() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let bo = token("bo@example.com");
+
+    let session = http.open(&ana).await;
+    let me = identity(&http.whoami(&ana, Some(&session), 2).await);
+    assert_eq!(me["email"], "ana@example.com");
+    assert_eq!(
+        me["session_id"], session,
+        "Mcp-Session-Id is the store's session id"
+    );
+
+    // Another user's token with Ana's session id: 404, as for a made-up id.
+    let theirs = http.whoami(&bo, Some(&session), 3).await;
+    assert_eq!(theirs.status, 404, "{}", theirs.text);
+    let unknown = http
+        .whoami(&ana, Some("00000000-0000-4000-8000-000000000000"), 4)
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(theirs.text, unknown.text, "nothing tells the two apart");
+
+    // A session id is never a credential.
+    let anonymous = http
+        .post(
+            None,
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}),
+        )
+        .await;
+    assert_eq!(anonymous.status, 401);
+    assert!(
+        anonymous
+            .headers
+            .get("www-authenticate")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("Bearer "))
+    );
+
+    // Two users side by side, each in their own session.
+    let bos = http.open(&bo).await;
+    assert_ne!(bos, session);
+    assert_eq!(
+        identity(&http.whoami(&bo, Some(&bos), 2).await)["email"],
+        "bo@example.com"
+    );
+    assert_eq!(
+        identity(&http.whoami(&ana, Some(&session), 6).await)["email"],
+        "ana@example.com"
+    );
+
+    // DELETE ends it (only for its owner); then it is unknown.
+    assert_eq!(http.delete(&bo, &session).await.status, 404);
+    assert_eq!(http.delete(&ana, &session).await.status, 202);
+    assert_eq!(http.whoami(&ana, Some(&session), 7).await.status, 404);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn requests_need_a_session_or_a_stateless_protocol_version() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+
+    // A handshake-version request without a session: refused, not served.
+    let reply = http.whoami(&ana, None, 1).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+
+    // An unsupported MCP-Protocol-Version: 400.
+    let session = http.open(&ana).await;
+    let reply = http
+        .send(
+            reqwest::Method::POST,
+            Some(&ana),
+            Some(&session),
+            &[("mcp-protocol-version", "1999-01-01")],
+            Some(json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}).to_string()),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("1999-01-01"), "{}", reply.text);
+
+    // Bad JSON is a JSON-RPC parse error; the session lives on.
+    let reply = http
+        .send(
+            reqwest::Method::POST,
+            Some(&ana),
+            Some(&session),
+            &[],
+            Some("{not json".into()),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.response()["error"]["code"], -32700);
+    let deep = "[".repeat(100_000);
+    let reply = http
+        .send(
+            reqwest::Method::POST,
+            Some(&ana),
+            Some(&session),
+            &[],
+            Some(deep),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.response()["error"]["code"], -32700);
+    let reply = http
+        .post(
+            Some(&ana),
+            Some(&session),
+            json!({"jsonrpc": "1.0", "id": 9, "method": "ping"}),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.response()["error"]["code"], -32600);
+    let reply = http
+        .post(
+            Some(&ana),
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 10, "method": "no/such"}),
+        )
+        .await;
+    assert_eq!(reply.response()["error"]["code"], -32601, "{}", reply.text);
+    assert_eq!(
+        identity(&http.whoami(&ana, Some(&session), 3).await)["email"],
+        "ana@example.com"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let daemon = TestDaemon::start_with(|c| c.edge.max_message_bytes = 4096).await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let session = http.open(&ana).await;
+    let big = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "chat", "arguments": {"prompt": "x".repeat(8192)}}});
+    let reply = http.post(Some(&ana), Some(&session), big).await;
+    assert_eq!(reply.status, 413, "{}", reply.text);
+    assert_eq!(
+        identity(&http.whoami(&ana, Some(&session), 3).await)["email"],
+        "ana@example.com"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn origin_and_host_are_checked_before_anything_else() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.edge.allowed_origins = vec!["http://localhost:6274".into()];
+        c.edge.allowed_hosts = Some(vec!["localhost".into(), "127.0.0.1".into()]);
+    })
+    .await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let init = Some(initialize(1).to_string());
+    let post = |headers: &'static [(&'static str, &'static str)]| {
+        http.send(
+            reqwest::Method::POST,
+            Some(&ana),
+            None,
+            headers,
+            init.clone(),
+        )
+    };
+    let reply = post(&[("origin", "https://evil.example")]).await;
+    assert_eq!(reply.status, 403, "{}", reply.text);
+    assert!(reply.session().is_none());
+    let reply = post(&[("host", "evil.example")]).await;
+    assert_eq!(reply.status, 403, "{}", reply.text);
+    let reply = post(&[("origin", "http://localhost:6274")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = post(&[]).await;
+    assert_eq!(reply.status, 200, "a client that sends no Origin is served");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_per_user_limit_counts_http_sessions() {
+    let daemon = TestDaemon::start_with(|c| c.edge.max_connections_per_user = 1).await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let session = http.open(&ana).await;
+    let second = http.post(Some(&ana), None, initialize(1)).await;
+    assert_eq!(second.status, 429, "{}", second.text);
+    assert!(second.session().is_none());
+    // A WebSocket is a connection like any other.
+    let refused = daemon.try_connect(Some(&ana)).await.err().expect("refused");
+    assert_eq!(refused.status, 429);
+    // Another user is not affected.
+    http.open(&token("bo@example.com")).await;
+    // Ending the session frees its place.
+    assert_eq!(http.delete(&ana, &session).await.status, 202);
+    http.open(&ana).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_are_recorded_expire_and_end_in_the_store() {
+    let (pg, db) = TestPostgres::migrated(&["ana@example.com"]).await;
+    let daemon = TestDaemon::start_with(|c| {
+        c.store = pg.store_config(Duration::from_secs(5));
+        c.edge.session_timeout = Duration::from_secs(2);
+        c.edge.activity_flush = Duration::from_millis(200);
+    })
+    .await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let status = |session: String| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "select connection_status, metadata->>'transport' from mcp_sessions \
+                 where session_id = $1",
+                &[&session],
+            )
+            .await
+            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+            .unwrap()
+        }
+    };
+
+    let deleted = http.open(&ana).await;
+    assert_eq!(
+        status(deleted.clone()).await,
+        ("connected".to_owned(), "http".to_owned())
+    );
+    assert_eq!(http.delete(&ana, &deleted).await.status, 202);
+    let mut recorded = None;
+    for _ in 0..100 {
+        recorded = Some(status(deleted.clone()).await.0);
+        if recorded.as_deref() == Some("disconnected") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recorded.as_deref(), Some("disconnected"));
+
+    // Idle past MCP_SESSION_TIMEOUT: expired, and unknown from then on.
+    let idle = http.open(&ana).await;
+    let mut expired = false;
+    for _ in 0..100 {
+        if status(idle.clone()).await.0 == "expired" {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(expired, "the idle session expired");
+    let mut gone = false;
+    for _ in 0..50 {
+        if http.whoami(&ana, Some(&idle), 2).await.status == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "an expired session id is 404");
+
+    // Shutdown marks open sessions disconnected.
+    let open = http.open(&ana).await;
+    daemon.stop().await;
+    assert_eq!(status(open).await.0, "disconnected");
+}
+
+#[tokio::test]
+async fn a_stateless_2026_request_is_served_without_a_session() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let reply = http
+        .send(
+            reqwest::Method::POST,
+            Some(&ana),
+            None,
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "whoami"),
+            ],
+            Some(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                    "name": "whoami", "arguments": {},
+                    "_meta": {
+                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                        "io.modelcontextprotocol/clientCapabilities": {}
+                    }
+                }})
+                .to_string(),
+            ),
+        )
+        .await;
+    let me = identity(&reply);
+    assert_eq!(me["email"], "ana@example.com");
+    assert_eq!(me["session_id"], Value::Null);
+    assert!(reply.session().is_none());
+    daemon.stop().await;
+}

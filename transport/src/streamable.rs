@@ -1,0 +1,473 @@
+//! MCP over Streamable HTTP: `POST`, `GET` (without `Upgrade`) and `DELETE`
+//! on `/mcp`, as the MCP specification defines the transport.
+//!
+//! `rmcp`'s `StreamableHttpService` speaks the protocol (JSON or SSE
+//! answers, `MCP-Protocol-Version`, the standalone `GET` stream, stateless
+//! 2026-07-28 requests). This module puts exai's rules around it:
+//!
+//! - `Origin` and, on a loopback listener, `Host` are checked first (403);
+//! - every request is authenticated on its own: a session id is never a
+//!   credential;
+//! - an `initialize` opens a session in the store, within the user's limit
+//!   (429), before `rmcp` sees it, and `rmcp`'s session takes the store's
+//!   id, so `Mcp-Session-Id` is the id `exai sessions list` shows;
+//! - a session id answers only its own user: another user's, an ended one
+//!   and an unknown one are all 404, alike;
+//! - the session ends (and is recorded as ended) on `DELETE`, when it
+//!   expires or is killed (404 from then on), and at shutdown.
+//!
+//! `rmcp` builds a session's handler with a factory that takes no
+//! arguments; the request being served is handed to it, and to
+//! [`HttpSessions::create_session`], through the task-local [`REQUEST`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, header};
+use axum::response::Response;
+use exai_auth::{Access, UserId};
+use exai_sessions::StoreError;
+use futures::Stream;
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::{
+    RestoreOutcome, ServerSseMessage, SessionId as RmcpSessionId, SessionManager,
+};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::error::EdgeError;
+use crate::framing::{self, Decoded};
+use crate::http::{Opened, credential, open_session, resource_metadata_url};
+use crate::lifecycle::LiveSession;
+use crate::ws::SessionGuard;
+use crate::{ConnectionContext, Edge, EdgeConfig, Metrics, ServiceFactory};
+
+/// The transport label of sessions opened over HTTP.
+const TRANSPORT: &str = "http";
+
+tokio::task_local! {
+    /// The request `rmcp` is serving, for its handler factory and for
+    /// [`HttpSessions::create_session`].
+    static REQUEST: Arc<RequestScope>;
+}
+
+/// What one HTTP request brings to `rmcp`.
+struct RequestScope {
+    context: ConnectionContext,
+    /// For an `initialize`: the session opened for it, until
+    /// `create_session` takes it.
+    opening: Mutex<Option<Opened>>,
+}
+
+/// `rmcp`'s Streamable HTTP service, with exai's sessions.
+pub(crate) type HttpService<S> = StreamableHttpService<S, HttpSessions>;
+
+/// Builds the service: handlers come from `factory`, for the request in
+/// [`REQUEST`].
+pub(crate) fn service<F: ServiceFactory>(
+    factory: Arc<F>,
+    sessions: Arc<HttpSessions>,
+    config: &EdgeConfig,
+    shutdown: CancellationToken,
+) -> HttpService<F::Service> {
+    let rmcp_config = StreamableHttpServerConfig::default()
+        // Host and Origin are checked by `check_origin_and_host`, before
+        // authentication, so that a refused request opens nothing.
+        .disable_allowed_hosts()
+        .disable_allowed_origins()
+        .with_max_request_body_bytes(config.max_message_bytes)
+        .with_sse_keep_alive(Some(config.ping_interval))
+        .with_cancellation_token(shutdown);
+    StreamableHttpService::new(
+        move || {
+            REQUEST
+                .try_with(|request| factory.service(&request.context))
+                .map_err(|_| std::io::Error::other("no request in scope"))
+        },
+        sessions,
+        rmcp_config,
+    )
+}
+
+/// Serves one Streamable HTTP request.
+pub(crate) async fn handle<F: ServiceFactory>(
+    edge: &Edge<F>,
+    peer: SocketAddr,
+    request: Request<Body>,
+) -> Result<Response, EdgeError> {
+    check_origin_and_host(&edge.config, request.headers())?;
+    let principal = match edge
+        .auth
+        .authenticate(credential(request.headers())?, Access::User)
+        .await
+    {
+        Ok(principal) => principal,
+        Err(error) => {
+            edge.metrics.auth_failure(error.kind());
+            return Err(EdgeError::Auth {
+                error,
+                resource_metadata: Some(resource_metadata_url(edge, request.headers())),
+            });
+        }
+    };
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, edge.config.max_message_bytes)
+        .await
+        .map_err(|_| EdgeError::TooLarge)?;
+    // A body that is not one JSON-RPC message is answered as on a
+    // WebSocket (`framing`), with 400; rmcp sees only messages.
+    let mut initialize = false;
+    if parts.method == Method::POST {
+        let text = std::str::from_utf8(&body).unwrap_or("\u{fffd}");
+        match framing::decode(text) {
+            Decoded::Message(message) => initialize = is_initialize(&message),
+            Decoded::Reply(error) => return Ok(invalid(Some(&error))),
+            Decoded::Drop(_) => return Ok(invalid(None)),
+        }
+    }
+
+    let scope = match parts.headers.get("mcp-session-id") {
+        Some(id) => {
+            let id = id.to_str().map_err(|_| StoreError::NotFound)?;
+            let context = edge
+                .http_sessions
+                .context(principal.user_id, id)
+                .ok_or(StoreError::NotFound)?;
+            RequestScope {
+                context,
+                opening: Mutex::new(None),
+            }
+        }
+        None if initialize => {
+            let opened = open_session(edge, principal, None, peer, TRANSPORT).await?;
+            RequestScope {
+                context: opened.context(),
+                opening: Mutex::new(Some(opened)),
+            }
+        }
+        // Stateless (2026-07-28), or refused by rmcp for want of a session.
+        None => RequestScope {
+            context: ConnectionContext {
+                principal,
+                session_id: None,
+            },
+            opening: Mutex::new(None),
+        },
+    };
+    let scope = Arc::new(scope);
+    let request = Request::from_parts(parts, Body::from(body));
+    let response = REQUEST
+        .scope(scope.clone(), edge.http.handle(request))
+        .await;
+    // An `initialize` that rmcp refused before making a session for it: the
+    // session opened for it ends now.
+    let unclaimed = lock(&scope.opening).take();
+    if let Some(opened) = unclaimed {
+        opened.guard.close().await;
+    }
+    Ok(response.map(Body::new))
+}
+
+fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
+    matches!(
+        message,
+        ClientJsonRpcMessage::Request(request)
+            if matches!(request.request, ClientRequest::InitializeRequest(_))
+    )
+}
+
+/// 400, with the JSON-RPC error when there is one to send.
+fn invalid(error: Option<&ServerJsonRpcMessage>) -> Response {
+    use axum::response::IntoResponse;
+    match error.and_then(|e| serde_json::to_string(e).ok()) {
+        Some(body) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        None => (
+            axum::http::StatusCode::BAD_REQUEST,
+            "malformed notification\n",
+        )
+            .into_response(),
+    }
+}
+
+/// `Origin` must be one of `EXAI_ALLOWED_ORIGINS` when present (browsers
+/// always send it; other clients never need to), and on a loopback listener
+/// `Host` must name the loopback, so a DNS-rebound page cannot reach a
+/// local daemon.
+fn check_origin_and_host(config: &EdgeConfig, headers: &HeaderMap) -> Result<(), EdgeError> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().map_err(|_| EdgeError::OriginNotAllowed)?;
+        let origin = origin.trim_end_matches('/');
+        let allowed = config
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        if !allowed {
+            return Err(EdgeError::OriginNotAllowed);
+        }
+    }
+    if let Some(hosts) = &config.allowed_hosts {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(host_name)
+            .ok_or(EdgeError::HostNotAllowed)?;
+        if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            return Err(EdgeError::HostNotAllowed);
+        }
+    }
+    Ok(())
+}
+
+/// The name in a `Host` header, without its port: `[::1]:80` → `::1`.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The HTTP sessions this daemon holds: `rmcp`'s in-memory sessions, each
+/// bound to the user and store session it was opened for.
+pub(crate) struct HttpSessions {
+    local: LocalSessionManager,
+    bound: Mutex<HashMap<RmcpSessionId, Bound>>,
+    metrics: Arc<Metrics>,
+    /// Counts open sessions, so shutdown waits for their closes.
+    tracker: tokio_util::task::TaskTracker,
+    this: Weak<HttpSessions>,
+}
+
+struct Bound {
+    user: UserId,
+    context: ConnectionContext,
+    live: LiveSession,
+    guard: SessionGuard,
+    span: tracing::Span,
+    _counted: TaskTrackerToken,
+}
+
+impl HttpSessions {
+    pub(crate) fn new(metrics: Arc<Metrics>, tracker: tokio_util::task::TaskTracker) -> Arc<Self> {
+        let mut local = LocalSessionManager::default();
+        // Idle sessions are expired by the lifecycle (MCP_SESSION_TIMEOUT),
+        // which also records it; rmcp's own idle timer would not.
+        local.session_config.keep_alive = None;
+        Arc::new_cyclic(|this| HttpSessions {
+            local,
+            bound: Mutex::default(),
+            metrics,
+            tracker,
+            this: this.clone(),
+        })
+    }
+
+    /// The context of session `id` if it is `user`'s, recording activity.
+    fn context(&self, user: UserId, id: &str) -> Option<ConnectionContext> {
+        let bound = lock(&self.bound);
+        let session = bound.get(id).filter(|s| s.user == user)?;
+        session.live.record_activity();
+        Some(session.context.clone())
+    }
+}
+
+/// Why an HTTP session could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpSessionError {
+    #[error("no session was opened for this request")]
+    NotOpened,
+    #[error("a session with this id already exists")]
+    Duplicate,
+    #[error(transparent)]
+    Local(
+        #[from] rmcp::transport::streamable_http_server::session::local::LocalSessionManagerError,
+    ),
+}
+
+impl SessionManager for HttpSessions {
+    type Error = HttpSessionError;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(RmcpSessionId, Self::Transport), Self::Error> {
+        let opened = REQUEST
+            .try_with(|request| lock(&request.opening).take())
+            .ok()
+            .flatten()
+            .ok_or(HttpSessionError::NotOpened)?;
+        let id: RmcpSessionId = opened.session_id.as_str().into();
+        let transport = match self.local.restore_session(id.clone()).await? {
+            RestoreOutcome::Restored(transport) => transport,
+            _ => {
+                opened.guard.close().await;
+                return Err(HttpSessionError::Duplicate);
+            }
+        };
+        // When the lifecycle ends the session (expired, killed, key
+        // revoked), end rmcp's too; from then on its id is unknown.
+        let ended = opened.live.ended.clone();
+        let this = self.this.clone();
+        let watched = id.clone();
+        tokio::spawn(async move {
+            ended.cancelled().await;
+            if let Some(sessions) = this.upgrade() {
+                let _ = sessions.close_session(&watched).await;
+            }
+        });
+        let context = opened.context();
+        let Opened {
+            principal,
+            live,
+            guard,
+            span,
+            ..
+        } = opened;
+        span.in_scope(|| tracing::info!("http session opened"));
+        self.metrics.connection_opened(TRANSPORT);
+        lock(&self.bound).insert(
+            id.clone(),
+            Bound {
+                user: principal.user_id,
+                context,
+                live,
+                guard,
+                span,
+                _counted: self.tracker.token(),
+            },
+        );
+        Ok((id, transport))
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &RmcpSessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        Ok(self.local.initialize_session(id, message).await?)
+    }
+
+    async fn has_session(&self, id: &RmcpSessionId) -> Result<bool, Self::Error> {
+        Ok(self.local.has_session(id).await?)
+    }
+
+    /// Ends session `id`: on `DELETE`, when the lifecycle ended it, when
+    /// its rmcp worker stopped, and at shutdown. Safe to call twice.
+    async fn close_session(&self, id: &RmcpSessionId) -> Result<(), Self::Error> {
+        let bound = lock(&self.bound).remove(id);
+        let result = self.local.close_session(id).await;
+        if let Some(bound) = bound {
+            bound.live.ended.cancel();
+            bound
+                .span
+                .in_scope(|| tracing::info!("http session closed"));
+            self.metrics.connection_closed(TRANSPORT);
+            bound.guard.close().await;
+        }
+        Ok(result?)
+    }
+
+    async fn create_stream(
+        &self,
+        id: &RmcpSessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.local.create_stream(id, message).await?)
+    }
+
+    async fn accept_message(
+        &self,
+        id: &RmcpSessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<(), Self::Error> {
+        Ok(self.local.accept_message(id, message).await?)
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &RmcpSessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.local.create_standalone_stream(id).await?)
+    }
+
+    async fn resume(
+        &self,
+        id: &RmcpSessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.local.resume(id, last_event_id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initialize_is_recognised_and_nothing_else() {
+        let check = |text: &str| match framing::decode(text) {
+            Decoded::Message(message) => is_initialize(&message),
+            _ => false,
+        };
+        assert!(check(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#
+        ));
+        assert!(!check(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
+        assert!(!check(
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+        ));
+    }
+
+    #[test]
+    fn host_names_lose_their_port() {
+        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_name("localhost"), "localhost");
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("[::1]"), "::1");
+    }
+
+    #[test]
+    fn origin_and_host_rules() {
+        let mut config = EdgeConfig {
+            allowed_origins: vec!["http://localhost:6274".into()],
+            allowed_hosts: Some(vec!["localhost".into(), "127.0.0.1".into()]),
+            ..EdgeConfig::default()
+        };
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let ok = |c: &EdgeConfig, h: HeaderMap| check_origin_and_host(c, &h).is_ok();
+        assert!(ok(&config, headers(&[("host", "127.0.0.1:9")])));
+        assert!(ok(
+            &config,
+            headers(&[("host", "localhost:9"), ("origin", "http://LOCALHOST:6274")])
+        ));
+        assert!(!ok(
+            &config,
+            headers(&[("host", "localhost:9"), ("origin", "http://evil.example")])
+        ));
+        assert!(!ok(&config, headers(&[("host", "evil.example:9")])));
+        assert!(!ok(&config, headers(&[])));
+        config.allowed_hosts = None;
+        assert!(ok(&config, headers(&[("host", "evil.example")])));
+        config.allowed_origins.clear();
+        assert!(!ok(
+            &config,
+            headers(&[("origin", "http://localhost:6274")])
+        ));
+    }
+}
