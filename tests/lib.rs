@@ -251,15 +251,25 @@ pub fn parse_metrics(text: &str) -> Vec<(String, std::collections::BTreeMap<Stri
         .collect()
 }
 
-/// Runs `tests/tools/<script>` with `input` on stdin; returns its stdout.
-/// The Python with the pinned test packages (`tests/tools/requirements.txt`):
-/// `EXAI_TEST_PYTHON`, which `cargo xtask test` sets, else the virtual
-/// environment xtask makes under `target/`. Panics when neither exists.
+/// The Python with the test tools and the MCP Python SDK 1.x
+/// (`EXAI_TEST_PYTHON`, or the virtual environment `cargo xtask test`
+/// makes).
 pub fn python() -> std::path::PathBuf {
+    tool_python("EXAI_TEST_PYTHON", "venv")
+}
+
+/// The Python with the MCP Python SDK 2.x (`EXAI_TEST_PYTHON_MCP2`, or the
+/// virtual environment `cargo xtask test` makes): 1.x and 2.x cannot share
+/// one environment.
+pub fn python_mcp2() -> std::path::PathBuf {
+    tool_python("EXAI_TEST_PYTHON_MCP2", "venv-mcp2")
+}
+
+fn tool_python(variable: &str, venv: &str) -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("EXAI_TEST_PYTHON")
+    let python = std::env::var_os(variable)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("../target/test-tools/venv/bin/python"));
+        .unwrap_or_else(|| root.join(format!("../target/test-tools/{venv}/bin/python")));
     assert!(
         python.exists(),
         "the Python test tools are not installed ({}): run `cargo xtask test`, which installs them",

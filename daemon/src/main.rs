@@ -65,7 +65,11 @@ async fn run(config: exai_daemon::Config, secret: Option<SecretSource>) -> anyho
         ),
     }
     let daemon = exai_daemon::start(config).await?;
-    tracing::info!(url = %daemon.url(), "listening");
+    tracing::info!(
+        url = %daemon.url(),
+        http = %format!("http://{}/mcp", daemon.local_addr()),
+        "listening"
+    );
     if let Some(admin) = daemon.admin_addr() {
         tracing::info!(address = %admin, "serving /metrics, /healthz and /readyz");
     }

@@ -212,7 +212,7 @@ async fn a_session_belongs_to_the_user_who_opened_it() {
 
     // DELETE ends it (only for its owner); then it is unknown.
     assert_eq!(http.delete(&bo, &session).await.status, 404);
-    assert_eq!(http.delete(&ana, &session).await.status, 202);
+    assert_eq!(http.delete(&ana, &session).await.status, 204);
     assert_eq!(http.whoami(&ana, Some(&session), 7).await.status, 404);
     daemon.stop().await;
 }
@@ -352,7 +352,7 @@ async fn the_per_user_limit_counts_http_sessions() {
     // Another user is not affected.
     http.open(&token("bo@example.com")).await;
     // Ending the session frees its place.
-    assert_eq!(http.delete(&ana, &session).await.status, 202);
+    assert_eq!(http.delete(&ana, &session).await.status, 204);
     http.open(&ana).await;
     daemon.stop().await;
 }
@@ -387,7 +387,7 @@ async fn sessions_are_recorded_expire_and_end_in_the_store() {
         status(deleted.clone()).await,
         ("connected".to_owned(), "http".to_owned())
     );
-    assert_eq!(http.delete(&ana, &deleted).await.status, 202);
+    assert_eq!(http.delete(&ana, &deleted).await.status, 204);
     let mut recorded = None;
     for _ in 0..100 {
         recorded = Some(status(deleted.clone()).await.0);
@@ -457,5 +457,46 @@ async fn a_stateless_2026_request_is_served_without_a_session() {
     assert_eq!(me["email"], "ana@example.com");
     assert_eq!(me["session_id"], Value::Null);
     assert!(reply.session().is_none());
+    daemon.stop().await;
+}
+
+/// The official MCP Python SDK 2.x over Streamable HTTP, configured as an
+/// editor is (a URL and an `Authorization` header): with the handshake and
+/// a session, and with 2026-07-28's stateless requests (the SDK's default
+/// when the server speaks it). Two users side by side each see themselves.
+#[tokio::test]
+async fn the_python_sdk_2_speaks_streamable_http() {
+    let daemon = TestDaemon::start().await;
+    let tokens = format!("{},{}", token("ana@example.com"), token("bo@example.com"));
+    for (mode, protocol) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
+        let output = tokio::process::Command::new(exai_tests::python_mcp2())
+            .arg(exai_tests::python_script("mcp_http_client.py"))
+            .arg(format!("{}/mcp", daemon.http))
+            .arg(mode)
+            .env("EXAI_TOKENS", &tokens)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(60), output)
+            .await
+            .expect("the client finished in time")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{mode}: {stderr}");
+        assert!(!stderr.contains("failed"), "{mode}: {stderr}");
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let clients = report["clients"].as_array().unwrap();
+        for (client, email) in clients.iter().zip(["ana@example.com", "bo@example.com"]) {
+            assert_eq!(client["protocol"], protocol, "{mode}: {client}");
+            assert_eq!(client["tools"], json!(["chat", "whoami"]));
+            assert_eq!(client["whoami"]["email"], email, "{mode}: {client}");
+            assert_eq!(client["chat"], "[echo] hello over http");
+            assert_eq!(client["chat_is_error"], false);
+            if mode == "legacy" {
+                assert!(client["whoami"]["session_id"].is_string(), "{client}");
+            } else {
+                assert!(client["whoami"]["session_id"].is_null(), "{client}");
+            }
+        }
+    }
     daemon.stop().await;
 }

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, header};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::Response;
 use exai_auth::{Access, UserId};
 use exai_sessions::StoreError;
@@ -159,6 +159,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
         },
     };
     let scope = Arc::new(scope);
+    let deleting = parts.method == Method::DELETE;
     let request = Request::from_parts(parts, Body::from(body));
     let response = REQUEST
         .scope(scope.clone(), edge.http.handle(request))
@@ -169,7 +170,13 @@ pub(crate) async fn handle<F: ServiceFactory>(
     if let Some(opened) = unclaimed {
         opened.guard.close().await;
     }
-    Ok(response.map(Body::new))
+    let mut response = response.map(Body::new);
+    if deleting && response.status() == StatusCode::ACCEPTED {
+        // The session is gone, not queued to go: 204, which the SDKs expect
+        // (the Python SDK warns about rmcp's 202).
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    Ok(response)
 }
 
 fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
@@ -185,16 +192,12 @@ fn invalid(error: Option<&ServerJsonRpcMessage>) -> Response {
     use axum::response::IntoResponse;
     match error.and_then(|e| serde_json::to_string(e).ok()) {
         Some(body) => (
-            axum::http::StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             [(header::CONTENT_TYPE, "application/json")],
             body,
         )
             .into_response(),
-        None => (
-            axum::http::StatusCode::BAD_REQUEST,
-            "malformed notification\n",
-        )
-            .into_response(),
+        None => (StatusCode::BAD_REQUEST, "malformed notification\n").into_response(),
     }
 }
 

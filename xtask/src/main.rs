@@ -57,15 +57,17 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         ],
     )
     .context("clippy found problems")?;
-    let python = test_tools(root)?;
+    let tools = test_tools(root)?;
     let postgres = postgres_bin()?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
+    let [python, python_mcp2] = tools.env();
     cargo_with_env(
         root,
         &args,
         &[
-            ("EXAI_TEST_PYTHON", python.as_os_str()),
+            python,
+            python_mcp2,
             ("EXAI_TEST_PG_BIN", postgres.as_os_str()),
         ],
     )
@@ -97,7 +99,7 @@ fn postgres_bin() -> anyhow::Result<PathBuf> {
 /// Runs the benchmarks in release mode and writes `BENCHMARKS.md`, with
 /// the machine and the date.
 fn bench(root: &Path) -> anyhow::Result<()> {
-    let python = test_tools(root)?;
+    let tools = test_tools(root)?;
     cargo(
         root,
         &[
@@ -114,7 +116,7 @@ fn bench(root: &Path) -> anyhow::Result<()> {
         eprintln!("xtask: running exai-bench {name}");
         let output = Command::new(root.join("target/release/exai-bench"))
             .arg(name)
-            .env("EXAI_TEST_PYTHON", &python)
+            .envs(tools.env())
             .env("EXAI_TEST_PG_BIN", &postgres)
             .output()
             .context("running exai-bench")?;
@@ -185,13 +187,39 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The Python the tests use, in a virtual environment under `target/`,
-/// with the pinned packages of `tests/tools/requirements.txt`. Installed
-/// once; again only when the requirements change.
-fn test_tools(root: &Path) -> anyhow::Result<PathBuf> {
-    let venv = root.join("target/test-tools/venv");
+/// The Pythons the tests use, each in a virtual environment under
+/// `target/test-tools/` with pinned packages: `venv` from
+/// `tests/tools/requirements.txt` (the tools, and the MCP Python SDK 1.x)
+/// and `venv-mcp2` from `tests/tools/requirements-mcp2.txt` (the SDK 2.x,
+/// which cannot share an environment with 1.x).
+struct TestTools {
+    python: PathBuf,
+    python_mcp2: PathBuf,
+}
+
+impl TestTools {
+    fn env(&self) -> [(&'static str, &std::ffi::OsStr); 2] {
+        [
+            ("EXAI_TEST_PYTHON", self.python.as_os_str()),
+            ("EXAI_TEST_PYTHON_MCP2", self.python_mcp2.as_os_str()),
+        ]
+    }
+}
+
+fn test_tools(root: &Path) -> anyhow::Result<TestTools> {
+    Ok(TestTools {
+        python: venv(root, "venv", "requirements.txt")?,
+        python_mcp2: venv(root, "venv-mcp2", "requirements-mcp2.txt")?,
+    })
+}
+
+/// The virtual environment `target/test-tools/<name>` with the packages of
+/// `tests/tools/<requirements>`; made once, and again only when the
+/// requirements change. Returns its Python.
+fn venv(root: &Path, name: &str, requirements: &str) -> anyhow::Result<PathBuf> {
+    let venv = root.join("target/test-tools").join(name);
     let python = venv.join("bin/python");
-    let requirements = root.join("tests/tools/requirements.txt");
+    let requirements = root.join("tests/tools").join(requirements);
     let wanted = std::fs::read_to_string(&requirements)
         .with_context(|| format!("reading {}", requirements.display()))?;
     let stamp = venv.join("exai-requirements.txt");
