@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use exai_auth::{NewApiKey, UserId};
 use exai_tests::{TestDaemon, TestPostgres, token};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -217,6 +218,34 @@ async fn a_session_belongs_to_the_user_who_opened_it() {
     daemon.stop().await;
 }
 
+/// `GET` with the session id opens the session's stream for server
+/// messages; for anyone else's session it is 404 like any request.
+#[tokio::test]
+async fn the_session_stream_is_its_owners_only() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let session = http.open(&ana).await;
+    let get = |token: &str| {
+        http.client
+            .get(&http.url)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session)
+            .send()
+    };
+    let stream = get(&ana).await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    drop(stream);
+    let theirs = get(&token("bo@example.com")).await.unwrap();
+    assert_eq!(theirs.status(), 404);
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn requests_need_a_session_or_a_stateless_protocol_version() {
     let daemon = TestDaemon::start().await;
@@ -419,6 +448,25 @@ async fn sessions_are_recorded_expire_and_end_in_the_store() {
     }
     assert!(gone, "an expired session id is 404");
 
+    // An administrator's kill ends it at once.
+    let killed = http.open(&ana).await;
+    db.execute(
+        "update mcp_sessions set connection_status = 'killed' where session_id = $1",
+        &[&killed],
+    )
+    .await
+    .unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if http.whoami(&ana, Some(&killed), 3).await.status == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "a killed session id is 404");
+    assert_eq!(status(killed).await.0, "killed");
+
     // Shutdown marks open sessions disconnected.
     let open = http.open(&ana).await;
     daemon.stop().await;
@@ -461,13 +509,22 @@ async fn a_stateless_2026_request_is_served_without_a_session() {
 }
 
 /// The official MCP Python SDK 2.x over Streamable HTTP, configured as an
-/// editor is (a URL and an `Authorization` header): with the handshake and
-/// a session, and with 2026-07-28's stateless requests (the SDK's default
-/// when the server speaks it). Two users side by side each see themselves.
+/// editor is (a URL and an `Authorization` header, as in docs/clients.md):
+/// with the handshake and a session, and with 2026-07-28's stateless
+/// requests (the SDK's default when the server speaks it). Two users side
+/// by side, one with an access token and one with an API key, each see
+/// themselves.
 #[tokio::test]
 async fn the_python_sdk_2_speaks_streamable_http() {
     let daemon = TestDaemon::start().await;
-    let tokens = format!("{},{}", token("ana@example.com"), token("bo@example.com"));
+    let bo = UserId::from_email("bo@example.com");
+    let key = NewApiKey::generate(bo, Some("vscode".into()), None).unwrap();
+    daemon
+        .api_keys()
+        .insert_api_key(key.record.clone())
+        .await
+        .unwrap();
+    let tokens = format!("{},{}", token("ana@example.com"), key.key);
     for (mode, protocol) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
         let output = tokio::process::Command::new(exai_tests::python_mcp2())
             .arg(exai_tests::python_script("mcp_http_client.py"))
@@ -485,10 +542,15 @@ async fn the_python_sdk_2_speaks_streamable_http() {
         assert!(!stderr.contains("failed"), "{mode}: {stderr}");
         let report: Value = serde_json::from_slice(&output.stdout).unwrap();
         let clients = report["clients"].as_array().unwrap();
+        assert_eq!(clients.len(), 2);
         for (client, email) in clients.iter().zip(["ana@example.com", "bo@example.com"]) {
             assert_eq!(client["protocol"], protocol, "{mode}: {client}");
             assert_eq!(client["tools"], json!(["chat", "whoami"]));
-            assert_eq!(client["whoami"]["email"], email, "{mode}: {client}");
+            assert_eq!(
+                client["whoami"]["user_id"],
+                UserId::from_email(email).to_string(),
+                "{mode}: {client}"
+            );
             assert_eq!(client["chat"], "[echo] hello over http");
             assert_eq!(client["chat_is_error"], false);
             if mode == "legacy" {

@@ -5,10 +5,11 @@
 //!   mode, written to `BENCHMARKS.md` with the machine and date.
 //! - `cargo xtask test`: the gate CI runs — formatting, the tidy check
 //!   (every Rust file opens with a `//!` comment saying what it is for),
-//!   clippy with warnings as errors, the test tools (a Python virtual
-//!   environment under `target/test-tools/`, with the packages of
-//!   `tests/tools/requirements.txt`; PostgreSQL's server binaries, which it
-//!   finds and names to the tests), and every test in the workspace.
+//!   clippy with warnings as errors, the test tools (two Python virtual
+//!   environments under `target/test-tools/`, with the packages of
+//!   `tests/tools/requirements.txt` and `requirements-mcp2.txt`;
+//!   PostgreSQL's server binaries, which it finds and names to the tests),
+//!   and every test in the workspace.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
