@@ -12,6 +12,8 @@ use exai_auth::{JwksConfig, JwtConfig, Secret};
 use exai_sessions::PostgresConfig;
 use exai_transport::EdgeConfig;
 
+use crate::tools::ToolLimits;
+
 use crate::secret_file;
 
 /// Every problem found in a configuration, one per line.
@@ -348,6 +350,25 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_WS_PING_TIMEOUT", default_value = "10")]
     pub ws_ping_timeout: String,
 
+    /// Seconds a tool call may run before it is stopped with a tool error
+    #[arg(long, env = "EXAI_TOOL_TIMEOUT_SECS", default_value = "300")]
+    pub tool_timeout: String,
+
+    /// Seconds between progress reports of a running tool call, to clients
+    /// that sent a progress token
+    #[arg(long, env = "EXAI_WS_PROGRESS_INTERVAL_SECS", default_value = "8")]
+    pub progress_interval: String,
+
+    /// Tool calls one session may have running at once; more are refused
+    /// with a JSON-RPC error (-32004) at once
+    #[arg(long, env = "EXAI_SESSION_MAX_INFLIGHT", default_value = "8")]
+    pub session_max_inflight: String,
+
+    /// Milliseconds the offline `echo` model takes to answer (to try
+    /// progress, timeouts and cancellation without a model)
+    #[arg(long, env = "EXAI_ECHO_DELAY_MS", default_value = "0")]
+    pub echo_delay_ms: String,
+
     /// Browser origins allowed to call /mcp over HTTP, comma-separated
     /// (`https://app.example.com`, `http://localhost:6274`, or `*`); a
     /// request from any other origin is refused with 403
@@ -486,6 +507,7 @@ impl DaemonArgs {
             "a whole number of seconds, at least 1",
             |v: &u64| *v >= 1,
         ));
+        let tools = self.tool_limits(&mut problems);
         let multi_user = problems.check(parse_bool("MCP_ENABLE_MULTI_USER", &self.multi_user));
         let log_format = problems.check(match self.log_format.trim() {
             "text" => Ok(LogFormat::Text),
@@ -578,6 +600,7 @@ impl DaemonArgs {
             Some(max_bytes),
             Some(ping_interval),
             Some(ping_timeout),
+            Some((tools, echo_delay)),
             true,
         ) = (
             auth,
@@ -588,6 +611,7 @@ impl DaemonArgs {
             max_bytes,
             ping_interval,
             ping_timeout,
+            tools,
             problems.0.is_empty(),
         )
         else {
@@ -616,9 +640,47 @@ impl DaemonArgs {
                 auth,
                 store,
                 edge,
+                tools,
+                echo_delay,
             },
             source,
         ))
+    }
+
+    /// The tool call limits, and the echo model's delay.
+    fn tool_limits(&self, problems: &mut Problems) -> Option<(ToolLimits, Duration)> {
+        let seconds = "a whole number of seconds, at least 1";
+        let timeout = problems.check(parse(
+            "EXAI_TOOL_TIMEOUT_SECS",
+            &self.tool_timeout,
+            seconds,
+            |v: &u64| *v >= 1,
+        ));
+        let progress = problems.check(parse(
+            "EXAI_WS_PROGRESS_INTERVAL_SECS",
+            &self.progress_interval,
+            seconds,
+            |v: &u64| *v >= 1,
+        ));
+        let in_flight = problems.check(parse(
+            "EXAI_SESSION_MAX_INFLIGHT",
+            &self.session_max_inflight,
+            "a whole number from 1 to 1000",
+            |v: &usize| (1..=1000).contains(v),
+        ));
+        let echo_delay = problems.check(parse(
+            "EXAI_ECHO_DELAY_MS",
+            &self.echo_delay_ms,
+            "a whole number of milliseconds",
+            |_: &u64| true,
+        ));
+        let limits = ToolLimits {
+            timeout: Duration::from_secs(timeout?),
+            progress_interval: Duration::from_secs(progress?),
+            max_in_flight: in_flight?,
+            ..ToolLimits::default()
+        };
+        Some((limits, Duration::from_millis(echo_delay?)))
     }
 }
 
@@ -743,6 +805,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// Limits at the network edge.
     pub edge: EdgeConfig,
+    /// Limits on tool calls.
+    pub tools: ToolLimits,
+    /// How long the offline `echo` model takes to answer.
+    pub echo_delay: Duration,
 }
 
 impl Config {
@@ -757,6 +823,8 @@ impl Config {
             auth: AuthMode::MultiUser(JwtConfig::new().with_hs256(jwt_secret)),
             store: StoreConfig::Memory,
             edge: EdgeConfig::default(),
+            tools: ToolLimits::default(),
+            echo_delay: Duration::ZERO,
         }
     }
 

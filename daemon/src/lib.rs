@@ -102,10 +102,16 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
-    let provider: Arc<dyn Provider> = Arc::new(EchoProvider);
+    let provider: Arc<dyn Provider> = Arc::new(EchoProvider::with_delay(config.echo_delay));
     let tool_metrics = metrics.clone();
+    let limits = config.tools;
     let factory = move |connection: &ConnectionContext| {
-        tools::ExaiServer::new(connection.clone(), provider.clone(), tool_metrics.clone())
+        tools::ExaiServer::new(
+            connection.clone(),
+            provider.clone(),
+            tool_metrics.clone(),
+            limits.clone(),
+        )
     };
     let edge = Edge::new(auth, store, factory, config.edge, metrics.clone());
     let shutdown = CancellationToken::new();

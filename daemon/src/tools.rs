@@ -1,21 +1,57 @@
 //! The MCP tools a connection sees, served through `rmcp`.
 //!
-//! One [`ExaiServer`] is built per connection and knows that connection's
-//! principal and session, so every answer is about the caller and nobody
-//! else.
+//! One [`ExaiServer`] is built per connection (or HTTP session, or
+//! stateless request) and knows its principal and session, so every answer
+//! is about the caller and nobody else. Around every `tools/call` it keeps
+//! the [`ToolLimits`]: at most so many calls in flight per session (more is
+//! a JSON-RPC error at once, never a wait), a deadline (a tool error when
+//! it passes), progress notifications while a call runs when the client
+//! asked for them, and cancellation (`notifications/cancelled` drops the
+//! call, and with it the provider's request).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use exai_providers::{ChatMessage, ChatRequest, EchoProvider, Provider, Role};
-use exai_transport::{ConnectionContext, Metrics};
+use exai_transport::{ConnectionContext, Metrics, jsonrpc};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
+    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
+
+/// What bounds a session's tool calls.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ToolLimits {
+    /// Calls one session may have running at once
+    /// (`EXAI_SESSION_MAX_INFLIGHT`).
+    pub max_in_flight: usize,
+    /// How long a call may run before it is stopped with a tool error
+    /// (`EXAI_TOOL_TIMEOUT_SECS`).
+    pub timeout: Duration,
+    /// How often a running call reports progress, when the client sent a
+    /// progress token (`EXAI_WS_PROGRESS_INTERVAL_SECS`).
+    pub progress_interval: Duration,
+    /// Tools per `tools/list` page.
+    pub page_size: usize,
+}
+
+impl Default for ToolLimits {
+    fn default() -> Self {
+        ToolLimits {
+            max_in_flight: 8,
+            timeout: Duration::from_secs(300),
+            progress_interval: Duration::from_secs(8),
+            page_size: 50,
+        }
+    }
+}
 
 /// A tool's public description.
 struct ToolSpec {
@@ -55,7 +91,20 @@ pub struct ExaiServer {
     connection: ConnectionContext,
     provider: Arc<dyn Provider>,
     metrics: Arc<Metrics>,
+    limits: ToolLimits,
+    in_flight: Arc<Semaphore>,
+    /// The least severe log level the client wants (`logging/setLevel`),
+    /// as a [`severity`]; nothing is sent until it asks.
+    log_level: Arc<AtomicU8>,
 }
+
+/// The error a cancelled call ends with. It never reaches the client:
+/// `rmcp` drops responses to cancelled requests, as the protocol asks; it
+/// marks the outcome.
+const REQUEST_CANCELLED: i32 = -32800;
+
+/// No `logging/setLevel` yet: no log messages.
+const LOGGING_OFF: u8 = u8::MAX;
 
 impl ExaiServer {
     /// A server for `connection`, answering `chat` with `provider`.
@@ -63,12 +112,85 @@ impl ExaiServer {
         connection: ConnectionContext,
         provider: Arc<dyn Provider>,
         metrics: Arc<Metrics>,
+        limits: ToolLimits,
     ) -> Self {
         ExaiServer {
             connection,
             provider,
             metrics,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            limits,
+            log_level: Arc::new(AtomicU8::new(LOGGING_OFF)),
         }
+    }
+
+    /// Runs tool `name` within the session's limits: its own slot, the
+    /// deadline, progress reports, and cancellation.
+    async fn run(
+        &self,
+        name: &str,
+        arguments: &Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let _slot = self.in_flight.try_acquire().map_err(|_| {
+            McpError::new(
+                ErrorCode(jsonrpc::TOO_MANY_IN_FLIGHT),
+                format!(
+                    "this session already has {} tool calls running; retry when one finishes",
+                    self.limits.max_in_flight
+                ),
+                None,
+            )
+        })?;
+        let call = async {
+            match name {
+                "whoami" => Ok(self.whoami()),
+                "chat" => self.chat(arguments, context).await,
+                _ => unreachable!("known tools only"),
+            }
+        };
+        let call = tokio::time::timeout(self.limits.timeout, call);
+        tokio::pin!(call);
+        let token = context.meta.get_progress_token();
+        let start = tokio::time::Instant::now();
+        let mut ticks = tokio::time::interval_at(
+            start + self.limits.progress_interval,
+            self.limits.progress_interval,
+        );
+        loop {
+            tokio::select! {
+                outcome = &mut call => return match outcome {
+                    Ok(result) => result,
+                    Err(_) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                        "{name} did not finish within {} s (EXAI_TOOL_TIMEOUT_SECS) and was stopped",
+                        self.limits.timeout.as_secs()
+                    ))])),
+                },
+                () = context.ct.cancelled() => {
+                    return Err(McpError::new(
+                        ErrorCode(REQUEST_CANCELLED),
+                        "request cancelled",
+                        None,
+                    ));
+                }
+                _ = ticks.tick(), if token.is_some() => {
+                    let Some(token) = token.clone() else { continue };
+                    let elapsed = start.elapsed().as_secs();
+                    let progress = ProgressNotificationParam::new(token, elapsed as f64)
+                        .with_message(format!("{name}: still working ({elapsed} s)"));
+                    // A client that went away ends the call through `ct`.
+                    let _ = context.peer.notify_progress(progress).await;
+                }
+            }
+        }
+    }
+
+    /// Sends a log message at `level` if the client asked for that level.
+    async fn log(&self, context: &RequestContext<RoleServer>, level: Level, data: Value) {
+        if level.severity() < self.log_level.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = level.send(&context.peer, data).await;
     }
 
     fn whoami(&self) -> CallToolResult {
@@ -80,7 +202,11 @@ impl ExaiServer {
         }))
     }
 
-    async fn chat(&self, arguments: &Map<String, Value>) -> Result<CallToolResult, McpError> {
+    async fn chat(
+        &self,
+        arguments: &Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
         let prompt = arguments
             .get("prompt")
             .and_then(Value::as_str)
@@ -105,13 +231,15 @@ impl ExaiServer {
             ),
             Err(_) => ("error", None),
         };
-        self.metrics.provider_call(
-            self.provider.name(),
-            label,
-            outcome,
-            start.elapsed(),
-            tokens,
-        );
+        let took = start.elapsed();
+        self.metrics
+            .provider_call(self.provider.name(), label, outcome, took, tokens);
+        self.log(
+            context,
+            Level::Info,
+            json!({"tool": "chat", "model": label, "outcome": outcome, "ms": took.as_millis() as u64}),
+        )
+        .await;
         Ok(match answer {
             Ok(answer) => CallToolResult::success(vec![ContentBlock::text(answer.content)]),
             Err(error) => CallToolResult::error(vec![ContentBlock::text(error.to_string())]),
@@ -120,20 +248,35 @@ impl ExaiServer {
 }
 
 impl ServerHandler for ExaiServer {
+    #[allow(deprecated, reason = "logging/setLevel serves handshake-era clients")]
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("exai", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "exai: AI tools for signed-in users. Call `whoami` to see who you are.",
-            )
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("exai", env!("CARGO_PKG_VERSION")))
+        .with_instructions("exai: AI tools for signed-in users. Call `whoami` to see who you are.")
     }
 
+    /// Pages of `page_size` tools; the cursor is the index of the next
+    /// page's first tool.
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let tools = TOOLS
+        let start = match request.and_then(|r| r.cursor) {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i > 0 && i < TOOLS.len())
+                .ok_or_else(|| McpError::invalid_params("unknown cursor", None))?,
+        };
+        let end = (start + self.limits.page_size.max(1)).min(TOOLS.len());
+        let tools = TOOLS[start..end]
             .iter()
             .map(|spec| {
                 let Value::Object(schema) = (spec.input_schema)() else {
@@ -142,19 +285,31 @@ impl ServerHandler for ExaiServer {
                 Tool::new(spec.name, spec.description, schema)
             })
             .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        let mut page = ListToolsResult::with_all_items(tools);
+        page.next_cursor = (end < TOOLS.len()).then(|| end.to_string());
+        Ok(page)
+    }
+
+    #[allow(deprecated, reason = "logging/setLevel serves handshake-era clients")]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.log_level
+            .store(Level::from_mcp(request.level).severity(), Ordering::Relaxed);
+        Ok(())
     }
 
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let arguments = request.arguments.unwrap_or_default();
         let start = Instant::now();
         let result = match request.name.as_ref() {
-            "whoami" => Ok(self.whoami()),
-            "chat" => self.chat(&arguments).await,
+            known @ ("whoami" | "chat") => self.run(known, &arguments, &context).await,
             other => {
                 self.metrics
                     .tool_call("unknown", "unknown_tool", start.elapsed());
@@ -170,10 +325,68 @@ impl ServerHandler for ExaiServer {
         let outcome = match &result {
             Ok(r) if r.is_error == Some(true) => "tool_error",
             Ok(_) => "ok",
+            Err(e) if e.code.0 == jsonrpc::TOO_MANY_IN_FLIGHT => "refused",
+            Err(e) if e.code.0 == REQUEST_CANCELLED => "cancelled",
             Err(_) => "invalid_params",
         };
         self.metrics
             .tool_call(&request.name, outcome, start.elapsed());
         Ok(result?.into())
+    }
+}
+
+/// MCP's log levels, ranked; a local copy of `rmcp`'s, which the 2026-07-28
+/// protocol deprecates (logging is then asked for per request).
+#[derive(Clone, Copy, Debug)]
+enum Level {
+    Debug,
+    Info,
+    Notice,
+    Warning,
+    Error,
+    Critical,
+    Alert,
+    Emergency,
+}
+
+#[allow(deprecated, reason = "logging/setLevel serves handshake-era clients")]
+impl Level {
+    fn from_mcp(level: rmcp::model::LoggingLevel) -> Level {
+        use rmcp::model::LoggingLevel as L;
+        match level {
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Notice => Level::Notice,
+            L::Warning => Level::Warning,
+            L::Error => Level::Error,
+            L::Critical => Level::Critical,
+            L::Alert => Level::Alert,
+            L::Emergency => Level::Emergency,
+        }
+    }
+
+    fn severity(self) -> u8 {
+        self as u8
+    }
+
+    async fn send(
+        self,
+        peer: &rmcp::Peer<RoleServer>,
+        data: Value,
+    ) -> Result<(), rmcp::ServiceError> {
+        use rmcp::model::LoggingLevel as L;
+        let level = match self {
+            Level::Debug => L::Debug,
+            Level::Info => L::Info,
+            Level::Notice => L::Notice,
+            Level::Warning => L::Warning,
+            Level::Error => L::Error,
+            Level::Critical => L::Critical,
+            Level::Alert => L::Alert,
+            Level::Emergency => L::Emergency,
+        };
+        let message =
+            rmcp::model::LoggingMessageNotificationParam::new(level, data).with_logger("exai");
+        peer.notify_logging_message(message).await
     }
 }

@@ -5,13 +5,22 @@ use async_trait::async_trait;
 use crate::{ChatRequest, ChatResponse, Provider, ProviderError, Role, Usage};
 
 /// Answers every request with its last user message, tagged with the model
-/// name: `[echo] hello`. Needs no network and no key.
+/// name: `[echo] hello`. Needs no network and no key. It may be made to
+/// take its time ([`EchoProvider::with_delay`]), to see progress reports,
+/// timeouts and cancellation without a model.
 #[derive(Debug, Default, Clone)]
-pub struct EchoProvider;
+pub struct EchoProvider {
+    delay: std::time::Duration,
+}
 
 impl EchoProvider {
     /// The one model this provider serves.
     pub const MODEL: &'static str = "echo";
+
+    /// An echo that answers after `delay`.
+    pub fn with_delay(delay: std::time::Duration) -> Self {
+        EchoProvider { delay }
+    }
 }
 
 #[async_trait]
@@ -34,6 +43,9 @@ impl Provider for EchoProvider {
             .rev()
             .find(|m| m.role == Role::User)
             .ok_or_else(|| ProviderError::InvalidRequest("no user message".to_owned()))?;
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         let words = |s: &str| s.split_whitespace().count() as u64;
         Ok(ChatResponse {
             content: format!("[{}] {}", request.model, prompt.content),
@@ -60,19 +72,19 @@ mod tests {
                 ChatMessage::new(Role::User, "hello there"),
             ],
         );
-        let answer = EchoProvider.chat(request).await.unwrap();
+        let answer = EchoProvider::default().chat(request).await.unwrap();
         assert_eq!(answer.content, "[echo] hello there");
         assert_eq!(answer.usage.unwrap().prompt_tokens, 4);
     }
 
     #[tokio::test]
     async fn refuses_other_models_and_empty_prompts() {
-        let err = EchoProvider
+        let err = EchoProvider::default()
             .chat(ChatRequest::new("gpt", vec![]))
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "unknown model 'gpt'");
-        let err = EchoProvider
+        let err = EchoProvider::default()
             .chat(ChatRequest::new("echo", vec![]))
             .await
             .unwrap_err();

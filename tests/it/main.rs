@@ -17,3 +17,4 @@ mod postgres_daemon;
 mod shutdown;
 mod store_contract;
 mod streamable;
+mod tool_calls;

@@ -146,6 +146,9 @@ pub mod jsonrpc {
     /// `exai connect`: the daemon stayed unreachable for as long as the
     /// request could wait.
     pub const NOT_CONNECTED: i32 = -32003;
+    /// The session already has as many tool calls running as it may
+    /// (`EXAI_SESSION_MAX_INFLIGHT`); retry when one finishes.
+    pub const TOO_MANY_IN_FLIGHT: i32 = -32004;
 }
 
 #[cfg(test)]

@@ -1,0 +1,226 @@
+//! Tool calls over time: progress reports, the per-call deadline,
+//! cancellation, the per-session cap on calls in flight, log messages after
+//! `logging/setLevel`, and `tools/list` pages.
+
+use std::time::{Duration, Instant};
+
+use exai_tests::{Client, TestDaemon, token};
+use serde_json::{Value, json};
+
+fn chat(id: u64, meta: Option<Value>) -> String {
+    let mut params = json!({"name": "chat", "arguments": {"prompt": "slowly"}});
+    if let Some(meta) = meta {
+        params["_meta"] = meta;
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}).to_string()
+}
+
+/// Every message until the response to `id`, which comes last.
+async fn until_response(client: &mut Client, id: u64) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let message = client.recv_json().await;
+        let done = message.get("id") == Some(&json!(id));
+        seen.push(message);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_long_call_reports_progress_to_a_client_that_asked() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.echo_delay = Duration::from_millis(1200);
+        c.tools.progress_interval = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    client
+        .send_text(chat(1, Some(json!({"progressToken": "p-1"}))))
+        .await;
+    let seen = until_response(&mut client, 1).await;
+    let progress: Vec<&Value> = seen
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert!(progress.len() >= 2, "{seen:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["params"]["progressToken"] == "p-1")
+    );
+    let values: Vec<f64> = progress
+        .iter()
+        .map(|p| p["params"]["progress"].as_f64().unwrap())
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "{values:?}");
+    assert_eq!(
+        seen.last().unwrap()["result"]["content"][0]["text"],
+        "[echo] slowly"
+    );
+
+    // Without a token, no progress.
+    client.send_text(chat(2, None)).await;
+    let seen = until_response(&mut client, 2).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_is_a_tool_error() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.echo_delay = Duration::from_secs(5);
+        c.tools.timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    let started = Instant::now();
+    client.send_text(chat(1, None)).await;
+    let response = client.response_to(&json!(1)).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(response["result"]["isError"], true, "{response}");
+    let text = response["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("EXAI_TOOL_TIMEOUT_SECS"), "{text}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_call_stops_and_the_session_goes_on() {
+    let daemon = TestDaemon::start_with(|c| c.echo_delay = Duration::from_secs(30)).await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    let started = Instant::now();
+    client.send_text(chat(7, None)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .send_text(
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": 7, "reason": "changed my mind"}})
+            .to_string(),
+        )
+        .await;
+    // The session goes on, and the cancelled request gets no response, as
+    // the protocol asks.
+    client
+        .send_text(
+            json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                   "params": {"name": "whoami", "arguments": {}}})
+            .to_string(),
+        )
+        .await;
+    let seen = until_response(&mut client, 8).await;
+    assert_eq!(seen.len(), 1, "nothing for the cancelled call: {seen:?}");
+    assert_eq!(
+        seen[0]["result"]["structuredContent"]["email"],
+        "ana@example.com"
+    );
+    // The call stopped at once (the echo would have taken 30 s).
+    let cancelled = r#"exai_tool_calls_total{tool="chat",outcome="cancelled"} 1"#;
+    let mut stopped = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        let metrics = exai_tests::http_get(&daemon, "/metrics", None).await.1;
+        if metrics.contains(cancelled) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stopped, "the cancelled call was stopped");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn calls_beyond_the_sessions_cap_are_refused_at_once() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.echo_delay = Duration::from_millis(800);
+        c.tools.max_in_flight = 2;
+    })
+    .await;
+    let ana = token("ana@example.com");
+    let mut client = daemon.connect_initialized(&ana).await;
+    for id in 1..=3 {
+        client.send_text(chat(id, None)).await;
+    }
+    let started = Instant::now();
+    let refused = client.response_to(&json!(3)).await;
+    assert!(started.elapsed() < Duration::from_millis(700), "no waiting");
+    assert_eq!(refused["error"]["code"], -32004, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("retry"), "{message}");
+    for id in 1..=2 {
+        let done = client.response_to(&json!(id)).await;
+        assert_eq!(done["result"]["content"][0]["text"], "[echo] slowly");
+    }
+    // The cap is per session: another connection of the same user has its own.
+    let mut other = daemon.connect_initialized(&ana).await;
+    other.send_text(chat(1, None)).await;
+    other.send_text(chat(2, None)).await;
+    for id in 1..=2 {
+        let done = other.response_to(&json!(id)).await;
+        assert!(done.get("result").is_some(), "{done}");
+    }
+    // And the slots come back.
+    client.send_text(chat(4, None)).await;
+    assert!(client.response_to(&json!(4)).await.get("result").is_some());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn log_messages_follow_the_level_the_client_set() {
+    let daemon = TestDaemon::start().await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    // Nothing before the client asks.
+    client.send_text(chat(1, None)).await;
+    assert_eq!(until_response(&mut client, 1).await.len(), 1);
+
+    let set = client
+        .request(json!(2), "logging/setLevel", json!({"level": "info"}))
+        .await;
+    assert!(set.get("result").is_some(), "{set}");
+    client.send_text(chat(3, None)).await;
+    let seen = until_response(&mut client, 3).await;
+    let logs: Vec<&Value> = seen
+        .iter()
+        .filter(|m| m["method"] == "notifications/message")
+        .collect();
+    assert_eq!(logs.len(), 1, "{seen:?}");
+    assert_eq!(logs[0]["params"]["level"], "info");
+    assert_eq!(logs[0]["params"]["logger"], "exai");
+    assert_eq!(logs[0]["params"]["data"]["tool"], "chat");
+
+    client
+        .request(json!(4), "logging/setLevel", json!({"level": "error"}))
+        .await;
+    client.send_text(chat(5, None)).await;
+    assert_eq!(until_response(&mut client, 5).await.len(), 1);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn tools_list_comes_in_pages() {
+    let daemon = TestDaemon::start_with(|c| c.tools.page_size = 1).await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    for id in 1..10 {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let page = client.request(json!(id), "tools/list", params).await;
+        let tools = page["result"]["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 1, "{page}");
+        names.push(tools[0]["name"].as_str().unwrap().to_owned());
+        match page["result"]["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["chat", "whoami"]);
+    let bad = client
+        .request(json!(20), "tools/list", json!({"cursor": "bogus"}))
+        .await;
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    daemon.stop().await;
+}
