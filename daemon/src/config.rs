@@ -364,6 +364,11 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_SESSION_MAX_INFLIGHT", default_value = "8")]
     pub session_max_inflight: String,
 
+    /// Seconds tool calls running at shutdown may take to finish before they
+    /// are cancelled
+    #[arg(long, env = "EXAI_SHUTDOWN_GRACE_SECS", default_value = "10")]
+    pub shutdown_grace: String,
+
     /// Milliseconds the offline `echo` model takes to answer (to try
     /// progress, timeouts and cancellation without a model)
     #[arg(long, env = "EXAI_ECHO_DELAY_MS", default_value = "0")]
@@ -508,6 +513,12 @@ impl DaemonArgs {
             |v: &u64| *v >= 1,
         ));
         let tools = self.tool_limits(&mut problems);
+        let shutdown_grace = problems.check(parse(
+            "EXAI_SHUTDOWN_GRACE_SECS",
+            &self.shutdown_grace,
+            "a whole number of seconds",
+            |_: &u64| true,
+        ));
         let multi_user = problems.check(parse_bool("MCP_ENABLE_MULTI_USER", &self.multi_user));
         let log_format = problems.check(match self.log_format.trim() {
             "text" => Ok(LogFormat::Text),
@@ -601,6 +612,7 @@ impl DaemonArgs {
             Some(ping_interval),
             Some(ping_timeout),
             Some((tools, echo_delay)),
+            Some(shutdown_grace),
             true,
         ) = (
             auth,
@@ -612,6 +624,7 @@ impl DaemonArgs {
             ping_interval,
             ping_timeout,
             tools,
+            shutdown_grace,
             problems.0.is_empty(),
         )
         else {
@@ -623,6 +636,7 @@ impl DaemonArgs {
         edge.ping_interval = Duration::from_secs(ping_interval);
         edge.ping_timeout = Duration::from_secs(ping_timeout);
         edge.session_timeout = Duration::from_secs(timeout);
+        edge.shutdown_grace = Duration::from_secs(shutdown_grace);
         edge.activity_flush = activity_flush(edge.session_timeout);
         edge.public_url = public_url;
         edge.allowed_origins = allowed_origins;

@@ -303,6 +303,7 @@ async fn admit<F: ServiceFactory>(
         ping_interval: config.ping_interval,
         ping_timeout: config.ping_timeout,
         session_id,
+        shutdown_grace: config.shutdown_grace,
     };
     Ok(Admitted {
         service,

@@ -98,7 +98,8 @@ pub struct EdgeConfig {
     /// sets the loopback names when it listens on a loopback address, so a
     /// page whose DNS name was rebound to 127.0.0.1 is refused (403).
     pub allowed_hosts: Option<Vec<String>>,
-    /// How long closing a connection may take at shutdown.
+    /// How long tool calls running at shutdown may take to finish before
+    /// they are cancelled (`EXAI_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
     /// The public base URL (`EXAI_PUBLIC_URL`), for the metadata this
     /// resource publishes; from the request's `Host` when unset.
@@ -233,7 +234,9 @@ pub async fn serve<F: ServiceFactory>(
         task.await.map_err(std::io::Error::other)??;
     }
     edge.connections.close();
-    if tokio::time::timeout(edge.config.shutdown_grace, edge.connections.wait())
+    // The grace period for calls in flight, then time to write the closes.
+    let closing = edge.config.shutdown_grace + Duration::from_secs(5);
+    if tokio::time::timeout(closing, edge.connections.wait())
         .await
         .is_err()
     {

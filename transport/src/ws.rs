@@ -42,6 +42,82 @@ const INBOUND_QUEUE: usize = 32;
 /// How long the writer may take to flush its last frames.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
+/// The requests the MCP service is working on: taken in by the reader,
+/// done when their response goes out or the client cancels them. At
+/// shutdown a connection waits (up to the grace period) until none is left.
+#[derive(Default)]
+struct InFlight {
+    ids: std::sync::Mutex<std::collections::HashSet<RequestId>>,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn ids(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<RequestId>> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a message on its way to the service.
+    fn inbound(&self, message: &ClientJsonRpcMessage) {
+        match message {
+            ClientJsonRpcMessage::Request(request) => {
+                self.ids().insert(request.id.clone());
+            }
+            ClientJsonRpcMessage::Notification(notification) => {
+                if let rmcp::model::ClientNotification::CancelledNotification(cancelled) =
+                    &notification.notification
+                    && let Some(id) = &cancelled.params.request_id
+                {
+                    self.done(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes a message from the service.
+    fn outbound(&self, message: &ServerJsonRpcMessage) {
+        let id = match message {
+            ServerJsonRpcMessage::Response(response) => Some(&response.id),
+            ServerJsonRpcMessage::Error(error) => error.id.as_ref(),
+            _ => None,
+        };
+        if let Some(id) = id {
+            self.done(id);
+        }
+    }
+
+    fn done(&self, id: &RequestId) {
+        let mut ids = self.ids();
+        if ids.remove(id) && ids.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Returns when no request is in flight.
+    async fn settled(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.ids().is_empty() {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// The reader's way into the MCP service, noting requests in flight.
+struct ToService {
+    tx: mpsc::Sender<ClientJsonRpcMessage>,
+    in_flight: Arc<InFlight>,
+}
+
+impl ToService {
+    async fn send(&self, message: ClientJsonRpcMessage) -> Result<(), ()> {
+        self.in_flight.inbound(&message);
+        self.tx.send(message).await.map_err(|_| ())
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum End {
@@ -102,6 +178,8 @@ pub(crate) struct Connection {
     pub(crate) ping_timeout: Duration,
     /// The session's id, for the legacy protocol's `hello_ack`.
     pub(crate) session_id: SessionId,
+    /// How long requests in flight may take to finish at shutdown.
+    pub(crate) shutdown_grace: Duration,
 }
 
 /// Serves one connection. `hello_received`: the legacy protocol's `hello`
@@ -125,7 +203,9 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         ping_interval,
         ping_timeout,
         session_id,
+        shutdown_grace,
     } = connection;
+    let in_flight = Arc::new(InFlight::default());
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -135,13 +215,17 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         inbound: in_rx,
         outbound: out_tx.clone(),
         legacy: legacy.clone(),
+        in_flight: in_flight.clone(),
     };
     let mut mcp = tokio::spawn(serve_mcp(service, transport, service_ct.clone()).in_current_span());
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
 
     let reader = Reader {
         live: &live,
-        inbound: in_tx,
+        inbound: ToService {
+            tx: in_tx,
+            in_flight: in_flight.clone(),
+        },
         outbound: &out_tx,
         auth: &auth,
         principal: &principal,
@@ -171,6 +255,18 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
     };
     tracing::info!(reason = ?end, "connection closing");
 
+    if matches!(end, End::Shutdown) {
+        // Reading has stopped; calls already running get the grace period
+        // to finish and send their answers, then are cancelled.
+        let settled = tokio::select! {
+            () = in_flight.settled() => true,
+            () = tokio::time::sleep(shutdown_grace) => false,
+            _ = &mut mcp => true,
+        };
+        if !settled {
+            tracing::info!("requests still running after the shutdown grace period: cancelled");
+        }
+    }
     service_ct.cancel();
     if !mcp.is_finished() {
         let _ = mcp.await;
@@ -234,7 +330,7 @@ fn deadline(expires_at: Option<u64>) -> Option<Instant> {
 /// Reads frames until the connection ends, and says why it ended.
 struct Reader<'a> {
     live: &'a LiveSession,
-    inbound: mpsc::Sender<ClientJsonRpcMessage>,
+    inbound: ToService,
     outbound: &'a mpsc::Sender<Message>,
     auth: &'a Authenticator,
     principal: &'a Principal,
@@ -496,6 +592,7 @@ struct WsTransport {
     /// Set once the connection speaks the legacy protocol: messages are
     /// translated into its frames.
     legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
+    in_flight: Arc<InFlight>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -511,18 +608,24 @@ impl Transport<RoleServer> for WsTransport {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let outbound = self.outbound.clone();
         let legacy = self.legacy.get().cloned();
+        let in_flight = self.in_flight.clone();
         async move {
-            let text = match legacy {
-                Some(legacy) => match legacy.encode(&item) {
-                    Some(frame) => frame.to_string(),
-                    None => return Ok(()),
-                },
-                None => serde_json::to_string(&item).map_err(|_| ConnectionClosed)?,
+            let text = match &legacy {
+                Some(legacy) => legacy.encode(&item).map(|frame| frame.to_string()),
+                None => serde_json::to_string(&item).ok(),
             };
-            outbound
-                .send(Message::Text(text.into()))
-                .await
-                .map_err(|_| ConnectionClosed)
+            let sent = match text {
+                Some(text) => outbound
+                    .send(Message::Text(text.into()))
+                    .await
+                    .map_err(|_| ConnectionClosed),
+                // Nothing to say in the legacy protocol.
+                None if legacy.is_some() => Ok(()),
+                None => Err(ConnectionClosed),
+            };
+            // A request is done once its answer is queued for the socket.
+            in_flight.outbound(&item);
+            sent
         }
     }
 
