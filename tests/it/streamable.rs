@@ -516,7 +516,11 @@ async fn a_stateless_2026_request_is_served_without_a_session() {
 /// themselves.
 #[tokio::test]
 async fn the_python_sdk_2_speaks_streamable_http() {
-    let daemon = TestDaemon::start().await;
+    let daemon = TestDaemon::start_with(|c| {
+        c.echo_delay = Duration::from_millis(900);
+        c.tools.progress_interval = Duration::from_millis(200);
+    })
+    .await;
     let bo = UserId::from_email("bo@example.com");
     let key = NewApiKey::generate(bo, Some("vscode".into()), None).unwrap();
     daemon
@@ -553,6 +557,9 @@ async fn the_python_sdk_2_speaks_streamable_http() {
             );
             assert_eq!(client["chat"], "[echo] hello over http");
             assert_eq!(client["chat_is_error"], false);
+            let progress = client["progress"].as_array().unwrap();
+            assert!(!progress.is_empty(), "{mode}: progress reached the SDK: {client}");
+            assert_eq!(client["gave_up"], true, "{mode}: {client}");
             if mode == "legacy" {
                 assert!(client["whoami"]["session_id"].is_string(), "{client}");
             } else {
@@ -560,5 +567,16 @@ async fn the_python_sdk_2_speaks_streamable_http() {
             }
         }
     }
+    // Each abandoned call was cancelled in the daemon, not run to its end.
+    let cancelled = r#"exai_tool_calls_total{tool="chat",outcome="cancelled"} 4"#;
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = exai_tests::http_get(&daemon, "/metrics", None).await.1;
+        if seen.contains(cancelled) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.contains(cancelled), "{seen}");
     daemon.stop().await;
 }

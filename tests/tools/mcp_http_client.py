@@ -8,7 +8,11 @@ Usage: mcp_http_client.py URL MODE
         auto        what the SDK does by default: probe `server/discover`
                     and use 2026-07-28, statelessly, when the server speaks it
 Tokens come from EXAI_TOKENS (comma-separated); each gets its own client and
-all run at once. Prints one JSON object: {"clients": [...]} in token order.
+all run at once. Each lists the tools, calls `whoami` and `chat` (asking for
+progress reports), then gives up on a `chat` after 0.3 s, which makes the
+SDK cancel it (`notifications/cancelled`, or a dropped request when
+stateless): run the daemon with a slow echo model. Prints one JSON object:
+{"clients": [...]} in token order.
 """
 
 import asyncio
@@ -28,13 +32,29 @@ async def run(url, mode, token):
         async with Client(transport, mode=mode) as client:
             tools = await client.list_tools()
             who = await client.call_tool("whoami", {})
-            chat = await client.call_tool("chat", {"prompt": "hello over http"})
+            progress = []
+
+            async def on_progress(value, total, message):
+                progress.append(value)
+
+            chat = await client.call_tool(
+                "chat", {"prompt": "hello over http"}, progress_callback=on_progress
+            )
+            try:
+                await client.call_tool(
+                    "chat", {"prompt": "too slow"}, read_timeout_seconds=0.3
+                )
+                gave_up = False
+            except Exception:  # the SDK's timeout error
+                gave_up = True
             return {
                 "protocol": client.session.protocol_version,
                 "tools": sorted(tool.name for tool in tools.tools),
                 "whoami": who.structured_content,
                 "chat": chat.content[0].text,
                 "chat_is_error": chat.is_error,
+                "progress": progress,
+                "gave_up": gave_up,
             }
 
 
