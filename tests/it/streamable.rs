@@ -517,7 +517,7 @@ async fn a_stateless_2026_request_is_served_without_a_session() {
 #[tokio::test]
 async fn the_python_sdk_2_speaks_streamable_http() {
     let daemon = TestDaemon::start_with(|c| {
-        c.echo_delay = Duration::from_millis(900);
+        c.echo_delay = Duration::from_secs(2);
         c.tools.progress_interval = Duration::from_millis(200);
     })
     .await;
@@ -558,7 +558,10 @@ async fn the_python_sdk_2_speaks_streamable_http() {
             assert_eq!(client["chat"], "[echo] hello over http");
             assert_eq!(client["chat_is_error"], false);
             let progress = client["progress"].as_array().unwrap();
-            assert!(!progress.is_empty(), "{mode}: progress reached the SDK: {client}");
+            assert!(
+                !progress.is_empty(),
+                "{mode}: progress reached the SDK: {client}"
+            );
             assert_eq!(client["gave_up"], true, "{mode}: {client}");
             if mode == "legacy" {
                 assert!(client["whoami"]["session_id"].is_string(), "{client}");

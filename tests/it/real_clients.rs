@@ -1,0 +1,92 @@
+//! The official MCP SDKs, which nobody here wrote, against the daemon: the
+//! Python SDK 1.x's WebSocket client, and the TypeScript SDK's WebSocket and
+//! Streamable HTTP clients. (The Python SDK 2.x over Streamable HTTP is in
+//! `streamable.rs`; its stdio client driving `exai connect` is in the CLI's
+//! tests.) Two users run side by side and each must see only themselves.
+
+use std::time::Duration;
+
+use exai_tests::{TestDaemon, token};
+use serde_json::{Value, json};
+
+/// A daemon whose echo model is slow enough to report progress and to be
+/// cancelled.
+async fn slow_daemon() -> TestDaemon {
+    TestDaemon::start_with(|c| {
+        c.echo_delay = Duration::from_secs(2);
+        c.tools.progress_interval = Duration::from_millis(200);
+    })
+    .await
+}
+
+/// Runs `program` with `args` and `EXAI_TOKENS`, and parses its one line of
+/// JSON.
+async fn run_client(program: std::path::PathBuf, args: &[String], tokens: &str) -> Value {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .env("EXAI_TOKENS", tokens)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), output)
+        .await
+        .expect("the client finished in time")
+        .expect("the client ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{args:?}: {stderr}");
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Waits until the daemon has counted `n` cancelled `chat` calls.
+async fn cancelled_calls(daemon: &TestDaemon, n: usize) {
+    let wanted = format!(r#"exai_tool_calls_total{{tool="chat",outcome="cancelled"}} {n}"#);
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = exai_tests::http_get(daemon, "/metrics", None).await.1;
+        if metrics.contains(&wanted) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("expected {wanted}: {metrics}");
+}
+
+fn check_identities(report: &Value, emails: &[&str]) {
+    let clients = report["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), emails.len());
+    for (client, email) in clients.iter().zip(emails) {
+        assert_eq!(client["tools"], json!(["chat", "whoami"]), "{client}");
+        assert_eq!(client["whoami"]["email"], *email, "{client}");
+        assert!(client["whoami"]["session_id"].is_string(), "{client}");
+        assert_eq!(client["whoami_after"], client["whoami"], "{client}");
+        assert!(
+            client["chat"].as_str().unwrap().starts_with("[echo] hello"),
+            "{client}"
+        );
+        let progress = client["progress"].as_array().unwrap();
+        assert!(!progress.is_empty(), "progress reached the SDK: {client}");
+    }
+}
+
+#[tokio::test]
+async fn the_python_sdk_1_speaks_websocket() {
+    let daemon = slow_daemon().await;
+    let tokens = format!("{},{}", token("ana@example.com"), token("bo@example.com"));
+    let report = run_client(
+        exai_tests::python(),
+        &[
+            exai_tests::python_script("mcp_ws_client.py")
+                .display()
+                .to_string(),
+            daemon.url.clone(),
+        ],
+        &tokens,
+    )
+    .await;
+    check_identities(&report, &["ana@example.com", "bo@example.com"]);
+    for client in report["clients"].as_array().unwrap() {
+        assert_eq!(client["server"], "exai");
+    }
+    cancelled_calls(&daemon, 2).await;
+    daemon.stop().await;
+}
