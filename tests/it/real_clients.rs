@@ -90,3 +90,60 @@ async fn the_python_sdk_1_speaks_websocket() {
     cancelled_calls(&daemon, 2).await;
     daemon.stop().await;
 }
+
+/// Node with the MCP TypeScript SDK: `EXAI_TEST_NODE_MODULES` names the
+/// `node_modules` that `cargo xtask test` installs from `tests/tools/node/`.
+fn node_modules() -> std::path::PathBuf {
+    let dir = std::env::var_os("EXAI_TEST_NODE_MODULES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/test-tools/node/node_modules")
+        });
+    assert!(
+        dir.join("@modelcontextprotocol/sdk").exists(),
+        "the TypeScript SDK is not installed ({}): run `cargo xtask test`, which installs it",
+        dir.display()
+    );
+    dir
+}
+
+async fn typescript(kind: &str, url: String, tokens: &str) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/node/client.mjs");
+    let output = tokio::process::Command::new("node")
+        .arg("--experimental-websocket")
+        .arg("--no-warnings")
+        .arg(script)
+        .arg(kind)
+        .arg(url)
+        .env("EXAI_TOKENS", tokens)
+        .env("EXAI_TEST_NODE_MODULES", node_modules())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), output)
+        .await
+        .expect("the client finished in time")
+        .expect("node ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{kind}: {stderr}");
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[tokio::test]
+async fn the_typescript_sdk_speaks_websocket_and_streamable_http() {
+    let daemon = slow_daemon().await;
+    let tokens = format!("{},{}", token("ana@example.com"), token("bo@example.com"));
+    let websocket = typescript("websocket", daemon.url.clone(), &tokens).await;
+    check_identities(&websocket, &["ana@example.com", "bo@example.com"]);
+    let http = typescript("http", format!("{}/mcp", daemon.http), &tokens).await;
+    check_identities(&http, &["ana@example.com", "bo@example.com"]);
+    for report in [&websocket, &http] {
+        for client in report["clients"].as_array().unwrap() {
+            assert_eq!(client["server"], "exai");
+            assert_eq!(client["aborted"], true, "{client}");
+        }
+    }
+    cancelled_calls(&daemon, 4).await;
+    daemon.stop().await;
+}

@@ -7,8 +7,9 @@
 //!   (every Rust file opens with a `//!` comment saying what it is for),
 //!   clippy with warnings as errors, the test tools (two Python virtual
 //!   environments under `target/test-tools/`, with the packages of
-//!   `tests/tools/requirements.txt` and `requirements-mcp2.txt`;
-//!   PostgreSQL's server binaries, which it finds and names to the tests),
+//!   `tests/tools/requirements.txt` and `requirements-mcp2.txt`, and the
+//!   Node packages of `tests/tools/node/`; PostgreSQL's server binaries,
+//!   which it finds and names to the tests),
 //!   and every test in the workspace.
 
 use std::path::{Path, PathBuf};
@@ -62,13 +63,14 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let postgres = postgres_bin()?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    let [python, python_mcp2] = tools.env();
+    let [python, python_mcp2, node_modules] = tools.env();
     cargo_with_env(
         root,
         &args,
         &[
             python,
             python_mcp2,
+            node_modules,
             ("EXAI_TEST_PG_BIN", postgres.as_os_str()),
         ],
     )
@@ -193,16 +195,20 @@ fn command_output(program: &str, args: &[&str]) -> String {
 /// `tests/tools/requirements.txt` (the tools, and the MCP Python SDK 1.x)
 /// and `venv-mcp2` from `tests/tools/requirements-mcp2.txt` (the SDK 2.x,
 /// which cannot share an environment with 1.x).
+/// And `node/node_modules`, from `tests/tools/node/package-lock.json`: the
+/// MCP TypeScript SDK.
 struct TestTools {
     python: PathBuf,
     python_mcp2: PathBuf,
+    node_modules: PathBuf,
 }
 
 impl TestTools {
-    fn env(&self) -> [(&'static str, &std::ffi::OsStr); 2] {
+    fn env(&self) -> [(&'static str, &std::ffi::OsStr); 3] {
         [
             ("EXAI_TEST_PYTHON", self.python.as_os_str()),
             ("EXAI_TEST_PYTHON_MCP2", self.python_mcp2.as_os_str()),
+            ("EXAI_TEST_NODE_MODULES", self.node_modules.as_os_str()),
         ]
     }
 }
@@ -211,7 +217,43 @@ fn test_tools(root: &Path) -> anyhow::Result<TestTools> {
     Ok(TestTools {
         python: venv(root, "venv", "requirements.txt")?,
         python_mcp2: venv(root, "venv-mcp2", "requirements-mcp2.txt")?,
+        node_modules: node_packages(root)?,
     })
+}
+
+/// `target/test-tools/node/node_modules`, installed with `npm ci` from the
+/// package files in `tests/tools/node/`; again only when they change.
+fn node_packages(root: &Path) -> anyhow::Result<PathBuf> {
+    let source = root.join("tests/tools/node");
+    let target = root.join("target/test-tools/node");
+    let files = ["package.json", "package-lock.json"];
+    let mut wanted = String::new();
+    for file in files {
+        wanted += &std::fs::read_to_string(source.join(file))
+            .with_context(|| format!("reading tests/tools/node/{file}"))?;
+    }
+    let stamp = target.join("exai-packages.txt");
+    let modules = target.join("node_modules");
+    if modules.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
+    {
+        return Ok(modules);
+    }
+    eprintln!(
+        "xtask: installing the Node test packages into {}",
+        target.display()
+    );
+    std::fs::create_dir_all(&target)?;
+    for file in files {
+        std::fs::copy(source.join(file), target.join(file))?;
+    }
+    run_tool(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&target),
+    )
+    .context("installing the Node test packages (are node and npm installed?)")?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(modules)
 }
 
 /// The virtual environment `target/test-tools/<name>` with the packages of
