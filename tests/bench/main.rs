@@ -31,11 +31,17 @@ fn main() {
             .build()
             .expect("runtime")
             .block_on(sessions::run()),
-        other => panic!("unknown section {other}: auth or sessions"),
+        "transport" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(transport::run()),
+        other => panic!("unknown section {other}: auth, sessions or transport"),
     }
 }
 
 mod sessions;
+mod transport;
 
 /// Average time per call of `f`, run repeatedly for [`RUN`].
 async fn per_call<F, Fut>(mut f: F) -> Duration

@@ -20,9 +20,10 @@ use crate::ws::{self, SessionGuard};
 use crate::{ConnectionContext, Edge, ServiceFactory};
 use crate::{legacy, streamable};
 
-/// Size of the per-connection read buffer; tungstenite's default (128 KiB)
-/// would dominate the memory of an idle connection.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Initial size of the per-connection read buffer (it grows for a larger
+/// message); tungstenite's default (128 KiB) would dominate the memory of an
+/// idle connection. MCP messages are mostly well under 2 KiB.
+const READ_BUFFER_BYTES: usize = 2 * 1024;
 
 /// Where this resource describes itself (RFC 9728 §3).
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";

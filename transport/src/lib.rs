@@ -227,6 +227,13 @@ pub async fn serve<F: ServiceFactory>(
     });
     let app = http::router(edge.clone(), admin_task.is_none())
         .into_make_service_with_connect_info::<SocketAddr>();
+    // Small writes (an SSE event, a frame) go out at once, not after the
+    // peer's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;

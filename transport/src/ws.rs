@@ -107,14 +107,16 @@ impl InFlight {
 
 /// The reader's way into the MCP service, noting requests in flight.
 struct ToService {
-    tx: mpsc::Sender<ClientJsonRpcMessage>,
+    /// Boxed: a queue block holds 32 messages, and an unboxed one is ~360
+    /// bytes, on every idle connection.
+    tx: mpsc::Sender<Box<ClientJsonRpcMessage>>,
     in_flight: Arc<InFlight>,
 }
 
 impl ToService {
     async fn send(&self, message: ClientJsonRpcMessage) -> Result<(), ()> {
         self.in_flight.inbound(&message);
-        self.tx.send(message).await.map_err(|_| ())
+        self.tx.send(Box::new(message)).await.map_err(|_| ())
     }
 }
 
@@ -587,7 +589,7 @@ async fn write_loop(
 
 /// The socket as `rmcp` sees it.
 struct WsTransport {
-    inbound: mpsc::Receiver<ClientJsonRpcMessage>,
+    inbound: mpsc::Receiver<Box<ClientJsonRpcMessage>>,
     outbound: mpsc::Sender<Message>,
     /// Set once the connection speaks the legacy protocol: messages are
     /// translated into its frames.
@@ -630,7 +632,8 @@ impl Transport<RoleServer> for WsTransport {
     }
 
     fn receive(&mut self) -> impl Future<Output = Option<ClientJsonRpcMessage>> + Send {
-        self.inbound.recv()
+        let next = self.inbound.recv();
+        async move { next.await.map(|message| *message) }
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {

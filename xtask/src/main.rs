@@ -31,10 +31,10 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     let root = workspace_root();
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
-        Some("bench") => bench(&root),
+        Some("bench") => bench(&root, &args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprintln!(
-                "usage: cargo xtask test [<extra cargo test args>]\n       cargo xtask bench"
+                "usage: cargo xtask test [<extra cargo test args>]\n       cargo xtask bench [auth|sessions|transport]..."
             );
             Ok(())
         }
@@ -101,7 +101,11 @@ fn postgres_bin() -> anyhow::Result<PathBuf> {
 
 /// Runs the benchmarks in release mode and writes `BENCHMARKS.md`, with
 /// the machine and the date.
-fn bench(root: &Path) -> anyhow::Result<()> {
+fn bench(root: &Path, only: &[String]) -> anyhow::Result<()> {
+    const SECTIONS: [&str; 3] = ["auth", "sessions", "transport"];
+    if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        bail!("unknown benchmark section '{unknown}': {}", SECTIONS.join(", "));
+    }
     let tools = test_tools(root)?;
     cargo(
         root,
@@ -112,6 +116,10 @@ fn bench(root: &Path) -> anyhow::Result<()> {
             "exai-tests",
             "--bin",
             "exai-bench",
+            "--package",
+            "exai-daemon",
+            "--bin",
+            "exai-daemon",
         ],
     )?;
     let postgres = postgres_bin()?;
@@ -121,6 +129,7 @@ fn bench(root: &Path) -> anyhow::Result<()> {
             .arg(name)
             .envs(tools.env())
             .env("EXAI_TEST_PG_BIN", &postgres)
+            .env("EXAI_BENCH_DAEMON", root.join("target/release/exai-daemon"))
             .output()
             .context("running exai-bench")?;
         if !output.status.success() {
@@ -146,7 +155,10 @@ fn bench(root: &Path) -> anyhow::Result<()> {
     let rustc = command_output("rustc", &["--version"]);
     let path = root.join("BENCHMARKS.md");
     let mut document = std::fs::read_to_string(&path).unwrap_or_default();
-    for name in ["auth", "sessions"] {
+    for name in SECTIONS {
+        if !only.is_empty() && !only.iter().any(|s| s == name) {
+            continue;
+        }
         let table = section(name)?;
         let generated = format!(
             "- date: {date}\n- machine: {cpu}, {cores} cores, {kernel}\n- toolchain: {rustc}\n\n{table}"
