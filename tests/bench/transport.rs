@@ -177,7 +177,10 @@ async fn http_echo_server() -> String {
     let app = axum::Router::new().route(
         "/mcp",
         axum::routing::post(|body: String| async move {
-            ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
         }),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -277,7 +280,10 @@ async fn memory_per_idle_connection() -> (f64, u64) {
     let mut child = tokio::process::Command::new(binary)
         .args(["--port", "0", "--data-dir"])
         .arg(data.path())
-        .env("SUPABASE_JWT_SECRET", std::str::from_utf8(TEST_SECRET).unwrap())
+        .env(
+            "SUPABASE_JWT_SECRET",
+            std::str::from_utf8(TEST_SECRET).unwrap(),
+        )
         .env("EXAI_LOG_FORMAT", "text")
         .env("RUST_LOG", "warn,exai_daemon=info")
         .stderr(std::process::Stdio::piped())
@@ -285,9 +291,8 @@ async fn memory_per_idle_connection() -> (f64, u64) {
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-        child.stderr.take().unwrap(),
-    ));
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
     let url = loop {
         let line = lines.next_line().await.unwrap().expect("the daemon starts");
         if let Some(rest) = line.split("url=").nth(1) {

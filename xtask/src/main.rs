@@ -104,7 +104,10 @@ fn postgres_bin() -> anyhow::Result<PathBuf> {
 fn bench(root: &Path, only: &[String]) -> anyhow::Result<()> {
     const SECTIONS: [&str; 3] = ["auth", "sessions", "transport"];
     if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
-        bail!("unknown benchmark section '{unknown}': {}", SECTIONS.join(", "));
+        bail!(
+            "unknown benchmark section '{unknown}': {}",
+            SECTIONS.join(", ")
+        );
     }
     let tools = test_tools(root)?;
     cargo(
