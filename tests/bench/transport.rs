@@ -51,6 +51,8 @@ async fn echo_server() -> String {
                 continue;
             };
             tokio::spawn(async move {
+                // The signature is tungstenite's callback's.
+                #[allow(clippy::result_large_err)]
                 let echo_protocol = |_: &Request, mut response: Response| {
                     response
                         .headers_mut()
