@@ -101,3 +101,83 @@ async fn an_unanswered_ping_closes_with_1011() {
     lively.close().await;
     daemon.stop().await;
 }
+
+async fn initialize_as(client: &mut exai_tests::Client, version: &str) {
+    let response = client
+        .request(
+            json!(0),
+            "initialize",
+            json!({"protocolVersion": version, "capabilities": {},
+                   "clientInfo": {"name": "batch-test", "version": "1"}}),
+        )
+        .await;
+    assert_eq!(response["result"]["protocolVersion"], version, "{response}");
+    client
+        .send_text(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
+        .await;
+}
+
+/// Batches exist in protocol version 2025-03-26 only: one array in, one
+/// array of answers out (invalid members answered in it, notifications
+/// not); under other versions a batch is refused as one invalid request.
+#[tokio::test]
+async fn batches_are_served_under_2025_03_26_only() {
+    let daemon = TestDaemon::start().await;
+    let mut client = daemon.connect(&token("batch@example.com")).await;
+    initialize_as(&mut client, "2025-03-26").await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+         "params": {"name": "whoami", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        {"jsonrpc": "2.0", "method": "notifications/progress",
+         "params": {"progressToken": "x", "progress": 1}},
+        {"jsonrpc": "1.0", "id": 3, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+         "params": {"name": "chat", "arguments": {"prompt": "batched"}}},
+        {"jsonrpc": "2.0", "id": 5, "method": "initialize", "params": {}}
+    ]);
+    client.send_text(batch.to_string()).await;
+    let answer = client.recv_json().await;
+    let answers = answer
+        .as_array()
+        .unwrap_or_else(|| panic!("an array: {answer}"));
+    let by_id = |id: u64| {
+        answers
+            .iter()
+            .find(|a| a["id"] == json!(id))
+            .unwrap_or_else(|| panic!("no answer to {id}: {answer}"))
+    };
+    assert_eq!(answers.len(), 5, "{answer}");
+    assert_eq!(
+        by_id(1)["result"]["structuredContent"]["email"],
+        "batch@example.com"
+    );
+    assert!(by_id(2).get("result").is_some());
+    assert_eq!(by_id(3)["error"]["code"], -32600);
+    assert_eq!(by_id(4)["result"]["content"][0]["text"], "[echo] batched");
+    assert_eq!(by_id(5)["error"]["code"], -32600);
+
+    client.send_text("[]").await;
+    assert_eq!(client.recv_json().await["error"]["code"], -32600);
+    // Only invalid members: answered at once, still as an array.
+    client.send_text(r#"[{"jsonrpc": "1.0", "id": 9}]"#).await;
+    let answer = client.recv_json().await;
+    assert_eq!(answer[0]["error"]["code"], -32600, "{answer}");
+    // The connection goes on as usual.
+    assert_eq!(client.whoami(10).await["email"], "batch@example.com");
+
+    let mut later = daemon.connect(&token("batch@example.com")).await;
+    initialize_as(&mut later, "2025-06-18").await;
+    later
+        .send_text(json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]).to_string())
+        .await;
+    let refused = later.recv_json().await;
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2025-03-26")
+    );
+    daemon.stop().await;
+}

@@ -218,6 +218,71 @@ async fn a_session_belongs_to_the_user_who_opened_it() {
     daemon.stop().await;
 }
 
+/// In a 2025-03-26 session a POST may carry a batch: one JSON array of
+/// answers comes back. Other versions refuse batches with -32600.
+#[tokio::test]
+async fn batches_are_served_in_2025_03_26_sessions_only() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let mut init = initialize(1);
+    init["params"]["protocolVersion"] = json!("2025-03-26");
+    let reply = http.post(Some(&ana), None, init).await;
+    assert_eq!(reply.response()["result"]["protocolVersion"], "2025-03-26");
+    let session = reply.session().unwrap();
+    http.post(
+        Some(&ana),
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+         "params": {"name": "whoami", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        {"jsonrpc": "2.0", "method": "notifications/progress",
+         "params": {"progressToken": "x", "progress": 1}},
+        {"jsonrpc": "1.0", "id": 3, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 4, "method": "initialize", "params": {}}
+    ]);
+    let reply = http.post(Some(&ana), Some(&session), batch).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let answers: Value = serde_json::from_str(&reply.text).unwrap();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 4, "{}", reply.text);
+    let by_id = |id: u64| answers.iter().find(|a| a["id"] == json!(id)).unwrap();
+    assert_eq!(
+        by_id(1)["result"]["structuredContent"]["email"],
+        "ana@example.com"
+    );
+    assert!(by_id(2).get("result").is_some());
+    assert_eq!(by_id(3)["error"]["code"], -32600);
+    assert_eq!(by_id(4)["error"]["code"], -32600);
+    // Only notifications: accepted, nothing to answer.
+    let reply = http
+        .post(
+            Some(&ana),
+            Some(&session),
+            json!([{"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": "x", "progress": 2}}]),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+
+    // A 2025-06-18 session: refused.
+    let later = http.open(&ana).await;
+    let reply = http
+        .post(
+            Some(&ana),
+            Some(&later),
+            json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.response()["error"]["code"], -32600);
+    daemon.stop().await;
+}
+
 /// `GET` with the session id opens the session's stream for server
 /// messages; for anyone else's session it is 404 like any request.
 #[tokio::test]

@@ -36,7 +36,7 @@ pub(crate) fn decode(text: &str) -> Decoded {
     };
     let Some(object) = value.as_object() else {
         let message = if value.is_array() {
-            "Invalid Request: batches are not supported"
+            "Invalid Request: batches are only accepted in protocol version 2025-03-26"
         } else {
             "Invalid Request: expected a JSON-RPC object"
         };
@@ -138,7 +138,7 @@ mod tests {
             err(
                 Value::Null,
                 -32600,
-                "Invalid Request: batches are not supported",
+                "Invalid Request: batches are only accepted in protocol version 2025-03-26",
             ),
         );
         check(

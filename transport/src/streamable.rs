@@ -58,6 +58,8 @@ tokio::task_local! {
 /// What one HTTP request brings to `rmcp`.
 struct RequestScope {
     context: ConnectionContext,
+    /// For an `initialize`: the protocol version the client asked for.
+    protocol: Option<String>,
     /// For an `initialize`: the session opened for it, until
     /// `create_session` takes it.
     opening: Mutex<Option<Opened>>,
@@ -118,43 +120,62 @@ pub(crate) async fn handle<F: ServiceFactory>(
     let body = axum::body::to_bytes(body, edge.config.max_message_bytes)
         .await
         .map_err(|_| EdgeError::TooLarge)?;
+    let bound = match parts.headers.get("mcp-session-id") {
+        Some(id) => {
+            let id = id.to_str().map_err(|_| StoreError::NotFound)?;
+            let bound = edge
+                .http_sessions
+                .context(principal.user_id, id)
+                .ok_or(StoreError::NotFound)?;
+            Some(bound)
+        }
+        None => None,
+    };
     // A body that is not one JSON-RPC message is answered as on a
-    // WebSocket (`framing`), with 400; rmcp sees only messages.
-    let mut initialize = false;
+    // WebSocket (`framing`), with 400; rmcp sees only messages. A batch is
+    // one only in a 2025-03-26 session.
+    let mut initialize = None;
     if parts.method == Method::POST {
         let text = std::str::from_utf8(&body).unwrap_or("\u{fffd}");
+        if let Some((context, Some(protocol))) = &bound
+            && protocol == BATCH_VERSION
+            && text.trim_start().starts_with('[')
+        {
+            let scope = Arc::new(RequestScope {
+                context: context.clone(),
+                protocol: None,
+                opening: Mutex::new(None),
+            });
+            return Ok(batch(edge, &parts, text, scope).await);
+        }
         match framing::decode(text) {
-            Decoded::Message(message) => initialize = is_initialize(&message),
+            Decoded::Message(message) => initialize = protocol_of_initialize(&message),
             Decoded::Reply(error) => return Ok(invalid(Some(&error))),
             Decoded::Drop(_) => return Ok(invalid(None)),
         }
     }
 
-    let scope = match parts.headers.get("mcp-session-id") {
-        Some(id) => {
-            let id = id.to_str().map_err(|_| StoreError::NotFound)?;
-            let context = edge
-                .http_sessions
-                .context(principal.user_id, id)
-                .ok_or(StoreError::NotFound)?;
-            RequestScope {
-                context,
-                opening: Mutex::new(None),
-            }
-        }
-        None if initialize => {
+    let scope = match (bound, initialize) {
+        (Some((context, _)), _) => RequestScope {
+            context,
+            protocol: None,
+            opening: Mutex::new(None),
+        },
+        (None, Some(protocol)) => {
             let opened = open_session(edge, principal, None, peer, TRANSPORT).await?;
             RequestScope {
                 context: opened.context(),
+                protocol: Some(protocol),
                 opening: Mutex::new(Some(opened)),
             }
         }
         // Stateless (2026-07-28), or refused by rmcp for want of a session.
-        None => RequestScope {
+        (None, None) => RequestScope {
             context: ConnectionContext {
                 principal,
                 session_id: None,
             },
+            protocol: None,
             opening: Mutex::new(None),
         },
     };
@@ -179,12 +200,115 @@ pub(crate) async fn handle<F: ServiceFactory>(
     Ok(response)
 }
 
-fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
-    matches!(
-        message,
-        ClientJsonRpcMessage::Request(request)
-            if matches!(request.request, ClientRequest::InitializeRequest(_))
+/// The protocol version an `initialize` asks for; `None` for any other
+/// message.
+fn protocol_of_initialize(message: &ClientJsonRpcMessage) -> Option<String> {
+    match message {
+        ClientJsonRpcMessage::Request(request) => match &request.request {
+            ClientRequest::InitializeRequest(initialize) => {
+                Some(initialize.params.protocol_version.as_str().to_owned())
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The one protocol version whose clients may send JSON-RPC batches (added
+/// in 2025-03-26, removed in 2025-06-18).
+const BATCH_VERSION: &str = "2025-03-26";
+
+/// A batch in a 2025-03-26 session: each member goes to rmcp as a request
+/// of its own (in the same session, at once), invalid members and
+/// `initialize` are answered in place, and the answers come back as one
+/// JSON array (202 when there are none).
+async fn batch<F: ServiceFactory>(
+    edge: &Edge<F>,
+    parts: &axum::http::request::Parts,
+    text: &str,
+    scope: Arc<RequestScope>,
+) -> Response {
+    use axum::response::IntoResponse;
+    let items = match serde_json::from_str::<Vec<serde_json::Value>>(text) {
+        Ok(items) if !items.is_empty() => items,
+        Ok(_) => {
+            let error =
+                rmcp::model::ErrorData::invalid_request("Invalid Request: empty batch", None);
+            return invalid(Some(&ServerJsonRpcMessage::error(error, None)));
+        }
+        Err(_) => return invalid(framing_error(text).as_ref()),
+    };
+    let mut answers: Vec<serde_json::Value> = Vec::new();
+    let mut calls = Vec::new();
+    for item in items {
+        let member = item.to_string();
+        match framing::decode(&member) {
+            Decoded::Message(message) => {
+                let id = match &*message {
+                    ClientJsonRpcMessage::Request(request) => Some(request.id.clone()),
+                    _ => None,
+                };
+                if protocol_of_initialize(&message).is_some()
+                    || item.get("method").and_then(|m| m.as_str()) == Some("initialize")
+                {
+                    let error = rmcp::model::ErrorData::invalid_request(
+                        "Invalid Request: initialize cannot be part of a batch",
+                        None,
+                    );
+                    answers.push(serde_json::json!(ServerJsonRpcMessage::error(error, id)));
+                    continue;
+                }
+                let mut request = Request::builder()
+                    .method(Method::POST)
+                    .uri(parts.uri.clone())
+                    .body(Body::from(member))
+                    .expect("a valid request");
+                *request.headers_mut() = parts.headers.clone();
+                let response = REQUEST.scope(scope.clone(), edge.http.handle(request));
+                let limit = edge.config.max_message_bytes;
+                calls.push(async move {
+                    let body = Body::new(response.await.into_body());
+                    let body = axum::body::to_bytes(body, limit).await.ok()?;
+                    let id = serde_json::to_value(id?).ok()?;
+                    answer_in(&body, &id)
+                });
+            }
+            Decoded::Reply(reply) => answers.push(serde_json::json!(reply)),
+            Decoded::Drop(why) => tracing::debug!(why, "dropped a batch member"),
+        }
+    }
+    answers.extend(futures::future::join_all(calls).await.into_iter().flatten());
+    if answers.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::Value::Array(answers).to_string(),
     )
+        .into_response()
+}
+
+/// The JSON-RPC error for a body that is not JSON.
+fn framing_error(text: &str) -> Option<ServerJsonRpcMessage> {
+    match framing::decode(text) {
+        Decoded::Reply(reply) => Some(*reply),
+        _ => None,
+    }
+}
+
+/// The response to request `id` in an SSE (or JSON) body from rmcp.
+fn answer_in(body: &[u8], id: &serde_json::Value) -> Option<serde_json::Value> {
+    let text = std::str::from_utf8(body).ok()?;
+    let is_answer = |m: &serde_json::Value| {
+        m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some())
+    };
+    if let Ok(message) = serde_json::from_str::<serde_json::Value>(text) {
+        return is_answer(&message).then_some(message);
+    }
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
+        .find(is_answer)
 }
 
 /// 400, with the JSON-RPC error when there is one to send.
@@ -256,6 +380,8 @@ pub(crate) struct HttpSessions {
 struct Bound {
     user: UserId,
     context: ConnectionContext,
+    /// The protocol version the client asked for in `initialize`.
+    protocol: Option<String>,
     live: LiveSession,
     guard: SessionGuard,
     span: tracing::Span,
@@ -277,12 +403,13 @@ impl HttpSessions {
         })
     }
 
-    /// The context of session `id` if it is `user`'s, recording activity.
-    fn context(&self, user: UserId, id: &str) -> Option<ConnectionContext> {
+    /// The context and protocol version of session `id` if it is
+    /// `user`'s, recording activity.
+    fn context(&self, user: UserId, id: &str) -> Option<(ConnectionContext, Option<String>)> {
         let bound = lock(&self.bound);
         let session = bound.get(id).filter(|s| s.user == user)?;
         session.live.record_activity();
-        Some(session.context.clone())
+        Some((session.context.clone(), session.protocol.clone()))
     }
 }
 
@@ -304,8 +431,12 @@ impl SessionManager for HttpSessions {
     type Transport = <LocalSessionManager as SessionManager>::Transport;
 
     async fn create_session(&self) -> Result<(RmcpSessionId, Self::Transport), Self::Error> {
-        let opened = REQUEST
-            .try_with(|request| lock(&request.opening).take())
+        let (opened, protocol) = REQUEST
+            .try_with(|request| {
+                lock(&request.opening)
+                    .take()
+                    .map(|opened| (opened, request.protocol.clone()))
+            })
             .ok()
             .flatten()
             .ok_or(HttpSessionError::NotOpened)?;
@@ -343,6 +474,7 @@ impl SessionManager for HttpSessions {
             Bound {
                 user: principal.user_id,
                 context,
+                protocol,
                 live,
                 guard,
                 span,
@@ -419,7 +551,7 @@ mod tests {
     #[test]
     fn initialize_is_recognised_and_nothing_else() {
         let check = |text: &str| match framing::decode(text) {
-            Decoded::Message(message) => is_initialize(&message),
+            Decoded::Message(message) => protocol_of_initialize(&message).is_some(),
             _ => false,
         };
         assert!(check(

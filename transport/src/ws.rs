@@ -37,6 +37,10 @@ use crate::legacy::{self, Hello, Legacy};
 use crate::lifecycle::{Ended, Lifecycle, LiveSession};
 use crate::metrics::Metrics;
 
+/// The one protocol version whose clients may send JSON-RPC batches (added
+/// in 2025-03-26, removed in 2025-06-18).
+const BATCH_VERSION: &str = "2025-03-26";
+
 /// Messages read but not yet taken by the MCP service.
 const INBOUND_QUEUE: usize = 32;
 /// How long the writer may take to flush its last frames.
@@ -117,6 +121,104 @@ impl ToService {
     async fn send(&self, message: ClientJsonRpcMessage) -> Result<(), ()> {
         self.in_flight.inbound(&message);
         self.tx.send(Box::new(message)).await.map_err(|_| ())
+    }
+}
+
+/// JSON-RPC batches (protocol version 2025-03-26 only): the answers to a
+/// batch's requests are held until the last one is there, then sent as one
+/// array. A request the client cancels gets no answer, so it no longer
+/// holds its batch back.
+#[derive(Default)]
+struct Batches {
+    state: std::sync::Mutex<BatchState>,
+}
+
+#[derive(Default)]
+struct BatchState {
+    next: u64,
+    /// Which batch each pending request belongs to.
+    by_id: std::collections::HashMap<RequestId, u64>,
+    open: std::collections::HashMap<u64, Batch>,
+}
+
+struct Batch {
+    pending: usize,
+    answers: Vec<ServerJsonRpcMessage>,
+}
+
+/// What to do with a message from the service.
+enum Held {
+    /// Not part of a batch: send it.
+    No,
+    /// Kept for its batch.
+    Yes,
+    /// The batch's last answer: send them all.
+    Complete(Vec<ServerJsonRpcMessage>),
+}
+
+impl Batches {
+    fn state(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a batch of requests `ids` whose invalid members were already
+    /// answered with `answers`. Returns the answers to send now when there
+    /// is no request to wait for.
+    fn open(
+        &self,
+        ids: Vec<RequestId>,
+        answers: Vec<ServerJsonRpcMessage>,
+    ) -> Option<Vec<ServerJsonRpcMessage>> {
+        if ids.is_empty() {
+            return (!answers.is_empty()).then_some(answers);
+        }
+        let mut state = self.state();
+        let batch = state.next;
+        state.next += 1;
+        let pending = ids.len();
+        for id in ids {
+            state.by_id.insert(id, batch);
+        }
+        state.open.insert(batch, Batch { pending, answers });
+        None
+    }
+
+    /// Holds `message` if it answers a batched request.
+    fn hold(&self, message: &ServerJsonRpcMessage) -> Held {
+        let id = match message {
+            ServerJsonRpcMessage::Response(response) => &response.id,
+            ServerJsonRpcMessage::Error(error) => match &error.id {
+                Some(id) => id,
+                None => return Held::No,
+            },
+            _ => return Held::No,
+        };
+        self.settle(id, Some(message.clone()))
+            .map_or(Held::No, |done| done.map_or(Held::Yes, Held::Complete))
+    }
+
+    /// The client cancelled request `id`: it no longer holds its batch.
+    fn cancelled(&self, id: &RequestId) -> Option<Vec<ServerJsonRpcMessage>> {
+        self.settle(id, None).flatten()
+    }
+
+    /// `None`: `id` is in no batch. `Some(None)`: settled, the batch waits
+    /// on. `Some(Some(answers))`: the batch is complete.
+    fn settle(
+        &self,
+        id: &RequestId,
+        answer: Option<ServerJsonRpcMessage>,
+    ) -> Option<Option<Vec<ServerJsonRpcMessage>>> {
+        let mut state = self.state();
+        let batch = state.by_id.remove(id)?;
+        let open = state.open.get_mut(&batch)?;
+        open.pending -= 1;
+        open.answers.extend(answer);
+        if open.pending > 0 {
+            return Some(None);
+        }
+        let done = state.open.remove(&batch)?;
+        Some((!done.answers.is_empty()).then_some(done.answers))
     }
 }
 
@@ -213,11 +315,13 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let service_ct = CancellationToken::new();
     let legacy = Arc::new(std::sync::OnceLock::new());
+    let batches = Arc::new(Batches::default());
     let transport = WsTransport {
         inbound: in_rx,
         outbound: out_tx.clone(),
         legacy: legacy.clone(),
         in_flight: in_flight.clone(),
+        batches: batches.clone(),
     };
     let mut mcp = tokio::spawn(serve_mcp(service, transport, service_ct.clone()).in_current_span());
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
@@ -237,6 +341,8 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         deadline: deadline(principal.expires_at),
         legacy,
         session_id: &session_id,
+        protocol: None,
+        batches,
     };
     let reader = async move {
         let mut reader = reader;
@@ -344,6 +450,9 @@ struct Reader<'a> {
     session_id: &'a SessionId,
     /// When the credential that admitted the connection expires.
     deadline: Option<Instant>,
+    /// The protocol version the client asked for in `initialize`.
+    protocol: Option<String>,
+    batches: Arc<Batches>,
 }
 
 impl Reader<'_> {
@@ -420,6 +529,13 @@ impl Reader<'_> {
                 }
                 continue;
             }
+            if self.protocol.as_deref() == Some(BATCH_VERSION) && text.trim_start().starts_with('[')
+            {
+                if let Some(end) = self.batch(text.as_str()).await {
+                    return end;
+                }
+                continue;
+            }
             let message = match framing::decode(text.as_str()) {
                 Decoded::Message(message) => message,
                 Decoded::Reply(reply) => {
@@ -454,6 +570,11 @@ impl Reader<'_> {
             if matches!(&*message, ClientJsonRpcMessage::Request(_)) {
                 self.live.record_activity();
             }
+            if let ClientJsonRpcMessage::Request(request) = &*message
+                && let ClientRequest::InitializeRequest(initialize) = &request.request
+            {
+                self.protocol = Some(initialize.params.protocol_version.as_str().to_owned());
+            }
             if !lifecycle_started {
                 match &*message {
                     ClientJsonRpcMessage::Request(request) => {
@@ -464,6 +585,15 @@ impl Reader<'_> {
                         continue;
                     }
                 }
+            }
+            if let ClientJsonRpcMessage::Notification(notification) = &*message
+                && let rmcp::model::ClientNotification::CancelledNotification(cancelled) =
+                    &notification.notification
+                && let Some(id) = &cancelled.params.request_id
+                && let Some(done) = self.batches.cancelled(id)
+                && !self.send(&done).await
+            {
+                return End::SocketError;
             }
             if self.inbound.send(*message).await.is_err() {
                 return End::ServiceEnded;
@@ -550,6 +680,95 @@ impl Reader<'_> {
     }
 
     /// Queues `message` for the client; `false` when the writer is gone.
+    /// A batch (2025-03-26): its valid members go to the service, invalid
+    /// ones are answered in the batch's reply; the reply is one array, sent
+    /// when the last request is answered.
+    async fn batch(&mut self, text: &str) -> Option<End> {
+        let items = match serde_json::from_str::<Vec<serde_json::Value>>(text) {
+            Ok(items) if !items.is_empty() => items,
+            Ok(_) => {
+                let error = ErrorData::invalid_request("Invalid Request: empty batch", None);
+                let reply = ServerJsonRpcMessage::error(error, None);
+                return (!self.send(&reply).await).then_some(End::SocketError);
+            }
+            Err(_) => {
+                let reply = match framing::decode(text) {
+                    Decoded::Reply(reply) => reply,
+                    _ => Box::new(ServerJsonRpcMessage::error(
+                        ErrorData::parse_error("Parse error: not valid JSON", None),
+                        None,
+                    )),
+                };
+                return (!self.send(&reply).await).then_some(End::SocketError);
+            }
+        };
+        let mut answers = Vec::new();
+        let mut messages = Vec::new();
+        let mut ids = Vec::new();
+        for item in items {
+            match framing::decode(&item.to_string()) {
+                Decoded::Message(message) => {
+                    if let ClientJsonRpcMessage::Request(request) = &*message {
+                        let alone = match &request.request {
+                            ClientRequest::InitializeRequest(_) => Some("initialize"),
+                            // Also with params that do not fit, which rmcp
+                            // reads as an unknown method.
+                            ClientRequest::CustomRequest(custom)
+                                if custom.method == "initialize" =>
+                            {
+                                Some("initialize")
+                            }
+                            ClientRequest::CustomRequest(custom)
+                                if custom.method == "auth/refresh" =>
+                            {
+                                Some("auth/refresh")
+                            }
+                            _ => None,
+                        };
+                        if let Some(method) = alone {
+                            let error = ErrorData::invalid_request(
+                                format!("Invalid Request: {method} cannot be part of a batch"),
+                                None,
+                            );
+                            answers
+                                .push(ServerJsonRpcMessage::error(error, Some(request.id.clone())));
+                            continue;
+                        }
+                        ids.push(request.id.clone());
+                    }
+                    messages.push(*message);
+                }
+                Decoded::Reply(reply) => answers.push(*reply),
+                Decoded::Drop(why) => tracing::debug!(why, "dropped a batch member"),
+            }
+        }
+        if let Some(now) = self.batches.open(ids, answers)
+            && !self.send(&now).await
+        {
+            return Some(End::SocketError);
+        }
+        for message in messages {
+            match &message {
+                ClientJsonRpcMessage::Request(_) => self.live.record_activity(),
+                ClientJsonRpcMessage::Notification(notification) => {
+                    if let rmcp::model::ClientNotification::CancelledNotification(cancelled) =
+                        &notification.notification
+                        && let Some(id) = &cancelled.params.request_id
+                        && let Some(done) = self.batches.cancelled(id)
+                        && !self.send(&done).await
+                    {
+                        return Some(End::SocketError);
+                    }
+                }
+                _ => {}
+            }
+            if self.inbound.send(message).await.is_err() {
+                return Some(End::ServiceEnded);
+            }
+        }
+        None
+    }
+
     async fn send(&self, message: &impl serde::Serialize) -> bool {
         let Ok(text) = serde_json::to_string(message) else {
             return true;
@@ -595,6 +814,7 @@ struct WsTransport {
     /// translated into its frames.
     legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
     in_flight: Arc<InFlight>,
+    batches: Arc<Batches>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -611,10 +831,16 @@ impl Transport<RoleServer> for WsTransport {
         let outbound = self.outbound.clone();
         let legacy = self.legacy.get().cloned();
         let in_flight = self.in_flight.clone();
+        let held = self.batches.hold(&item);
         async move {
-            let text = match &legacy {
-                Some(legacy) => legacy.encode(&item).map(|frame| frame.to_string()),
-                None => serde_json::to_string(&item).ok(),
+            let text = match (&legacy, held) {
+                (_, Held::Yes) => {
+                    in_flight.outbound(&item);
+                    return Ok(());
+                }
+                (_, Held::Complete(answers)) => serde_json::to_string(&answers).ok(),
+                (Some(legacy), Held::No) => legacy.encode(&item).map(|frame| frame.to_string()),
+                (None, Held::No) => serde_json::to_string(&item).ok(),
             };
             let sent = match text {
                 Some(text) => outbound
