@@ -61,3 +61,58 @@ async fn stop_closes_every_socket_with_1001() {
     }
     stopping.await.unwrap();
 }
+
+/// Over Streamable HTTP too: a call in flight at shutdown gets its answer
+/// within the grace period, and the session is then recorded as closed.
+#[tokio::test]
+async fn an_http_call_in_flight_finishes_within_the_grace_period() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.echo_delay = Duration::from_millis(800);
+        c.edge.shutdown_grace = Duration::from_secs(10);
+    })
+    .await;
+    let url = format!("{}/mcp", daemon.http);
+    let ana = token("a@example.com");
+    let http = reqwest::Client::new();
+    let post = |session: Option<String>, body: serde_json::Value| {
+        let mut request = http
+            .post(&url)
+            .bearer_auth(&ana)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let init = post(
+        None,
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    drop(init.text().await);
+    post(
+        Some(session.clone()),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await
+    .unwrap();
+    let call = post(
+        Some(session),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "chat", "arguments": {"prompt": "finish me"}}}),
+    );
+    let call = tokio::spawn(async move { call.await.unwrap().text().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.stop().await;
+    let body = call.await.unwrap();
+    assert!(body.contains("[echo] finish me"), "{body}");
+}

@@ -146,6 +146,11 @@ pub struct Edge<F: ServiceFactory> {
     http_sessions: Arc<streamable::HttpSessions>,
     config: EdgeConfig,
     shutdown: CancellationToken,
+    /// Ends the HTTP sessions and their streams: at shutdown, once no HTTP
+    /// request is in flight or the grace period is over.
+    http_shutdown: CancellationToken,
+    /// HTTP requests being answered, for the shutdown grace period.
+    http_in_flight: TaskTracker,
     connections: TaskTracker,
     /// Sockets upgraded to wait for a legacy `hello`.
     pending_hellos: Arc<tokio::sync::Semaphore>,
@@ -170,13 +175,14 @@ impl<F: ServiceFactory> Edge<F> {
         ));
         let factory = Arc::new(factory);
         let shutdown = CancellationToken::new();
+        let http_shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
         let http_sessions = streamable::HttpSessions::new(metrics.clone(), connections.clone());
         let http = streamable::service(
             factory.clone(),
             http_sessions.clone(),
             &config,
-            shutdown.clone(),
+            http_shutdown.clone(),
         );
         Edge {
             metrics,
@@ -189,6 +195,8 @@ impl<F: ServiceFactory> Edge<F> {
             pending_hellos: Arc::new(tokio::sync::Semaphore::new(config.max_pending_hellos)),
             config,
             shutdown,
+            http_shutdown,
+            http_in_flight: TaskTracker::new(),
             connections,
         }
     }
@@ -215,6 +223,23 @@ pub async fn serve<F: ServiceFactory>(
         linked.cancel();
     });
     let shutdown = edge.shutdown.clone();
+    // HTTP requests in flight at shutdown get the grace period to answer;
+    // then the HTTP sessions and their streams end.
+    let http_edge = edge.clone();
+    tokio::spawn(async move {
+        http_edge.shutdown.cancelled().await;
+        http_edge.http_in_flight.close();
+        let grace = http_edge.config.shutdown_grace;
+        if tokio::time::timeout(grace, http_edge.http_in_flight.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                "HTTP requests still running after the shutdown grace period: cancelled"
+            );
+        }
+        http_edge.http_shutdown.cancel();
+    });
     let background = tokio::spawn(edge.lifecycle.clone().run(shutdown.clone()));
     let admin_task = admin.map(|admin| {
         let app = http::admin_router(edge.clone());

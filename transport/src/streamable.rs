@@ -135,6 +135,9 @@ pub(crate) async fn handle<F: ServiceFactory>(
     // WebSocket (`framing`), with 400; rmcp sees only messages. A batch is
     // one only in a 2025-03-26 session.
     let mut initialize = None;
+    // Whether this POST carries a request, which the shutdown grace
+    // period waits for until its answer is sent.
+    let mut answering = false;
     if parts.method == Method::POST {
         let text = std::str::from_utf8(&body).unwrap_or("\u{fffd}");
         if let Some((context, Some(protocol))) = &bound
@@ -146,15 +149,23 @@ pub(crate) async fn handle<F: ServiceFactory>(
                 protocol: None,
                 opening: Mutex::new(None),
             });
-            return Ok(batch(edge, &parts, text, scope).await);
+            let counted = edge.http_in_flight.token();
+            return Ok(counted_until_sent(
+                batch(edge, &parts, text, scope).await,
+                counted,
+            ));
         }
         match framing::decode(text) {
-            Decoded::Message(message) => initialize = protocol_of_initialize(&message),
+            Decoded::Message(message) => {
+                initialize = protocol_of_initialize(&message);
+                answering = matches!(*message, ClientJsonRpcMessage::Request(_));
+            }
             Decoded::Reply(error) => return Ok(invalid(Some(&error))),
             Decoded::Drop(_) => return Ok(invalid(None)),
         }
     }
 
+    let counted = answering.then(|| edge.http_in_flight.token());
     let scope = match (bound, initialize) {
         (Some((context, _)), _) => RequestScope {
             context,
@@ -192,6 +203,9 @@ pub(crate) async fn handle<F: ServiceFactory>(
         opened.guard.close().await;
     }
     let mut response = response.map(Body::new);
+    if let Some(counted) = counted {
+        response = counted_until_sent(response, counted);
+    }
     if deleting && response.status() == StatusCode::ACCEPTED {
         // The session is gone, not queued to go: 204, which the SDKs expect
         // (the Python SDK warns about rmcp's 202).
@@ -286,6 +300,18 @@ async fn batch<F: ServiceFactory>(
         serde_json::Value::Array(answers).to_string(),
     )
         .into_response()
+}
+
+/// `response`, holding `counted` until its body was sent (or the client
+/// went away).
+fn counted_until_sent(response: Response, counted: TaskTrackerToken) -> Response {
+    use futures::StreamExt as _;
+    response.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            let _counted = &counted;
+            chunk
+        }))
+    })
 }
 
 /// The JSON-RPC error for a body that is not JSON.
