@@ -36,6 +36,12 @@ fn main() {
             .build()
             .expect("runtime")
             .block_on(transport::run()),
+        // Only the memory figure, for working on it.
+        "transport-memory" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(transport::memory()),
         other => panic!("unknown section {other}: auth, sessions or transport"),
     }
 }

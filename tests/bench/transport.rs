@@ -320,6 +320,12 @@ async fn memory_per_idle_connection() -> (f64, u64) {
     ((after - before) as f64 / IDLE as f64, after)
 }
 
+/// Prints the memory figure alone.
+pub(crate) async fn memory() {
+    let (per_connection, total) = memory_per_idle_connection().await;
+    println!("{per_connection:.1} KiB per idle connection (daemon RSS {total} KiB)");
+}
+
 fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}×", a / b)
 }

@@ -503,10 +503,10 @@ impl Reader<'_> {
             if !decided {
                 decided = true;
                 if let Some(hello) = Hello::parse(text.as_str()) {
-                    if let Some(end) = self.check_hello(hello).await {
+                    if let Some(end) = Box::pin(self.check_hello(hello)).await {
                         return end;
                     }
-                    if let Some(end) = self.engage_legacy().await {
+                    if let Some(end) = Box::pin(self.engage_legacy()).await {
                         return end;
                     }
                     continue;
@@ -531,7 +531,7 @@ impl Reader<'_> {
             }
             if self.protocol.as_deref() == Some(BATCH_VERSION) && text.trim_start().starts_with('[')
             {
-                if let Some(end) = self.batch(text.as_str()).await {
+                if let Some(end) = Box::pin(self.batch(text.as_str())).await {
                     return end;
                 }
                 continue;
@@ -554,9 +554,7 @@ impl Reader<'_> {
                 && let ClientRequest::CustomRequest(custom) = &request.request
                 && custom.method == "auth/refresh"
             {
-                match self
-                    .refresh(request.id.clone(), custom.params.as_ref())
-                    .await
+                match Box::pin(self.refresh(request.id.clone(), custom.params.as_ref())).await
                 {
                     Some(end) => return end,
                     None => {
