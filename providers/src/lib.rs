@@ -2,14 +2,17 @@
 //!
 //! The daemon's tools talk to a [`Provider`], never to a vendor's API, so a
 //! tool does not care whether the answer came from Kimi, GLM, any
-//! OpenAI-compatible endpoint, or the offline [`EchoProvider`] that tests and
-//! a fresh install use.
+//! OpenAI-compatible endpoint ([`OpenAiProvider`]: retries, timeouts, a
+//! concurrency cap, streamed answers), or the offline [`EchoProvider`] that
+//! tests and a fresh install use.
 
 mod echo;
+mod openai;
 
 use async_trait::async_trait;
 
 pub use echo::EchoProvider;
+pub use openai::{OpenAiConfig, OpenAiProvider};
 
 /// Who said a chat message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +98,25 @@ pub enum ProviderError {
     /// The request is not one the provider can answer.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The provider could not be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// An attempt took longer than allowed.
+    #[error("the model took longer than {} s to answer", .0.as_secs())]
+    Timeout(std::time::Duration),
+    /// The provider answered with an error status.
+    #[error("{provider} answered {status}: {message}")]
+    Upstream {
+        /// Which provider.
+        provider: String,
+        /// The HTTP status.
+        status: u16,
+        /// Its message, shortened, without any key.
+        message: String,
+    },
+    /// The provider's answer could not be read.
+    #[error("{0}")]
+    Malformed(String),
 }
 
 /// A source of chat completions. Dropping the future returned by
@@ -109,4 +131,16 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
 
     /// Answers `request`.
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError>;
+
+    /// Answers `request`, handing each piece of the answer to `on_delta`
+    /// as it comes. Providers that cannot stream answer whole.
+    async fn chat_streamed(
+        &self,
+        request: ChatRequest,
+        on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<ChatResponse, ProviderError> {
+        let answer = self.chat(request).await?;
+        on_delta(&answer.content);
+        Ok(answer)
+    }
 }

@@ -323,7 +323,11 @@ async fn memory_per_idle_connection() -> (f64, u64) {
 /// Prints the memory figure alone.
 pub(crate) async fn memory() {
     let (per_connection, total) = memory_per_idle_connection().await;
-    println!("{per_connection:.1} KiB per idle connection (daemon RSS {total} KiB)");
+    writeln!(
+        std::io::stdout().lock(),
+        "{per_connection:.1} KiB per idle connection (daemon RSS {total} KiB)"
+    )
+    .unwrap();
 }
 
 fn ratio(a: f64, b: f64) -> String {

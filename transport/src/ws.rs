@@ -554,8 +554,7 @@ impl Reader<'_> {
                 && let ClientRequest::CustomRequest(custom) = &request.request
                 && custom.method == "auth/refresh"
             {
-                match Box::pin(self.refresh(request.id.clone(), custom.params.as_ref())).await
-                {
+                match Box::pin(self.refresh(request.id.clone(), custom.params.as_ref())).await {
                     Some(end) => return end,
                     None => {
                         if let Some(at) = self.deadline {
