@@ -448,6 +448,20 @@ pub async fn http_get(daemon: &TestDaemon, path: &str, token: Option<&str>) -> (
     http_get_at(&daemon.http, path, token).await
 }
 
+/// Waits (up to 5 s) until the daemon's `/metrics` has the line `line`;
+/// panics with the metrics it had otherwise.
+pub async fn wait_for_metric(daemon: &TestDaemon, line: &str) {
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http_get(daemon, "/metrics", None).await.1;
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("expected {line} in /metrics:\n{metrics}");
+}
+
 /// The same, against the server at `base` (`http://HOST:PORT`).
 pub async fn http_get_at(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let auth = token.map(|t| format!("Bearer {t}"));

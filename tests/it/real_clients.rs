@@ -19,11 +19,9 @@ async fn slow_daemon() -> TestDaemon {
     .await
 }
 
-/// Runs `program` with `args` and `EXAI_TOKENS`, and parses its one line of
-/// JSON.
-async fn run_client(program: std::path::PathBuf, args: &[String], tokens: &str) -> Value {
-    let output = tokio::process::Command::new(program)
-        .args(args)
+/// Runs `command` with `EXAI_TOKENS`, and parses its one line of JSON.
+async fn run_client(mut command: tokio::process::Command, tokens: &str) -> Value {
+    let output = command
         .env("EXAI_TOKENS", tokens)
         .kill_on_drop(true)
         .output();
@@ -32,23 +30,15 @@ async fn run_client(program: std::path::PathBuf, args: &[String], tokens: &str) 
         .expect("the client finished in time")
         .expect("the client ran");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{args:?}: {stderr}");
+    assert!(output.status.success(), "{command:?}: {stderr}");
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
 }
 
 /// Waits until the daemon has counted `n` cancelled `chat` calls.
 async fn cancelled_calls(daemon: &TestDaemon, n: usize) {
-    let wanted = format!(r#"exai_tool_calls_total{{tool="chat",outcome="cancelled"}} {n}"#);
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = exai_tests::http_get(daemon, "/metrics", None).await.1;
-        if metrics.contains(&wanted) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("expected {wanted}: {metrics}");
+    let line = format!(r#"exai_tool_calls_total{{tool="chat",outcome="cancelled"}} {n}"#);
+    exai_tests::wait_for_metric(daemon, &line).await;
 }
 
 fn check_identities(report: &Value, emails: &[&str]) {
@@ -72,17 +62,11 @@ fn check_identities(report: &Value, emails: &[&str]) {
 async fn the_python_sdk_1_speaks_websocket() {
     let daemon = slow_daemon().await;
     let tokens = format!("{},{}", token("ana@example.com"), token("bo@example.com"));
-    let report = run_client(
-        exai_tests::python(),
-        &[
-            exai_tests::python_script("mcp_ws_client.py")
-                .display()
-                .to_string(),
-            daemon.url.clone(),
-        ],
-        &tokens,
-    )
-    .await;
+    let mut python = tokio::process::Command::new(exai_tests::python());
+    python
+        .arg(exai_tests::python_script("mcp_ws_client.py"))
+        .arg(&daemon.url);
+    let report = run_client(python, &tokens).await;
     check_identities(&report, &["ana@example.com", "bo@example.com"]);
     for client in report["clients"].as_array().unwrap() {
         assert_eq!(client["server"], "exai");
@@ -110,24 +94,13 @@ fn node_modules() -> std::path::PathBuf {
 
 async fn typescript(kind: &str, url: String, tokens: &str) -> Value {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/node/client.mjs");
-    let output = tokio::process::Command::new("node")
-        .arg("--experimental-websocket")
-        .arg("--no-warnings")
+    let mut node = tokio::process::Command::new("node");
+    node.args(["--experimental-websocket", "--no-warnings"])
         .arg(script)
         .arg(kind)
         .arg(url)
-        .env("EXAI_TOKENS", tokens)
-        .env("EXAI_TEST_NODE_MODULES", node_modules())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), output)
-        .await
-        .expect("the client finished in time")
-        .expect("node ran");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{kind}: {stderr}");
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+        .env("EXAI_TEST_NODE_MODULES", node_modules());
+    run_client(node, tokens).await
 }
 
 #[tokio::test]

@@ -637,14 +637,6 @@ async fn the_python_sdk_2_speaks_streamable_http() {
     }
     // Each abandoned call was cancelled in the daemon, not run to its end.
     let cancelled = r#"exai_tool_calls_total{tool="chat",outcome="cancelled"} 4"#;
-    let mut seen = String::new();
-    for _ in 0..100 {
-        seen = exai_tests::http_get(&daemon, "/metrics", None).await.1;
-        if seen.contains(cancelled) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(seen.contains(cancelled), "{seen}");
+    exai_tests::wait_for_metric(&daemon, cancelled).await;
     daemon.stop().await;
 }

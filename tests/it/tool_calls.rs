@@ -116,16 +116,8 @@ async fn a_cancelled_call_stops_and_the_session_goes_on() {
     );
     // The call stopped at once (the echo would have taken 30 s).
     let cancelled = r#"exai_tool_calls_total{tool="chat",outcome="cancelled"} 1"#;
-    let mut stopped = false;
-    while started.elapsed() < Duration::from_secs(5) {
-        let metrics = exai_tests::http_get(&daemon, "/metrics", None).await.1;
-        if metrics.contains(cancelled) {
-            stopped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(stopped, "the cancelled call was stopped");
+    exai_tests::wait_for_metric(&daemon, cancelled).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
     daemon.stop().await;
 }
 
