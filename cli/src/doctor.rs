@@ -1,5 +1,6 @@
 //! `exai doctor`: what the daemon's configuration would do, checked one
-//! part at a time: settings, signing keys, session store, listen address.
+//! part at a time: settings, signing keys, session store, model providers,
+//! listen address.
 
 use std::time::Duration;
 
@@ -121,7 +122,7 @@ async fn check(args: DaemonArgs, report: &mut Report) {
         }
         _ => {}
     }
-    report.ok("providers: echo (offline); no model provider is configured in this version");
+    check_providers(&config, report).await;
     let listen = format!("{}:{}", config.host, config.port);
     match tokio::time::timeout(
         Duration::from_secs(2),
@@ -135,6 +136,62 @@ async fn check(args: DaemonArgs, report: &mut Report) {
         )),
         Err(_) => report.problem(format!("listen: binding {listen} timed out")),
     }
+}
+
+/// Each configured provider answers at its base URL and takes its key.
+async fn check_providers(config: &exai_daemon::Config, report: &mut Report) {
+    if config.providers.is_empty() {
+        report.ok(
+            "providers: only the offline echo; set KIMI_API_KEY, GLM_API_KEY or \
+             OPENAI_BASE_URL / OPENAI_API_KEY to add a model provider",
+        );
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok();
+    for provider in &config.providers {
+        let variable = match provider.name.as_str() {
+            "kimi" => "KIMI",
+            "glm" => "GLM",
+            _ => "OPENAI",
+        };
+        let url = format!("{}/models", provider.base_url);
+        let mut request = match &http {
+            Some(http) => http.get(&url),
+            None => {
+                report.problem("providers: could not build an HTTP client");
+                return;
+            }
+        };
+        if let Some(key) = &provider.api_key {
+            request = request.bearer_auth(String::from_utf8_lossy(key.expose()));
+        }
+        let name = &provider.name;
+        let base = &provider.base_url;
+        match request.send().await {
+            Ok(response) if matches!(response.status().as_u16(), 401 | 403) => {
+                report.problem(format!(
+                    "providers: {name} at {base} refused the key (HTTP {}); check {variable}_API_KEY",
+                    response.status().as_u16()
+                ))
+            }
+            Ok(response) => report.ok(format!(
+                "providers: {name} at {base} answers (HTTP {} on /models); models: {}",
+                response.status().as_u16(),
+                provider.models.join(", ")
+            )),
+            Err(_) => report.problem(format!(
+                "providers: {name} at {base} is unreachable; check {} and the network",
+                if variable == "OPENAI" {
+                    "OPENAI_BASE_URL".to_owned()
+                } else {
+                    format!("{variable}_API_URL")
+                }
+            )),
+        }
+    }
+    report.ok(format!("providers: default model {}", config.default_model));
 }
 
 #[cfg(test)]

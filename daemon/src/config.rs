@@ -12,6 +12,8 @@ use exai_auth::{JwksConfig, JwtConfig, Secret};
 use exai_sessions::PostgresConfig;
 use exai_transport::EdgeConfig;
 
+use exai_providers::OpenAiConfig;
+
 use crate::tools::ToolLimits;
 
 use crate::secret_file;
@@ -60,6 +62,14 @@ pub enum ConfigError {
     /// `EXAI_SESSION_STORE=supabase` without the project's URL or key.
     #[error("EXAI_SESSION_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")]
     MissingSupabaseSettings,
+    /// An OpenAI-compatible endpoint without the models it serves.
+    #[error(
+        "OPENAI_MODELS: name the models the OpenAI-compatible endpoint serves (comma-separated)"
+    )]
+    MissingOpenAiModels,
+    /// `DEFAULT_MODEL` names a model no configured provider serves.
+    #[error("DEFAULT_MODEL={0}: no configured provider serves it (models: {1})")]
+    UnservedDefaultModel(String, String),
     /// `SUPABASE_JWT_SECRET` is set but empty.
     #[error("SUPABASE_JWT_SECRET is set but empty")]
     EmptySecret,
@@ -369,6 +379,56 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_SHUTDOWN_GRACE_SECS", default_value = "10")]
     pub shutdown_grace: String,
 
+    /// Kimi (Moonshot AI) API key; set it through the environment only.
+    #[arg(
+        long = "kimi-api-key",
+        env = "KIMI_API_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub kimi_api_key: Option<String>,
+
+    /// Kimi's API base URL
+    #[arg(long, env = "KIMI_API_URL", value_name = "URL")]
+    pub kimi_api_url: Option<String>,
+
+    /// GLM (Z.ai) API key; set it through the environment only.
+    #[arg(
+        long = "glm-api-key",
+        env = "GLM_API_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub glm_api_key: Option<String>,
+
+    /// GLM's API base URL
+    #[arg(long, env = "GLM_API_URL", value_name = "URL")]
+    pub glm_api_url: Option<String>,
+
+    /// Key of another OpenAI-compatible API; set it through the environment
+    /// only.
+    #[arg(
+        long = "openai-api-key",
+        env = "OPENAI_API_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub openai_api_key: Option<String>,
+
+    /// Base URL of another OpenAI-compatible API (default with a key:
+    /// https://api.openai.com/v1)
+    #[arg(long, env = "OPENAI_BASE_URL", value_name = "URL")]
+    pub openai_base_url: Option<String>,
+
+    /// The models that API serves, comma-separated
+    #[arg(long, env = "OPENAI_MODELS", default_value = "")]
+    pub openai_models: String,
+
+    /// The model a call that names none is sent to (default: glm-4.5-flash
+    /// with GLM configured, else the offline echo)
+    #[arg(long, env = "DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+
     /// Milliseconds the offline `echo` model takes to answer (to try
     /// progress, timeouts and cancellation without a model)
     #[arg(long, env = "EXAI_ECHO_DELAY_MS", default_value = "0")]
@@ -513,6 +573,7 @@ impl DaemonArgs {
             |v: &u64| *v >= 1,
         ));
         let tools = self.tool_limits(&mut problems);
+        let (providers, default_model) = self.providers(&mut problems);
         let shutdown_grace = problems.check(parse(
             "EXAI_SHUTDOWN_GRACE_SECS",
             &self.shutdown_grace,
@@ -656,9 +717,66 @@ impl DaemonArgs {
                 edge,
                 tools,
                 echo_delay,
+                providers,
+                default_model,
             },
             source,
         ))
+    }
+
+    /// The model providers configured, and the default model.
+    fn providers(&self, problems: &mut Problems) -> (Vec<OpenAiConfig>, String) {
+        let secret = |value: &Option<String>| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| Secret::new(v.as_bytes().to_vec()))
+        };
+        let url = |problems: &mut Problems, variable, value: &Option<String>| {
+            value
+                .as_deref()
+                .filter(|v| !v.trim().is_empty())
+                .and_then(|v| problems.check(check_url(variable, v.trim())))
+        };
+        let mut providers = Vec::new();
+        let kimi_url = url(problems, "KIMI_API_URL", &self.kimi_api_url);
+        if let Some(key) = secret(&self.kimi_api_key) {
+            providers.push(OpenAiConfig::kimi(key, kimi_url));
+        }
+        let glm_url = url(problems, "GLM_API_URL", &self.glm_api_url);
+        let glm = secret(&self.glm_api_key).map(|key| OpenAiConfig::glm(key, glm_url));
+        let glm_configured = glm.is_some();
+        providers.extend(glm);
+        let openai_url = url(problems, "OPENAI_BASE_URL", &self.openai_base_url);
+        let openai_key = secret(&self.openai_api_key);
+        if openai_url.is_some() || openai_key.is_some() {
+            let models = list(&self.openai_models);
+            if models.is_empty() {
+                problems.push(ConfigError::MissingOpenAiModels);
+            }
+            let base = openai_url.unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
+            let mut config = OpenAiConfig::new("openai", base, models);
+            if let Some(key) = openai_key {
+                config = config.with_api_key(key);
+            }
+            providers.push(config);
+        }
+        let default_model = match self.default_model.as_deref().map(str::trim) {
+            Some(model) if !model.is_empty() => model.to_owned(),
+            _ if glm_configured => exai_providers::GLM_DEFAULT_MODEL.to_owned(),
+            _ => exai_providers::EchoProvider::MODEL.to_owned(),
+        };
+        let served = std::iter::once(exai_providers::EchoProvider::MODEL.to_owned())
+            .chain(providers.iter().flat_map(|p| p.models.iter().cloned()))
+            .collect::<Vec<_>>();
+        if !served.contains(&default_model) {
+            problems.push(ConfigError::UnservedDefaultModel(
+                default_model.clone(),
+                served.join(", "),
+            ));
+        }
+        (providers, default_model)
     }
 
     /// The tool call limits, and the echo model's delay.
@@ -823,6 +941,10 @@ pub struct Config {
     pub tools: ToolLimits,
     /// How long the offline `echo` model takes to answer.
     pub echo_delay: Duration,
+    /// The model providers besides the offline `echo`.
+    pub providers: Vec<OpenAiConfig>,
+    /// The model a call that names none is sent to.
+    pub default_model: String,
 }
 
 impl Config {
@@ -839,6 +961,8 @@ impl Config {
             edge: EdgeConfig::default(),
             tools: ToolLimits::default(),
             echo_delay: Duration::ZERO,
+            providers: Vec::new(),
+            default_model: exai_providers::EchoProvider::MODEL.to_owned(),
         }
     }
 
@@ -932,6 +1056,51 @@ mod tests {
             [
                 "EXAI_ALLOWED_ORIGINS=example.com: expected origins such as https://app.example.com, or *"
             ]
+        );
+    }
+
+    #[test]
+    fn providers_come_from_their_keys_and_the_default_model_must_be_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let config = |args: &[&str]| {
+            let mut all = vec!["--data-dir", data];
+            all.extend_from_slice(args);
+            parse(&all).unwrap().into_config().unwrap().0
+        };
+        let none = config(&[]);
+        assert!(none.providers.is_empty());
+        assert_eq!(none.default_model, "echo");
+
+        let both = config(&["--kimi-api-key", "k1", "--glm-api-key", "k2"]);
+        let names: Vec<&str> = both.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["kimi", "glm"]);
+        assert_eq!(both.default_model, "glm-4.5-flash", "GLM's default");
+        assert_eq!(both.providers[0].base_url, "https://api.moonshot.ai/v1");
+
+        let local = config(&[
+            "--openai-base-url",
+            "http://127.0.0.1:9/v1/",
+            "--openai-models",
+            "a, b",
+            "--default-model",
+            "b",
+        ]);
+        assert_eq!(local.providers[0].base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(local.providers[0].models, ["a", "b"]);
+        assert!(local.providers[0].api_key.is_none());
+        assert_eq!(local.default_model, "b");
+
+        assert_eq!(
+            problems(&["--openai-api-key", "k", "--default-model", "gpt-9"]),
+            [
+                "OPENAI_MODELS: name the models the OpenAI-compatible endpoint serves (comma-separated)",
+                "DEFAULT_MODEL=gpt-9: no configured provider serves it (models: echo)",
+            ]
+        );
+        assert_eq!(
+            problems(&["--glm-api-url", "not a url"]),
+            ["GLM_API_URL is not an http(s) URL: 'not a url'"]
         );
     }
 

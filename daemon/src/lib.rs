@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use exai_auth::{ApiKeyStore, Authenticator, JwksError, JwtVerifier};
-use exai_providers::{EchoProvider, Provider};
+use exai_providers::{EchoProvider, OpenAiProvider, Provider, ProviderError, Providers};
 use exai_sessions::{
     MemoryStore, PostgresStore, SessionStore, StoreError, SupabaseConfig, SupabaseStore,
 };
@@ -43,6 +43,9 @@ pub enum StartError {
     /// The session database lacks migrations.
     #[error("the session database is not migrated (missing: {}); run: exai migrate", .0.join(", "))]
     NotMigrated(Vec<&'static str>),
+    /// A model provider could not be set up.
+    #[error("could not set up the model providers")]
+    Provider(#[source] ProviderError),
     /// The listen address could not be bound.
     #[error("could not listen on {addr}")]
     Bind {
@@ -68,6 +71,7 @@ pub struct Daemon {
 /// Loads the signing keys, binds the listen address and starts serving.
 pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let listen = config.listen_addr();
+    let providers = Arc::new(providers(&config)?);
     let (store, api_keys) = open_store(config.store).await?;
     let auth = match config.auth {
         AuthMode::MultiUser(jwt) => {
@@ -102,13 +106,12 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
-    let provider: Arc<dyn Provider> = Arc::new(EchoProvider::with_delay(config.echo_delay));
     let tool_metrics = metrics.clone();
     let limits = config.tools;
     let factory = move |connection: &ConnectionContext| {
         tools::ExaiServer::new(
             connection.clone(),
-            provider.clone(),
+            providers.clone(),
             tool_metrics.clone(),
             limits.clone(),
         )
@@ -129,6 +132,18 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         shutdown,
         task: Some(task),
     })
+}
+
+/// The offline echo and the configured model providers.
+fn providers(config: &Config) -> Result<Providers, StartError> {
+    let mut all: Vec<Arc<dyn Provider>> =
+        vec![Arc::new(EchoProvider::with_delay(config.echo_delay))];
+    for provider in &config.providers {
+        let provider = OpenAiProvider::new(provider.clone()).map_err(StartError::Provider)?;
+        all.push(Arc::new(provider));
+    }
+    Providers::with_echo(all, config.default_model.clone())
+        .map_err(|e| StartError::Provider(ProviderError::InvalidRequest(e.to_string())))
 }
 
 /// The configured store, checked: a database must answer and be migrated.

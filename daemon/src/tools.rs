@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use exai_providers::{ChatMessage, ChatRequest, EchoProvider, Provider, Role};
+use exai_providers::{ChatMessage, ChatRequest, Providers, Role};
 use exai_transport::{ConnectionContext, Metrics, jsonrpc};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
@@ -71,7 +71,7 @@ const TOOLS: &[ToolSpec] = &[
                     "prompt": { "type": "string", "description": "What to ask." },
                     "model": {
                         "type": "string",
-                        "description": "Model to ask (default: echo)."
+                        "description": "Model to ask (default: the daemon's DEFAULT_MODEL)."
                     }
                 },
                 "required": ["prompt"]
@@ -89,7 +89,7 @@ const TOOLS: &[ToolSpec] = &[
 #[derive(Debug, Clone)]
 pub struct ExaiServer {
     connection: ConnectionContext,
-    provider: Arc<dyn Provider>,
+    providers: Arc<Providers>,
     metrics: Arc<Metrics>,
     limits: ToolLimits,
     in_flight: Arc<Semaphore>,
@@ -107,16 +107,16 @@ const REQUEST_CANCELLED: i32 = -32800;
 const LOGGING_OFF: u8 = u8::MAX;
 
 impl ExaiServer {
-    /// A server for `connection`, answering `chat` with `provider`.
+    /// A server for `connection`, answering `chat` with `providers`.
     pub fn new(
         connection: ConnectionContext,
-        provider: Arc<dyn Provider>,
+        providers: Arc<Providers>,
         metrics: Arc<Metrics>,
         limits: ToolLimits,
     ) -> Self {
         ExaiServer {
             connection,
-            provider,
+            providers,
             metrics,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             limits,
@@ -214,16 +214,29 @@ impl ExaiServer {
                 McpError::invalid_params("chat needs a string argument 'prompt'", None)
             })?;
         let model = match arguments.get("model") {
-            None => EchoProvider::MODEL,
+            None => self.providers.default_model(),
             Some(Value::String(model)) => model.as_str(),
             Some(_) => return Err(McpError::invalid_params("'model' must be a string", None)),
         };
+        let Some(provider) = self.providers.route(model) else {
+            // No provider call: a tool error naming what can be asked.
+            let models: Vec<String> = self
+                .providers
+                .all()
+                .iter()
+                .flat_map(|p| p.models())
+                .collect();
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "unknown model '{}' (available: {})",
+                model.chars().take(64).collect::<String>(),
+                models.join(", ")
+            ))]));
+        };
         let request = ChatRequest::new(model, vec![ChatMessage::new(Role::User, prompt)]);
-        // Model names come from clients: only the provider's own go into a label.
-        let known = self.provider.models().iter().any(|m| m == model);
-        let label = if known { model } else { "other" };
+        // A routed model is one of the provider's own: a bounded label.
+        let label = model;
         let start = Instant::now();
-        let answer = self.provider.chat(request).await;
+        let answer = provider.chat(request).await;
         let (outcome, tokens) = match &answer {
             Ok(a) => (
                 "ok",
@@ -233,7 +246,7 @@ impl ExaiServer {
         };
         let took = start.elapsed();
         self.metrics
-            .provider_call(self.provider.name(), label, outcome, took, tokens);
+            .provider_call(provider.name(), label, outcome, took, tokens);
         self.log(
             context,
             Level::Info,

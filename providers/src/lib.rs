@@ -8,11 +8,15 @@
 
 mod echo;
 mod openai;
+mod registry;
 
 use async_trait::async_trait;
 
 pub use echo::EchoProvider;
 pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use registry::{
+    GLM_DEFAULT_MODEL, GLM_MODELS, GLM_URL, KIMI_MODELS, KIMI_URL, Providers, UnservedDefault,
+};
 
 /// Who said a chat message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

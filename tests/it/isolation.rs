@@ -87,7 +87,7 @@ async fn tools_list_and_chat() {
     assert_eq!(unknown_model["result"]["isError"], true);
     assert_eq!(
         unknown_model["result"]["content"][0]["text"],
-        "unknown model 'gpt-9'"
+        "unknown model 'gpt-9' (available: echo)"
     );
     let missing = client.call_tool(4, "chat", json!({})).await;
     assert_eq!(missing["error"]["code"], -32602);

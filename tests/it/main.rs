@@ -14,6 +14,7 @@ mod limits;
 mod long_lived;
 mod operations;
 mod postgres_daemon;
+mod providers;
 mod real_clients;
 mod shutdown;
 mod store_contract;

@@ -111,14 +111,18 @@ async fn metrics_parse_and_move_with_traffic() {
         &[("provider", "echo"), ("model", "echo"), ("outcome", "ok")],
         1.0,
     );
-    check(
-        "exai_provider_calls_total",
-        &[
-            ("provider", "echo"),
-            ("model", "other"),
-            ("outcome", "error"),
-        ],
-        1.0,
+    // An unknown model is a tool error without any provider call.
+    assert_eq!(
+        sample(
+            &after,
+            "exai_provider_calls_total",
+            &[
+                ("provider", "echo"),
+                ("model", "other"),
+                ("outcome", "error")
+            ]
+        ),
+        0.0
     );
     check(
         "exai_provider_tokens_total",

@@ -164,7 +164,7 @@ async fn failures_exit_non_zero_with_one_clear_line() {
             "model=gpt-9",
         ]))
         .await,
-        "exai: the tool reported an error: unknown model 'gpt-9'",
+        "exai: the tool reported an error: unknown model 'gpt-9' (available: echo)",
     );
     check(
         run(exai(&[
@@ -563,7 +563,30 @@ async fn doctor_names_each_problem_and_how_to_fix_it() {
         "ok       sessions: PostgreSQL reachable and migrated"
     );
     assert!(
-        lines[4].starts_with("ok       listen: 127.0.0.1:0 is free"),
+        lines[3].starts_with("ok       providers: only the offline echo"),
+        "{report}"
+    );
+    assert_eq!(lines[4], "ok       providers: default model echo");
+    assert!(
+        lines[5].starts_with("ok       listen: 127.0.0.1:0 is free"),
+        "{report}"
+    );
+
+    // A provider nobody answers for.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let unreachable = doctor(&[
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_MODELS", "local"),
+    ])
+    .await;
+    assert_eq!(unreachable.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&unreachable.stdout).into_owned();
+    assert!(
+        report.contains(&format!(
+            "problem  providers: openai at {base} is unreachable; check OPENAI_BASE_URL"
+        )),
         "{report}"
     );
 
