@@ -53,37 +53,137 @@ impl Default for ToolLimits {
     }
 }
 
-/// A tool's public description.
+/// A tool's public description and what it does.
 struct ToolSpec {
     name: &'static str,
     description: &'static str,
     input_schema: fn() -> Value,
+    kind: Kind,
 }
 
+/// What a tool does when called.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// The caller's identity and session.
+    Whoami,
+    /// The models the daemon can ask, and the default.
+    ListModels,
+    /// The daemon's name and version.
+    Version,
+    /// Asks a model, with this system prompt (none for `chat`).
+    Ask(Option<&'static str>),
+}
+
+fn no_arguments() -> Value {
+    json!({ "type": "object", "properties": {} })
+}
+
+fn prompt_and_model() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "prompt": { "type": "string", "description": "The question, code or plan to work on." },
+            "model": {
+                "type": "string",
+                "description": "Model to ask (default: the daemon's DEFAULT_MODEL; see listmodels)."
+            }
+        },
+        "required": ["prompt"]
+    })
+}
+
+/// The tools, in the order `tools/list` shows them.
 const TOOLS: &[ToolSpec] = &[
     ToolSpec {
         name: "chat",
         description: "Ask a model a question and get its answer.",
-        input_schema: || {
-            json!({
-                "type": "object",
-                "properties": {
-                    "prompt": { "type": "string", "description": "What to ask." },
-                    "model": {
-                        "type": "string",
-                        "description": "Model to ask (default: the daemon's DEFAULT_MODEL)."
-                    }
-                },
-                "required": ["prompt"]
-            })
-        },
+        input_schema: prompt_and_model,
+        kind: Kind::Ask(None),
+    },
+    ToolSpec {
+        name: "thinkdeep",
+        description: "Think a hard problem through step by step: assumptions, alternatives, risks, a conclusion.",
+        input_schema: prompt_and_model,
+        kind: Kind::Ask(Some(
+            "You are a careful senior engineer thinking a hard problem through. State the \
+             assumptions you make, weigh at least two alternatives, name the risks of each, and \
+             end with a clear recommendation and what would change your mind. Be concrete; do not pad.",
+        )),
+    },
+    ToolSpec {
+        name: "analyze",
+        description: "Analyze code or a design: structure, dependencies, strengths, weaknesses.",
+        input_schema: prompt_and_model,
+        kind: Kind::Ask(Some(
+            "You analyze code and designs. Describe the structure and the main flows, the \
+             dependencies, what is done well, and what is weak or risky, ordered by impact. Quote \
+             the parts you refer to. Say what you could not judge from what you were given.",
+        )),
+    },
+    ToolSpec {
+        name: "codereview",
+        description: "Review code like a demanding colleague: bugs, security, clarity, tests.",
+        input_schema: prompt_and_model,
+        kind: Kind::Ask(Some(
+            "You are doing a code review. List real problems first, most severe first: bugs, \
+             security issues, data loss, races, missing error handling, then clarity and tests. \
+             For each, point at the code, say why it matters and how to fix it. Do not praise \
+             what is merely ordinary; say so plainly if the code is fine.",
+        )),
+    },
+    ToolSpec {
+        name: "debug",
+        description: "Find the cause of a bug from symptoms, logs and code.",
+        input_schema: prompt_and_model,
+        kind: Kind::Ask(Some(
+            "You help find the root cause of a bug. From the symptoms, logs and code given, list \
+             the likely causes ranked by likelihood, the evidence for each, and the quickest \
+             experiment that would confirm or rule it out. Do not guess beyond the evidence.",
+        )),
+    },
+    ToolSpec {
+        name: "planner",
+        description: "Break a goal into an ordered plan of small, checkable steps.",
+        input_schema: prompt_and_model,
+        kind: Kind::Ask(Some(
+            "You turn a goal into a plan: small ordered steps, each with what it produces and how \
+             to check it is done, the dependencies between steps, and the open questions to settle \
+             first. Keep it as short as the goal allows.",
+        )),
+    },
+    ToolSpec {
+        name: "challenge",
+        description: "Challenge a statement or decision: the strongest case against it.",
+        input_schema: prompt_and_model,
+        kind: Kind::Ask(Some(
+            "You are asked to challenge what follows, not to agree with it. Give the strongest \
+             honest case against it: wrong assumptions, overlooked costs, better alternatives. Then \
+             say whether it survives the challenge.",
+        )),
+    },
+    ToolSpec {
+        name: "listmodels",
+        description: "The models this daemon can ask, by provider, and the default one.",
+        input_schema: no_arguments,
+        kind: Kind::ListModels,
+    },
+    ToolSpec {
+        name: "version",
+        description: "This daemon's name and version.",
+        input_schema: no_arguments,
+        kind: Kind::Version,
     },
     ToolSpec {
         name: "whoami",
         description: "Who this connection acts for: user id, email and MCP session id.",
-        input_schema: || json!({ "type": "object", "properties": {} }),
+        input_schema: no_arguments,
+        kind: Kind::Whoami,
     },
 ];
+
+fn spec(name: &str) -> Option<&'static ToolSpec> {
+    TOOLS.iter().find(|t| t.name == name)
+}
 
 /// The MCP server of one connection.
 #[derive(Debug, Clone)]
@@ -128,10 +228,11 @@ impl ExaiServer {
     /// deadline, progress reports, and cancellation.
     async fn run(
         &self,
-        name: &str,
+        tool: &'static ToolSpec,
         arguments: &Map<String, Value>,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
+        let name = tool.name;
         let _slot = self.in_flight.try_acquire().map_err(|_| {
             McpError::new(
                 ErrorCode(jsonrpc::TOO_MANY_IN_FLIGHT),
@@ -143,10 +244,14 @@ impl ExaiServer {
             )
         })?;
         let call = async {
-            match name {
-                "whoami" => Ok(self.whoami()),
-                "chat" => self.chat(arguments, context).await,
-                _ => unreachable!("known tools only"),
+            match tool.kind {
+                Kind::Whoami => Ok(self.whoami()),
+                Kind::ListModels => Ok(self.list_models()),
+                Kind::Version => Ok(CallToolResult::structured(json!({
+                    "name": "exai",
+                    "version": env!("CARGO_PKG_VERSION"),
+                }))),
+                Kind::Ask(system) => self.ask(name, system, arguments, context).await,
             }
         };
         let call = tokio::time::timeout(self.limits.timeout, call);
@@ -202,8 +307,24 @@ impl ExaiServer {
         }))
     }
 
-    async fn chat(
+    fn list_models(&self) -> CallToolResult {
+        let providers: Vec<Value> = self
+            .providers
+            .all()
+            .iter()
+            .map(|p| json!({"provider": p.name(), "models": p.models()}))
+            .collect();
+        CallToolResult::structured(json!({
+            "default": self.providers.default_model(),
+            "providers": providers,
+        }))
+    }
+
+    /// Asks a model `prompt`, after `system` when the tool has one.
+    async fn ask(
         &self,
+        tool: &str,
+        system: Option<&'static str>,
         arguments: &Map<String, Value>,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
@@ -211,7 +332,7 @@ impl ExaiServer {
             .get("prompt")
             .and_then(Value::as_str)
             .ok_or_else(|| {
-                McpError::invalid_params("chat needs a string argument 'prompt'", None)
+                McpError::invalid_params(format!("{tool} needs a string argument 'prompt'"), None)
             })?;
         let model = match arguments.get("model") {
             None => self.providers.default_model(),
@@ -232,7 +353,12 @@ impl ExaiServer {
                 models.join(", ")
             ))]));
         };
-        let request = ChatRequest::new(model, vec![ChatMessage::new(Role::User, prompt)]);
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = system {
+            messages.push(ChatMessage::new(Role::System, system));
+        }
+        messages.push(ChatMessage::new(Role::User, prompt));
+        let request = ChatRequest::new(model, messages);
         // A routed model is one of the provider's own: a bounded label.
         let label = model;
         let start = Instant::now();
@@ -250,7 +376,7 @@ impl ExaiServer {
         self.log(
             context,
             Level::Info,
-            json!({"tool": "chat", "model": label, "outcome": outcome, "ms": took.as_millis() as u64}),
+            json!({"tool": tool, "model": label, "outcome": outcome, "ms": took.as_millis() as u64}),
         )
         .await;
         Ok(match answer {
@@ -321,9 +447,10 @@ impl ServerHandler for ExaiServer {
     ) -> Result<CallToolResponse, McpError> {
         let arguments = request.arguments.unwrap_or_default();
         let start = Instant::now();
-        let result = match request.name.as_ref() {
-            known @ ("whoami" | "chat") => self.run(known, &arguments, &context).await,
-            other => {
+        let result = match spec(request.name.as_ref()) {
+            Some(tool) => self.run(tool, &arguments, &context).await,
+            None => {
+                let other = request.name.as_ref();
                 self.metrics
                     .tool_call("unknown", "unknown_tool", start.elapsed());
                 return Err(McpError::invalid_params(

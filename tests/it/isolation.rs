@@ -76,7 +76,21 @@ async fn tools_list_and_chat() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["chat", "whoami"]);
+    assert_eq!(
+        names,
+        [
+            "chat",
+            "thinkdeep",
+            "analyze",
+            "codereview",
+            "debug",
+            "planner",
+            "challenge",
+            "listmodels",
+            "version",
+            "whoami"
+        ]
+    );
     let answer = client
         .call_tool(2, "chat", json!({"prompt": "hello there"}))
         .await;

@@ -20,13 +20,18 @@ async fn local_api() -> String {
             let authorized = headers
                 .get("authorization")
                 .is_some_and(|v| v == format!("Bearer {KEY}").as_str());
-            let prompt = request["messages"][0]["content"]
+            let messages = request["messages"].as_array().unwrap();
+            let prompt = messages.last().unwrap()["content"]
                 .as_str()
                 .unwrap_or_default();
-            let content = format!(
+            let mut content = format!(
                 "{} says: {prompt} (key: {authorized})",
                 request["model"].as_str().unwrap()
             );
+            if messages[0]["role"] == "system" {
+                let system = messages[0]["content"].as_str().unwrap();
+                content.push_str(&format!(" [system: {system}]"));
+            }
             axum::Json(json!({
                 "model": request["model"],
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
@@ -81,5 +86,45 @@ async fn calls_are_routed_by_model_and_the_default_applies() {
         r#"exai_provider_calls_total{provider="openai",model="local-small",outcome="ok"} 1"#,
     )
     .await;
+
+    // The EXAI tools ask the same way, each with its own instructions.
+    let review = client
+        .call_tool(5, "codereview", json!({"prompt": "fn main() {}"}))
+        .await;
+    let review = text(&review);
+    let review = review.as_str().unwrap();
+    assert!(
+        review.starts_with(
+            "local-small says: fn main() {} (key: true) [system: You are doing a code review."
+        ),
+        "{review}"
+    );
+    let challenged = client
+        .call_tool(
+            6,
+            "challenge",
+            json!({"prompt": "tabs", "model": "local-large"}),
+        )
+        .await;
+    assert!(
+        text(&challenged)
+            .as_str()
+            .unwrap()
+            .contains("[system: You are asked to challenge what follows"),
+        "{challenged}"
+    );
+    let missing = client.call_tool(7, "debug", json!({})).await;
+    assert_eq!(missing["error"]["code"], -32602);
+
+    let models = client.call_tool(8, "listmodels", json!({})).await;
+    assert_eq!(
+        models["result"]["structuredContent"],
+        json!({"default": "local-small", "providers": [
+            {"provider": "echo", "models": ["echo"]},
+            {"provider": "openai", "models": ["local-large", "local-small"]}
+        ]})
+    );
+    let version = client.call_tool(9, "version", json!({})).await;
+    assert_eq!(version["result"]["structuredContent"]["name"], "exai");
     daemon.stop().await;
 }

@@ -614,7 +614,21 @@ async fn the_python_sdk_2_speaks_streamable_http() {
         assert_eq!(clients.len(), 2);
         for (client, email) in clients.iter().zip(["ana@example.com", "bo@example.com"]) {
             assert_eq!(client["protocol"], protocol, "{mode}: {client}");
-            assert_eq!(client["tools"], json!(["chat", "whoami"]));
+            assert_eq!(
+                client["tools"],
+                json!([
+                    "analyze",
+                    "challenge",
+                    "chat",
+                    "codereview",
+                    "debug",
+                    "listmodels",
+                    "planner",
+                    "thinkdeep",
+                    "version",
+                    "whoami"
+                ])
+            );
             assert_eq!(
                 client["whoami"]["user_id"],
                 UserId::from_email(email).to_string(),

@@ -194,7 +194,7 @@ async fn tools_list_comes_in_pages() {
     let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
     let mut names = Vec::new();
     let mut cursor: Option<String> = None;
-    for id in 1..10 {
+    for id in 1..30 {
         let params = match &cursor {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
@@ -209,7 +209,21 @@ async fn tools_list_comes_in_pages() {
         }
     }
     names.sort();
-    assert_eq!(names, ["chat", "whoami"]);
+    assert_eq!(
+        names,
+        [
+            "analyze",
+            "challenge",
+            "chat",
+            "codereview",
+            "debug",
+            "listmodels",
+            "planner",
+            "thinkdeep",
+            "version",
+            "whoami"
+        ]
+    );
     let bad = client
         .request(json!(20), "tools/list", json!({"cursor": "bogus"}))
         .await;
