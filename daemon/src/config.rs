@@ -14,7 +14,7 @@ use exai_transport::EdgeConfig;
 
 use exai_providers::OpenAiConfig;
 
-use crate::tools::ToolLimits;
+use crate::tools::{ToolLimits, ToolSelection};
 
 use crate::secret_file;
 
@@ -62,6 +62,16 @@ pub enum ConfigError {
     /// `EXAI_SESSION_STORE=supabase` without the project's URL or key.
     #[error("EXAI_SESSION_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")]
     MissingSupabaseSettings,
+    /// `ENABLED_TOOLS` or `DISABLED_TOOLS` names a tool there is not.
+    #[error("{variable}: no tool '{name}' (tools: {known})")]
+    UnknownTool {
+        /// The variable.
+        variable: &'static str,
+        /// The name given.
+        name: String,
+        /// The tools there are.
+        known: String,
+    },
     /// An OpenAI-compatible endpoint without the models it serves.
     #[error(
         "OPENAI_MODELS: name the models the OpenAI-compatible endpoint serves (comma-separated)"
@@ -428,6 +438,14 @@ pub struct DaemonArgs {
     /// with GLM configured, else the offline echo)
     #[arg(long, env = "DEFAULT_MODEL")]
     pub default_model: Option<String>,
+
+    /// Only these tools are offered, comma-separated (default: all)
+    #[arg(long, env = "ENABLED_TOOLS", default_value = "")]
+    pub enabled_tools: String,
+
+    /// These tools are not offered, comma-separated
+    #[arg(long, env = "DISABLED_TOOLS", default_value = "")]
+    pub disabled_tools: String,
 
     /// Milliseconds the offline `echo` model takes to answer (to try
     /// progress, timeouts and cancellation without a model)
@@ -806,10 +824,27 @@ impl DaemonArgs {
             "a whole number of milliseconds",
             |_: &u64| true,
         ));
+        let mut selection = ToolSelection::default();
+        let enabled = list(&self.enabled_tools);
+        let disabled = list(&self.disabled_tools);
+        for (variable, names) in [("ENABLED_TOOLS", &enabled), ("DISABLED_TOOLS", &disabled)] {
+            for name in names {
+                if !crate::tools::tool_names().any(|t| t == name) {
+                    problems.push(ConfigError::UnknownTool {
+                        variable,
+                        name: name.clone(),
+                        known: crate::tools::tool_names().collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+        }
+        selection.enabled = (!enabled.is_empty()).then_some(enabled);
+        selection.disabled = disabled;
         let limits = ToolLimits {
             timeout: Duration::from_secs(timeout?),
             progress_interval: Duration::from_secs(progress?),
             max_in_flight: in_flight?,
+            selection,
             ..ToolLimits::default()
         };
         Some((limits, Duration::from_millis(echo_delay?)))
@@ -1101,6 +1136,24 @@ mod tests {
         assert_eq!(
             problems(&["--glm-api-url", "not a url"]),
             ["GLM_API_URL is not an http(s) URL: 'not a url'"]
+        );
+    }
+
+    #[test]
+    fn tool_selection_names_real_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let (config, _) = parse(&["--data-dir", data, "--disabled-tools", "chat, debug"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.tools.selection.disabled, ["chat", "debug"]);
+        assert!(config.tools.selection.enabled.is_none());
+        let problems = problems(&["--enabled-tools", "chat,nosuch"]);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("ENABLED_TOOLS: no tool 'nosuch' (tools: chat, thinkdeep,"),
+            "{problems:?}"
         );
     }
 

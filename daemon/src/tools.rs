@@ -40,6 +40,8 @@ pub struct ToolLimits {
     pub progress_interval: Duration,
     /// Tools per `tools/list` page.
     pub page_size: usize,
+    /// Which tools are offered.
+    pub selection: ToolSelection,
 }
 
 impl Default for ToolLimits {
@@ -49,6 +51,7 @@ impl Default for ToolLimits {
             timeout: Duration::from_secs(300),
             progress_interval: Duration::from_secs(8),
             page_size: 50,
+            selection: ToolSelection::default(),
         }
     }
 }
@@ -183,6 +186,31 @@ const TOOLS: &[ToolSpec] = &[
 
 fn spec(name: &str) -> Option<&'static ToolSpec> {
     TOOLS.iter().find(|t| t.name == name)
+}
+
+/// The names of every tool there is.
+pub fn tool_names() -> impl Iterator<Item = &'static str> {
+    TOOLS.iter().map(|t| t.name)
+}
+
+/// Which tools `tools/list` shows and `tools/call` serves
+/// (`ENABLED_TOOLS`, `DISABLED_TOOLS`).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ToolSelection {
+    /// Only these, when set.
+    pub enabled: Option<Vec<String>>,
+    /// Never these.
+    pub disabled: Vec<String>,
+}
+
+impl ToolSelection {
+    fn allows(&self, name: &str) -> bool {
+        self.enabled
+            .as_ref()
+            .is_none_or(|enabled| enabled.iter().any(|e| e == name))
+            && !self.disabled.iter().any(|d| d == name)
+    }
 }
 
 /// The MCP server of one connection.
@@ -406,16 +434,20 @@ impl ServerHandler for ExaiServer {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        let offered: Vec<&ToolSpec> = TOOLS
+            .iter()
+            .filter(|t| self.limits.selection.allows(t.name))
+            .collect();
         let start = match request.and_then(|r| r.cursor) {
             None => 0,
             Some(cursor) => cursor
                 .parse::<usize>()
                 .ok()
-                .filter(|&i| i > 0 && i < TOOLS.len())
+                .filter(|&i| i > 0 && i < offered.len())
                 .ok_or_else(|| McpError::invalid_params("unknown cursor", None))?,
         };
-        let end = (start + self.limits.page_size.max(1)).min(TOOLS.len());
-        let tools = TOOLS[start..end]
+        let end = (start + self.limits.page_size.max(1)).min(offered.len());
+        let tools = offered[start..end]
             .iter()
             .map(|spec| {
                 let Value::Object(schema) = (spec.input_schema)() else {
@@ -425,7 +457,7 @@ impl ServerHandler for ExaiServer {
             })
             .collect();
         let mut page = ListToolsResult::with_all_items(tools);
-        page.next_cursor = (end < TOOLS.len()).then(|| end.to_string());
+        page.next_cursor = (end < offered.len()).then(|| end.to_string());
         Ok(page)
     }
 
@@ -447,7 +479,9 @@ impl ServerHandler for ExaiServer {
     ) -> Result<CallToolResponse, McpError> {
         let arguments = request.arguments.unwrap_or_default();
         let start = Instant::now();
-        let result = match spec(request.name.as_ref()) {
+        let offered =
+            spec(request.name.as_ref()).filter(|tool| self.limits.selection.allows(tool.name));
+        let result = match offered {
             Some(tool) => self.run(tool, &arguments, &context).await,
             None => {
                 let other = request.name.as_ref();

@@ -230,3 +230,32 @@ async fn tools_list_comes_in_pages() {
     assert_eq!(bad["error"]["code"], -32602, "{bad}");
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn enabled_and_disabled_tools_decide_what_is_offered() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.tools.selection.enabled = Some(vec!["chat".into(), "whoami".into(), "version".into()]);
+        c.tools.selection.disabled = vec!["version".into()];
+    })
+    .await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    let list = client.request(json!(1), "tools/list", json!({})).await;
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["chat", "whoami"]);
+    let hidden = client.call_tool(2, "version", json!({})).await;
+    assert_eq!(
+        hidden["error"]["code"], -32602,
+        "a tool not offered is unknown"
+    );
+    let never = client
+        .call_tool(3, "codereview", json!({"prompt": "x"}))
+        .await;
+    assert_eq!(never["error"]["code"], -32602);
+    assert_eq!(client.whoami(4).await["email"], "ana@example.com");
+    daemon.stop().await;
+}
