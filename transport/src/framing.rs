@@ -65,6 +65,81 @@ fn reply(id: Option<RequestId>, error: ErrorData) -> Decoded {
     Decoded::Reply(Box::new(ServerJsonRpcMessage::error(error, id)))
 }
 
+/// The one protocol version whose clients may send JSON-RPC batches (added
+/// in 2025-03-26, removed in 2025-06-18).
+pub(crate) const BATCH_VERSION: &str = "2025-03-26";
+
+/// A batch, split: the members for the MCP service, and the answers owed at
+/// once (to invalid members, and to methods that may not be batched).
+pub(crate) struct Batch {
+    pub(crate) messages: Vec<ClientJsonRpcMessage>,
+    pub(crate) answers: Vec<ServerJsonRpcMessage>,
+}
+
+/// Splits batch `text`; requests for a method in `alone` are answered with
+/// -32600. An empty batch, or one that is not JSON, is one error instead.
+pub(crate) fn split_batch(text: &str, alone: &[&str]) -> Result<Batch, Box<ServerJsonRpcMessage>> {
+    let items = match serde_json::from_str::<Vec<Value>>(text) {
+        Ok(items) if !items.is_empty() => items,
+        Ok(_) => {
+            let error = ErrorData::invalid_request("Invalid Request: empty batch", None);
+            return Err(Box::new(ServerJsonRpcMessage::error(error, None)));
+        }
+        Err(_) => {
+            let error = ErrorData::parse_error("Parse error: not valid JSON", None);
+            return Err(Box::new(ServerJsonRpcMessage::error(error, None)));
+        }
+    };
+    let mut batch = Batch {
+        messages: Vec::with_capacity(items.len()),
+        answers: Vec::new(),
+    };
+    for item in items {
+        match decode(&item.to_string()) {
+            Decoded::Message(message) => {
+                if let ClientJsonRpcMessage::Request(request) = &*message
+                    && let method = request.request.method()
+                    && alone.contains(&method)
+                {
+                    let error = ErrorData::invalid_request(
+                        format!("Invalid Request: {method} cannot be part of a batch"),
+                        None,
+                    );
+                    let answer = ServerJsonRpcMessage::error(error, Some(request.id.clone()));
+                    batch.answers.push(answer);
+                    continue;
+                }
+                batch.messages.push(*message);
+            }
+            Decoded::Reply(reply) => batch.answers.push(*reply),
+            Decoded::Drop(why) => tracing::debug!(why, "dropped a batch member"),
+        }
+    }
+    Ok(batch)
+}
+
+/// The request `message` answers, if it is a response or an error to one.
+pub(crate) fn answered_id(message: &ServerJsonRpcMessage) -> Option<&RequestId> {
+    match message {
+        ServerJsonRpcMessage::Response(response) => Some(&response.id),
+        ServerJsonRpcMessage::Error(error) => error.id.as_ref(),
+        _ => None,
+    }
+}
+
+/// The request `message` cancels, if it is `notifications/cancelled`.
+pub(crate) fn cancelled_id(message: &ClientJsonRpcMessage) -> Option<&RequestId> {
+    match message {
+        ClientJsonRpcMessage::Notification(notification) => match &notification.notification {
+            rmcp::model::ClientNotification::CancelledNotification(cancelled) => {
+                cancelled.params.request_id.as_ref()
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// A method name as it may appear in an error: at most 64 characters.
 fn clip(method: &str) -> String {
     method.chars().take(64).collect()

@@ -141,7 +141,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
     if parts.method == Method::POST {
         let text = std::str::from_utf8(&body).unwrap_or("\u{fffd}");
         if let Some((context, Some(protocol))) = &bound
-            && protocol == BATCH_VERSION
+            && protocol == framing::BATCH_VERSION
             && text.trim_start().starts_with('[')
         {
             let scope = Arc::new(RequestScope {
@@ -228,10 +228,6 @@ fn protocol_of_initialize(message: &ClientJsonRpcMessage) -> Option<String> {
     }
 }
 
-/// The one protocol version whose clients may send JSON-RPC batches (added
-/// in 2025-03-26, removed in 2025-06-18).
-const BATCH_VERSION: &str = "2025-03-26";
-
 /// A batch in a 2025-03-26 session: each member goes to rmcp as a request
 /// of its own (in the same session, at once), invalid members and
 /// `initialize` are answered in place, and the answers come back as one
@@ -243,53 +239,32 @@ async fn batch<F: ServiceFactory>(
     scope: Arc<RequestScope>,
 ) -> Response {
     use axum::response::IntoResponse;
-    let items = match serde_json::from_str::<Vec<serde_json::Value>>(text) {
-        Ok(items) if !items.is_empty() => items,
-        Ok(_) => {
-            let error =
-                rmcp::model::ErrorData::invalid_request("Invalid Request: empty batch", None);
-            return invalid(Some(&ServerJsonRpcMessage::error(error, None)));
-        }
-        Err(_) => return invalid(framing_error(text).as_ref()),
+    let batch = match framing::split_batch(text, &["initialize"]) {
+        Ok(batch) => batch,
+        Err(error) => return invalid(Some(&error)),
     };
-    let mut answers: Vec<serde_json::Value> = Vec::new();
+    let mut answers: Vec<serde_json::Value> =
+        batch.answers.iter().map(|a| serde_json::json!(a)).collect();
+    let limit = edge.config.max_message_bytes;
     let mut calls = Vec::new();
-    for item in items {
-        let member = item.to_string();
-        match framing::decode(&member) {
-            Decoded::Message(message) => {
-                let id = match &*message {
-                    ClientJsonRpcMessage::Request(request) => Some(request.id.clone()),
-                    _ => None,
-                };
-                if protocol_of_initialize(&message).is_some()
-                    || item.get("method").and_then(|m| m.as_str()) == Some("initialize")
-                {
-                    let error = rmcp::model::ErrorData::invalid_request(
-                        "Invalid Request: initialize cannot be part of a batch",
-                        None,
-                    );
-                    answers.push(serde_json::json!(ServerJsonRpcMessage::error(error, id)));
-                    continue;
-                }
-                let mut request = Request::builder()
-                    .method(Method::POST)
-                    .uri(parts.uri.clone())
-                    .body(Body::from(member))
-                    .expect("a valid request");
-                *request.headers_mut() = parts.headers.clone();
-                let response = REQUEST.scope(scope.clone(), edge.http.handle(request));
-                let limit = edge.config.max_message_bytes;
-                calls.push(async move {
-                    let body = Body::new(response.await.into_body());
-                    let body = axum::body::to_bytes(body, limit).await.ok()?;
-                    let id = serde_json::to_value(id?).ok()?;
-                    answer_in(&body, &id)
-                });
-            }
-            Decoded::Reply(reply) => answers.push(serde_json::json!(reply)),
-            Decoded::Drop(why) => tracing::debug!(why, "dropped a batch member"),
-        }
+    for message in batch.messages {
+        let id = match &message {
+            ClientJsonRpcMessage::Request(request) => serde_json::to_value(&request.id).ok(),
+            _ => None,
+        };
+        let member = serde_json::to_string(&message).unwrap_or_default();
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(parts.uri.clone())
+            .body(Body::from(member))
+            .expect("a valid request");
+        *request.headers_mut() = parts.headers.clone();
+        let response = REQUEST.scope(scope.clone(), edge.http.handle(request));
+        calls.push(async move {
+            let body = Body::new(response.await.into_body());
+            let body = axum::body::to_bytes(body, limit).await.ok()?;
+            answer_in(&body, &id?)
+        });
     }
     answers.extend(futures::future::join_all(calls).await.into_iter().flatten());
     if answers.is_empty() {
@@ -312,14 +287,6 @@ fn counted_until_sent(response: Response, counted: TaskTrackerToken) -> Response
             chunk
         }))
     })
-}
-
-/// The JSON-RPC error for a body that is not JSON.
-fn framing_error(text: &str) -> Option<ServerJsonRpcMessage> {
-    match framing::decode(text) {
-        Decoded::Reply(reply) => Some(*reply),
-        _ => None,
-    }
 }
 
 /// The response to request `id` in an SSE (or JSON) body from rmcp.

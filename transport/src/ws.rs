@@ -37,10 +37,6 @@ use crate::legacy::{self, Hello, Legacy};
 use crate::lifecycle::{Ended, Lifecycle, LiveSession};
 use crate::metrics::Metrics;
 
-/// The one protocol version whose clients may send JSON-RPC batches (added
-/// in 2025-03-26, removed in 2025-06-18).
-const BATCH_VERSION: &str = "2025-03-26";
-
 /// Messages read but not yet taken by the MCP service.
 const INBOUND_QUEUE: usize = 32;
 /// How long the writer may take to flush its last frames.
@@ -62,34 +58,14 @@ impl InFlight {
 
     /// Notes a message on its way to the service.
     fn inbound(&self, message: &ClientJsonRpcMessage) {
-        match message {
-            ClientJsonRpcMessage::Request(request) => {
-                self.ids().insert(request.id.clone());
-            }
-            ClientJsonRpcMessage::Notification(notification) => {
-                if let rmcp::model::ClientNotification::CancelledNotification(cancelled) =
-                    &notification.notification
-                    && let Some(id) = &cancelled.params.request_id
-                {
-                    self.done(id);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Notes a message from the service.
-    fn outbound(&self, message: &ServerJsonRpcMessage) {
-        let id = match message {
-            ServerJsonRpcMessage::Response(response) => Some(&response.id),
-            ServerJsonRpcMessage::Error(error) => error.id.as_ref(),
-            _ => None,
-        };
-        if let Some(id) = id {
+        if let ClientJsonRpcMessage::Request(request) = message {
+            self.ids().insert(request.id.clone());
+        } else if let Some(id) = framing::cancelled_id(message) {
             self.done(id);
         }
     }
 
+    /// Request `id` was answered, or cancelled.
     fn done(&self, id: &RequestId) {
         let mut ids = self.ids();
         if ids.remove(id) && ids.is_empty() {
@@ -127,10 +103,13 @@ impl ToService {
 /// JSON-RPC batches (protocol version 2025-03-26 only): the answers to a
 /// batch's requests are held until the last one is there, then sent as one
 /// array. A request the client cancels gets no answer, so it no longer
-/// holds its batch back.
+/// holds its batch back. Connections without a batch open pay one atomic
+/// load per message.
 #[derive(Default)]
 struct Batches {
     state: std::sync::Mutex<BatchState>,
+    /// Whether any batch is open: the fast path when none is.
+    any_open: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -147,13 +126,37 @@ struct Batch {
 }
 
 /// What to do with a message from the service.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "short-lived, on the stack; boxing would allocate per message"
+)]
 enum Held {
     /// Not part of a batch: send it.
-    No,
+    No(ServerJsonRpcMessage),
     /// Kept for its batch.
     Yes,
     /// The batch's last answer: send them all.
     Complete(Vec<ServerJsonRpcMessage>),
+}
+
+impl BatchState {
+    /// Request `id` of a batch is settled (with `answer`, or cancelled).
+    /// `None` when `id` is in no batch; `Some(answers)` once its batch is
+    /// complete, `Some(empty)` while it still waits.
+    fn settle(
+        &mut self,
+        id: &RequestId,
+        answer: Option<ServerJsonRpcMessage>,
+    ) -> Option<Vec<ServerJsonRpcMessage>> {
+        let batch = self.by_id.remove(id)?;
+        let open = self.open.get_mut(&batch)?;
+        open.pending -= 1;
+        open.answers.extend(answer);
+        if open.pending > 0 {
+            return Some(Vec::new());
+        }
+        self.open.remove(&batch).map(|done| done.answers)
+    }
 }
 
 impl Batches {
@@ -180,45 +183,44 @@ impl Batches {
             state.by_id.insert(id, batch);
         }
         state.open.insert(batch, Batch { pending, answers });
+        self.any_open
+            .store(true, std::sync::atomic::Ordering::Release);
         None
     }
 
     /// Holds `message` if it answers a batched request.
-    fn hold(&self, message: &ServerJsonRpcMessage) -> Held {
-        let id = match message {
-            ServerJsonRpcMessage::Response(response) => &response.id,
-            ServerJsonRpcMessage::Error(error) => match &error.id {
-                Some(id) => id,
-                None => return Held::No,
-            },
-            _ => return Held::No,
+    fn hold(&self, message: ServerJsonRpcMessage) -> Held {
+        if !self.any_open.load(std::sync::atomic::Ordering::Acquire) {
+            return Held::No(message);
+        }
+        let Some(id) = framing::answered_id(&message).cloned() else {
+            return Held::No(message);
         };
-        self.settle(id, Some(message.clone()))
-            .map_or(Held::No, |done| done.map_or(Held::Yes, Held::Complete))
+        let mut state = self.state();
+        if !state.by_id.contains_key(&id) {
+            return Held::No(message);
+        }
+        let settled = state.settle(&id, Some(message)).unwrap_or_default();
+        self.any_open
+            .store(!state.open.is_empty(), std::sync::atomic::Ordering::Release);
+        if settled.is_empty() {
+            Held::Yes
+        } else {
+            Held::Complete(settled)
+        }
     }
 
     /// The client cancelled request `id`: it no longer holds its batch.
+    /// Returns the batch's answers if that completed it.
     fn cancelled(&self, id: &RequestId) -> Option<Vec<ServerJsonRpcMessage>> {
-        self.settle(id, None).flatten()
-    }
-
-    /// `None`: `id` is in no batch. `Some(None)`: settled, the batch waits
-    /// on. `Some(Some(answers))`: the batch is complete.
-    fn settle(
-        &self,
-        id: &RequestId,
-        answer: Option<ServerJsonRpcMessage>,
-    ) -> Option<Option<Vec<ServerJsonRpcMessage>>> {
-        let mut state = self.state();
-        let batch = state.by_id.remove(id)?;
-        let open = state.open.get_mut(&batch)?;
-        open.pending -= 1;
-        open.answers.extend(answer);
-        if open.pending > 0 {
-            return Some(None);
+        if !self.any_open.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
         }
-        let done = state.open.remove(&batch)?;
-        Some((!done.answers.is_empty()).then_some(done.answers))
+        let mut state = self.state();
+        let settled = state.settle(id, None);
+        self.any_open
+            .store(!state.open.is_empty(), std::sync::atomic::Ordering::Release);
+        settled.filter(|answers| !answers.is_empty())
     }
 }
 
@@ -529,7 +531,8 @@ impl Reader<'_> {
                 }
                 continue;
             }
-            if self.protocol.as_deref() == Some(BATCH_VERSION) && text.trim_start().starts_with('[')
+            if self.protocol.as_deref() == Some(framing::BATCH_VERSION)
+                && text.trim_start().starts_with('[')
             {
                 if let Some(end) = Box::pin(self.batch(text.as_str())).await {
                     return end;
@@ -583,10 +586,7 @@ impl Reader<'_> {
                     }
                 }
             }
-            if let ClientJsonRpcMessage::Notification(notification) = &*message
-                && let rmcp::model::ClientNotification::CancelledNotification(cancelled) =
-                    &notification.notification
-                && let Some(id) = &cancelled.params.request_id
+            if let Some(id) = framing::cancelled_id(&message)
                 && let Some(done) = self.batches.cancelled(id)
                 && !self.send(&done).await
             {
@@ -681,83 +681,32 @@ impl Reader<'_> {
     /// ones are answered in the batch's reply; the reply is one array, sent
     /// when the last request is answered.
     async fn batch(&mut self, text: &str) -> Option<End> {
-        let items = match serde_json::from_str::<Vec<serde_json::Value>>(text) {
-            Ok(items) if !items.is_empty() => items,
-            Ok(_) => {
-                let error = ErrorData::invalid_request("Invalid Request: empty batch", None);
-                let reply = ServerJsonRpcMessage::error(error, None);
-                return (!self.send(&reply).await).then_some(End::SocketError);
-            }
-            Err(_) => {
-                let reply = match framing::decode(text) {
-                    Decoded::Reply(reply) => reply,
-                    _ => Box::new(ServerJsonRpcMessage::error(
-                        ErrorData::parse_error("Parse error: not valid JSON", None),
-                        None,
-                    )),
-                };
-                return (!self.send(&reply).await).then_some(End::SocketError);
-            }
+        let batch = match framing::split_batch(text, &["initialize", "auth/refresh"]) {
+            Ok(batch) => batch,
+            Err(error) => return (!self.send(&error).await).then_some(End::SocketError),
         };
-        let mut answers = Vec::new();
-        let mut messages = Vec::new();
-        let mut ids = Vec::new();
-        for item in items {
-            match framing::decode(&item.to_string()) {
-                Decoded::Message(message) => {
-                    if let ClientJsonRpcMessage::Request(request) = &*message {
-                        let alone = match &request.request {
-                            ClientRequest::InitializeRequest(_) => Some("initialize"),
-                            // Also with params that do not fit, which rmcp
-                            // reads as an unknown method.
-                            ClientRequest::CustomRequest(custom)
-                                if custom.method == "initialize" =>
-                            {
-                                Some("initialize")
-                            }
-                            ClientRequest::CustomRequest(custom)
-                                if custom.method == "auth/refresh" =>
-                            {
-                                Some("auth/refresh")
-                            }
-                            _ => None,
-                        };
-                        if let Some(method) = alone {
-                            let error = ErrorData::invalid_request(
-                                format!("Invalid Request: {method} cannot be part of a batch"),
-                                None,
-                            );
-                            answers
-                                .push(ServerJsonRpcMessage::error(error, Some(request.id.clone())));
-                            continue;
-                        }
-                        ids.push(request.id.clone());
-                    }
-                    messages.push(*message);
-                }
-                Decoded::Reply(reply) => answers.push(*reply),
-                Decoded::Drop(why) => tracing::debug!(why, "dropped a batch member"),
-            }
-        }
-        if let Some(now) = self.batches.open(ids, answers)
+        let ids = batch
+            .messages
+            .iter()
+            .filter_map(|message| match message {
+                ClientJsonRpcMessage::Request(request) => Some(request.id.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(now) = self.batches.open(ids, batch.answers)
             && !self.send(&now).await
         {
             return Some(End::SocketError);
         }
-        for message in messages {
-            match &message {
-                ClientJsonRpcMessage::Request(_) => self.live.record_activity(),
-                ClientJsonRpcMessage::Notification(notification) => {
-                    if let rmcp::model::ClientNotification::CancelledNotification(cancelled) =
-                        &notification.notification
-                        && let Some(id) = &cancelled.params.request_id
-                        && let Some(done) = self.batches.cancelled(id)
-                        && !self.send(&done).await
-                    {
-                        return Some(End::SocketError);
-                    }
-                }
-                _ => {}
+        for message in batch.messages {
+            if matches!(message, ClientJsonRpcMessage::Request(_)) {
+                self.live.record_activity();
+            }
+            if let Some(id) = framing::cancelled_id(&message)
+                && let Some(done) = self.batches.cancelled(id)
+                && !self.send(&done).await
+            {
+                return Some(End::SocketError);
             }
             if self.inbound.send(message).await.is_err() {
                 return Some(End::ServiceEnded);
@@ -828,16 +777,21 @@ impl Transport<RoleServer> for WsTransport {
         let outbound = self.outbound.clone();
         let legacy = self.legacy.get().cloned();
         let in_flight = self.in_flight.clone();
-        let held = self.batches.hold(&item);
+        let answered = framing::answered_id(&item).cloned();
+        let held = self.batches.hold(item);
         async move {
             let text = match (&legacy, held) {
                 (_, Held::Yes) => {
-                    in_flight.outbound(&item);
+                    if let Some(id) = &answered {
+                        in_flight.done(id);
+                    }
                     return Ok(());
                 }
                 (_, Held::Complete(answers)) => serde_json::to_string(&answers).ok(),
-                (Some(legacy), Held::No) => legacy.encode(&item).map(|frame| frame.to_string()),
-                (None, Held::No) => serde_json::to_string(&item).ok(),
+                (Some(legacy), Held::No(item)) => {
+                    legacy.encode(&item).map(|frame| frame.to_string())
+                }
+                (None, Held::No(item)) => serde_json::to_string(&item).ok(),
             };
             let sent = match text {
                 Some(text) => outbound
@@ -849,7 +803,9 @@ impl Transport<RoleServer> for WsTransport {
                 None => Err(ConnectionClosed),
             };
             // A request is done once its answer is queued for the socket.
-            in_flight.outbound(&item);
+            if let Some(id) = &answered {
+                in_flight.done(id);
+            }
             sent
         }
     }
