@@ -248,63 +248,49 @@ impl OpenAiProvider {
         })
     }
 
-    /// Reads a server-sent event stream of deltas until `data: [DONE]`.
+    /// Reads a server-sent event stream of deltas (parsed by `sse-stream`)
+    /// until `data: [DONE]`.
     async fn read_stream(
         &self,
         response: reqwest::Response,
         request: &ChatRequest,
         on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
     ) -> Result<ChatResponse, Failure> {
-        let mut bytes = response.bytes_stream();
-        let mut pending = Vec::new();
+        // The stream ending (or breaking) before `[DONE]` means what came is
+        // not the whole answer; retrying would repeat what was streamed.
+        let cut_off = || Failure::final_error(self.malformed("the answer stream was cut off"));
+        let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
         let mut content = String::new();
         let mut usage_seen = None;
         let mut model = None;
-        loop {
-            let Some(chunk) = bytes.next().await else {
-                // The stream ended without `[DONE]`: what came is not the
-                // whole answer. Retrying would repeat what was streamed.
-                return Err(Failure::final_error(
-                    self.malformed("the answer stream was cut off"),
-                ));
+        while let Some(event) = events.next().await {
+            let Some(data) = event.map_err(|_| cut_off())?.data else {
+                continue;
             };
-            let chunk = chunk.map_err(|_| {
-                Failure::final_error(self.malformed("the answer stream was cut off"))
+            if data.trim() == "[DONE]" {
+                return Ok(ChatResponse {
+                    model: model.unwrap_or_else(|| request.model.clone()),
+                    content,
+                    usage: usage_seen,
+                });
+            }
+            let event: Value = serde_json::from_str(&data).map_err(|_| {
+                Failure::final_error(self.malformed("an event of the answer stream is not JSON"))
             })?;
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                let Some(data) = line.trim_end().strip_prefix("data:") else {
-                    continue;
-                };
-                let data = data.trim();
-                if data == "[DONE]" {
-                    return Ok(ChatResponse {
-                        model: model.unwrap_or_else(|| request.model.clone()),
-                        content,
-                        usage: usage_seen,
-                    });
-                }
-                let event: Value = serde_json::from_str(data).map_err(|_| {
-                    Failure::final_error(
-                        self.malformed("an event of the answer stream is not JSON"),
-                    )
-                })?;
-                if let Some(delta) = event["choices"][0]["delta"]["content"].as_str()
-                    && !delta.is_empty()
-                {
-                    on_delta(delta);
-                    content.push_str(delta);
-                }
-                if let Some(u) = usage(&event["usage"]) {
-                    usage_seen = Some(u);
-                }
-                if model.is_none() {
-                    model = event["model"].as_str().map(str::to_owned);
-                }
+            if let Some(delta) = event["choices"][0]["delta"]["content"].as_str()
+                && !delta.is_empty()
+            {
+                on_delta(delta);
+                content.push_str(delta);
+            }
+            if let Some(u) = usage(&event["usage"]) {
+                usage_seen = Some(u);
+            }
+            if model.is_none() {
+                model = event["model"].as_str().map(str::to_owned);
             }
         }
+        Err(cut_off())
     }
 
     fn malformed(&self, what: &str) -> ProviderError {
