@@ -503,6 +503,34 @@ async fn raw_get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Stri
     (status, body)
 }
 
+/// The daemon's tools, in the order `tools/list` shows them.
+pub const TOOLS: [&str; 10] = [
+    "chat",
+    "thinkdeep",
+    "analyze",
+    "codereview",
+    "debug",
+    "planner",
+    "challenge",
+    "listmodels",
+    "version",
+    "whoami",
+];
+
+/// The same, sorted (as the SDK test clients report them).
+pub const TOOLS_SORTED: [&str; 10] = [
+    "analyze",
+    "challenge",
+    "chat",
+    "codereview",
+    "debug",
+    "listmodels",
+    "planner",
+    "thinkdeep",
+    "version",
+    "whoami",
+];
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     SystemTime::now()

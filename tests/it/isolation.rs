@@ -76,21 +76,7 @@ async fn tools_list_and_chat() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "chat",
-            "thinkdeep",
-            "analyze",
-            "codereview",
-            "debug",
-            "planner",
-            "challenge",
-            "listmodels",
-            "version",
-            "whoami"
-        ]
-    );
+    assert_eq!(names, exai_tests::TOOLS);
     let answer = client
         .call_tool(2, "chat", json!({"prompt": "hello there"}))
         .await;

@@ -97,21 +97,7 @@ async fn a_shim_signs_in_with_hello_and_uses_the_tools() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "chat",
-            "thinkdeep",
-            "analyze",
-            "codereview",
-            "debug",
-            "planner",
-            "challenge",
-            "listmodels",
-            "version",
-            "whoami"
-        ]
-    );
+    assert_eq!(names, exai_tests::TOOLS);
     assert!(tools["tools"][0]["inputSchema"].is_object());
 
     let who = call(&mut socket, "r1", "whoami", json!({})).await;

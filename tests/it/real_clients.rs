@@ -45,22 +45,7 @@ fn check_identities(report: &Value, emails: &[&str]) {
     let clients = report["clients"].as_array().unwrap();
     assert_eq!(clients.len(), emails.len());
     for (client, email) in clients.iter().zip(emails) {
-        assert_eq!(
-            client["tools"],
-            json!([
-                "analyze",
-                "challenge",
-                "chat",
-                "codereview",
-                "debug",
-                "listmodels",
-                "planner",
-                "thinkdeep",
-                "version",
-                "whoami"
-            ]),
-            "{client}"
-        );
+        assert_eq!(client["tools"], json!(exai_tests::TOOLS_SORTED), "{client}");
         assert_eq!(client["whoami"]["email"], *email, "{client}");
         assert!(client["whoami"]["session_id"].is_string(), "{client}");
         assert_eq!(client["whoami_after"], client["whoami"], "{client}");

@@ -109,9 +109,17 @@ impl Http {
 
     /// `initialize` then `notifications/initialized`; the session id.
     async fn open(&self, token: &str) -> String {
-        let reply = self.post(Some(token), None, initialize(1)).await;
+        self.open_as(token, "2025-06-18").await
+    }
+
+    /// The same, asking for protocol `version`.
+    async fn open_as(&self, token: &str, version: &str) -> String {
+        let mut init = initialize(1);
+        init["params"]["protocolVersion"] = json!(version);
+        let reply = self.post(Some(token), None, init).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         assert_eq!(reply.response()["result"]["serverInfo"]["name"], "exai");
+        assert_eq!(reply.response()["result"]["protocolVersion"], version);
         let session = reply.session().expect("a session id");
         let reply = self
             .post(
@@ -225,17 +233,7 @@ async fn batches_are_served_in_2025_03_26_sessions_only() {
     let daemon = TestDaemon::start().await;
     let http = Http::new(&daemon);
     let ana = token("ana@example.com");
-    let mut init = initialize(1);
-    init["params"]["protocolVersion"] = json!("2025-03-26");
-    let reply = http.post(Some(&ana), None, init).await;
-    assert_eq!(reply.response()["result"]["protocolVersion"], "2025-03-26");
-    let session = reply.session().unwrap();
-    http.post(
-        Some(&ana),
-        Some(&session),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )
-    .await;
+    let session = http.open_as(&ana, "2025-03-26").await;
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
          "params": {"name": "whoami", "arguments": {}}},
@@ -614,21 +612,7 @@ async fn the_python_sdk_2_speaks_streamable_http() {
         assert_eq!(clients.len(), 2);
         for (client, email) in clients.iter().zip(["ana@example.com", "bo@example.com"]) {
             assert_eq!(client["protocol"], protocol, "{mode}: {client}");
-            assert_eq!(
-                client["tools"],
-                json!([
-                    "analyze",
-                    "challenge",
-                    "chat",
-                    "codereview",
-                    "debug",
-                    "listmodels",
-                    "planner",
-                    "thinkdeep",
-                    "version",
-                    "whoami"
-                ])
-            );
+            assert_eq!(client["tools"], json!(exai_tests::TOOLS_SORTED));
             assert_eq!(
                 client["whoami"]["user_id"],
                 UserId::from_email(email).to_string(),

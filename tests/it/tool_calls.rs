@@ -209,21 +209,7 @@ async fn tools_list_comes_in_pages() {
         }
     }
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "analyze",
-            "challenge",
-            "chat",
-            "codereview",
-            "debug",
-            "listmodels",
-            "planner",
-            "thinkdeep",
-            "version",
-            "whoami"
-        ]
-    );
+    assert_eq!(names, exai_tests::TOOLS_SORTED);
     let bad = client
         .request(json!(20), "tools/list", json!({"cursor": "bogus"}))
         .await;

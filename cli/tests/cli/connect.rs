@@ -164,22 +164,7 @@ async fn python_sdk_stdio_client_survives_a_daemon_restart() {
 
     let before = client.recv().await;
     assert_eq!(before["phase"], "before");
-    assert_eq!(
-        before["tools"],
-        json!([
-            "analyze",
-            "challenge",
-            "chat",
-            "codereview",
-            "debug",
-            "listmodels",
-            "planner",
-            "thinkdeep",
-            "version",
-            "whoami"
-        ]),
-        "{before}"
-    );
+    assert_eq!(before["tools"], json!(exai_tests::TOOLS_SORTED), "{before}");
     assert_eq!(before["whoami"]["email"], email);
     assert_eq!(before["chat_is_error"], false);
     assert!(
