@@ -23,27 +23,28 @@ pub const GLM_MODELS: &[&str] = &["glm-4.6", "glm-4.5", "glm-4.5-flash", "glm-4.
 pub const GLM_DEFAULT_MODEL: &str = "glm-4.5-flash";
 
 impl OpenAiConfig {
-    /// Kimi at `url` with `key`: its models, 6 calls at once.
+    /// Kimi at `url` (default [`KIMI_URL`]) with `key`: its models, 6 calls
+    /// at once.
     pub fn kimi(key: Secret, url: Option<String>) -> Self {
-        let mut config = OpenAiConfig::new(
+        Self::preset(
             "kimi",
-            url.unwrap_or_else(|| KIMI_URL.to_owned()),
-            KIMI_MODELS.iter().map(|m| (*m).to_owned()).collect(),
+            url.as_deref().unwrap_or(KIMI_URL),
+            KIMI_MODELS,
+            6,
+            key,
         )
-        .with_api_key(key);
-        config.max_concurrency = 6;
-        config
     }
 
-    /// GLM at `url` with `key`: its models, 4 calls at once.
+    /// GLM at `url` (default [`GLM_URL`]) with `key`: its models, 4 calls at
+    /// once.
     pub fn glm(key: Secret, url: Option<String>) -> Self {
-        let mut config = OpenAiConfig::new(
-            "glm",
-            url.unwrap_or_else(|| GLM_URL.to_owned()),
-            GLM_MODELS.iter().map(|m| (*m).to_owned()).collect(),
-        )
-        .with_api_key(key);
-        config.max_concurrency = 4;
+        Self::preset("glm", url.as_deref().unwrap_or(GLM_URL), GLM_MODELS, 4, key)
+    }
+
+    fn preset(name: &str, url: &str, models: &[&str], max_concurrency: usize, key: Secret) -> Self {
+        let models = models.iter().map(|m| (*m).to_owned()).collect();
+        let mut config = OpenAiConfig::new(name, url, models).with_api_key(key);
+        config.max_concurrency = max_concurrency;
         config
     }
 }

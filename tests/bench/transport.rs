@@ -95,6 +95,16 @@ async fn round_trip(client: &mut Client, id: u64) {
     debug_assert_eq!(answer["id"], json!(id));
 }
 
+/// What `tasks` counted in [`RUN`], per second.
+async fn per_second(tasks: impl Iterator<Item = tokio::task::JoinHandle<u64>>) -> f64 {
+    let total: u64 = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
+    total as f64 / RUN.as_secs_f64()
+}
+
 /// Round trips per second over `clients`, all busy at once.
 async fn round_trips_per_second(clients: Vec<Client>) -> f64 {
     let deadline = Instant::now() + RUN;
@@ -108,12 +118,7 @@ async fn round_trips_per_second(clients: Vec<Client>) -> f64 {
             done
         })
     });
-    let total: u64 = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .sum();
-    total as f64 / RUN.as_secs_f64()
+    per_second(tasks).await
 }
 
 /// p50 and p99 latency with calls sent at a fixed total `rate` over
@@ -166,12 +171,7 @@ async fn connections_per_second(url: &str, tokens: Arc<Vec<String>>) -> f64 {
             made
         })
     });
-    let total: u64 = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .sum();
-    total as f64 / RUN.as_secs_f64()
+    per_second(tasks).await
 }
 
 /// The floor for HTTP: an axum route that answers a POST with its body.
@@ -234,12 +234,7 @@ async fn http_round_trips_per_second(url: &str, token: Option<&str>) -> f64 {
             done
         })
     });
-    let total: u64 = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .sum();
-    total as f64 / RUN.as_secs_f64()
+    per_second(tasks).await
 }
 
 async fn post(
