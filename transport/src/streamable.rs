@@ -260,11 +260,7 @@ async fn batch<F: ServiceFactory>(
             .expect("a valid request");
         *request.headers_mut() = parts.headers.clone();
         let response = REQUEST.scope(scope.clone(), edge.http.handle(request));
-        calls.push(async move {
-            let body = Body::new(response.await.into_body());
-            let body = axum::body::to_bytes(body, limit).await.ok()?;
-            answer_in(&body, &id?)
-        });
+        calls.push(async move { answer_in(response.await.map(Body::new), &id?, limit).await });
     }
     answers.extend(futures::future::join_all(calls).await.into_iter().flatten());
     if answers.is_empty() {
@@ -289,19 +285,35 @@ fn counted_until_sent(response: Response, counted: TaskTrackerToken) -> Response
     })
 }
 
-/// The response to request `id` in an SSE (or JSON) body from rmcp.
-fn answer_in(body: &[u8], id: &serde_json::Value) -> Option<serde_json::Value> {
-    let text = std::str::from_utf8(body).ok()?;
+/// The answer to request `id` in rmcp's `response`: an event of its SSE
+/// stream (read up to that event), or a JSON body.
+async fn answer_in(
+    response: Response,
+    id: &serde_json::Value,
+    limit: usize,
+) -> Option<serde_json::Value> {
+    use futures::StreamExt as _;
     let is_answer = |m: &serde_json::Value| {
         m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some())
     };
-    if let Ok(message) = serde_json::from_str::<serde_json::Value>(text) {
-        return is_answer(&message).then_some(message);
+    let sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if sse {
+        let mut events = sse_stream::SseStream::new(response.into_body());
+        while let Some(Ok(event)) = events.next().await {
+            let message = event.data.and_then(|d| serde_json::from_str(&d).ok());
+            if let Some(message) = message.filter(is_answer) {
+                return Some(message);
+            }
+        }
+        return None;
     }
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
-        .find(is_answer)
+    let body = axum::body::to_bytes(response.into_body(), limit)
+        .await
+        .ok()?;
+    serde_json::from_slice(&body).ok().filter(is_answer)
 }
 
 /// 400, with the JSON-RPC error when there is one to send.
