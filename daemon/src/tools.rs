@@ -25,7 +25,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
-/// What bounds a session's tool calls.
+/// What bounds a session's tool calls, and which tools it is offered.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ToolLimits {
