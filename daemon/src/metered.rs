@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use exai_auth::{Principal, UserId};
 use exai_sessions::{
-    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionRecord,
-    SessionStore, StoreError, Turn,
+    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
+    SessionRecord, SessionStore, StoreError, Turn, UsageRecord,
 };
 use exai_transport::Metrics;
 
@@ -130,5 +130,14 @@ impl SessionStore for MeteredStore {
     ) -> Result<Vec<Turn>, StoreError> {
         self.timed("read_conversation", self.inner.read_conversation(p, c, l))
             .await
+    }
+
+    async fn record_usage(&self, p: &Principal, r: UsageRecord) -> Result<(), StoreError> {
+        self.timed("record_usage", self.inner.record_usage(p, r))
+            .await
+    }
+
+    async fn usage(&self, p: &Principal) -> Result<Vec<ModelUsage>, StoreError> {
+        self.timed("usage", self.inner.usage(p)).await
     }
 }

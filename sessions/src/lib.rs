@@ -25,8 +25,8 @@ use exai_auth::{Principal, UserId};
 
 pub use memory::MemoryStore;
 pub use model::{
-    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionMetadata,
-    SessionRecord, SessionStatus, Turn,
+    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
+    SessionMetadata, SessionRecord, SessionStatus, Turn, UsageRecord,
 };
 pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
 pub use supabase::{SupabaseConfig, SupabaseStore};
@@ -163,6 +163,16 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         conversation: &ConversationId,
         limits: &ConversationLimits,
     ) -> Result<Vec<Turn>, StoreError>;
+
+    /// Records one provider call the principal made (`mcp_usage`).
+    async fn record_usage(
+        &self,
+        principal: &Principal,
+        record: UsageRecord,
+    ) -> Result<(), StoreError>;
+
+    /// The principal's own usage, per model, sorted by model.
+    async fn usage(&self, principal: &Principal) -> Result<Vec<ModelUsage>, StoreError>;
 }
 
 /// Whether `principal` may use the admin operations.

@@ -1,28 +1,91 @@
 //! The in-memory store: no IO, one process. The embedded default.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 
 use crate::{
-    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionRecord,
-    SessionStatus, SessionStore, StoreError, Turn, is_admin,
+    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
+    SessionRecord, SessionStatus, SessionStore, StoreError, Turn, UsageRecord, is_admin,
 };
 
 /// How many ended sessions a user keeps in memory (for `list` and resume);
 /// older ones are dropped when the user opens a new session.
 const ENDED_SESSIONS_KEPT_PER_USER: usize = 64;
 
+/// How many live conversations a user keeps in memory; starting one more
+/// drops that user's oldest one. Bounds what one user can make
+/// the process hold.
+const CONVERSATIONS_KEPT_PER_USER: usize = 1024;
+
+/// How often expired conversations are swept out (at the next start of one).
+const CONVERSATION_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// Sessions in a `Mutex<HashMap>`, indexed by user; API keys by id;
-/// conversations by handle.
+/// conversations by handle; usage as per-user, per-model totals (nothing in
+/// the daemon reads single calls back, and totals stay small).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     users: Mutex<HashMap<UserId, Vec<SessionRecord>>>,
     api_keys: Mutex<HashMap<String, ApiKeyRecord>>,
-    conversations: Mutex<HashMap<ConversationId, Conversation>>,
+    conversations: Mutex<Conversations>,
+    usage: Mutex<HashMap<UserId, BTreeMap<String, ModelUsage>>>,
+}
+
+#[derive(Debug, Default)]
+struct Conversations {
+    by_id: HashMap<ConversationId, Conversation>,
+    /// Each user's conversations, oldest first.
+    per_user: HashMap<UserId, VecDeque<ConversationId>>,
+    last_sweep: Option<Instant>,
+}
+
+impl Conversations {
+    fn remove(&mut self, id: &ConversationId) {
+        if let Some(gone) = self.by_id.remove(id)
+            && let Some(ids) = self.per_user.get_mut(&gone.user_id)
+        {
+            ids.retain(|kept| kept != id);
+            if ids.is_empty() {
+                self.per_user.remove(&gone.user_id);
+            }
+        }
+    }
+
+    /// Drops expired conversations, at most every [`CONVERSATION_SWEEP_EVERY`].
+    fn sweep(&mut self, limits: &ConversationLimits) {
+        if self
+            .last_sweep
+            .is_some_and(|at| at.elapsed() < CONVERSATION_SWEEP_EVERY)
+        {
+            return;
+        }
+        self.last_sweep = Some(Instant::now());
+        let expired: Vec<ConversationId> = self
+            .by_id
+            .iter()
+            .filter(|(_, c)| !c.is_live(limits))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.remove(id);
+        }
+    }
+
+    /// Makes room for one more of `user`'s conversations.
+    fn make_room(&mut self, user: UserId) {
+        let oldest = self
+            .per_user
+            .get(&user)
+            .filter(|ids| ids.len() >= CONVERSATIONS_KEPT_PER_USER)
+            .and_then(|ids| ids.front().cloned());
+        if let Some(oldest) = oldest {
+            self.remove(&oldest);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -66,7 +129,7 @@ impl MemoryStore {
         f: impl FnOnce(&mut Conversation) -> T,
     ) -> Result<T, StoreError> {
         let mut conversations = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
-        match conversations.get_mut(id) {
+        match conversations.by_id.get_mut(id) {
             Some(c) if c.user_id == principal.user_id && c.is_live(limits) => Ok(f(c)),
             Some(c) if !c.is_live(limits) => {
                 conversations.remove(id);
@@ -280,9 +343,10 @@ impl SessionStore for MemoryStore {
         limits: &ConversationLimits,
     ) -> Result<ConversationId, StoreError> {
         let mut conversations = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
-        conversations.retain(|_, c| c.is_live(limits));
+        conversations.sweep(limits);
+        conversations.make_room(principal.user_id);
         let id = ConversationId::generate();
-        conversations.insert(
+        conversations.by_id.insert(
             id.clone(),
             Conversation {
                 user_id: principal.user_id,
@@ -290,6 +354,11 @@ impl SessionStore for MemoryStore {
                 updated_at: SystemTime::now(),
             },
         );
+        conversations
+            .per_user
+            .entry(principal.user_id)
+            .or_default()
+            .push_back(id.clone());
         Ok(id)
     }
 
@@ -319,6 +388,29 @@ impl SessionStore for MemoryStore {
         limits: &ConversationLimits,
     ) -> Result<Vec<Turn>, StoreError> {
         self.conversation(principal, conversation, limits, |c| c.turns.clone())
+    }
+
+    async fn record_usage(
+        &self,
+        principal: &Principal,
+        record: UsageRecord,
+    ) -> Result<(), StoreError> {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage
+            .entry(principal.user_id)
+            .or_default()
+            .entry(record.model.clone())
+            .or_insert_with(|| ModelUsage::new(record.model.clone()))
+            .add(&record);
+        Ok(())
+    }
+
+    async fn usage(&self, principal: &Principal) -> Result<Vec<ModelUsage>, StoreError> {
+        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(usage
+            .get(&principal.user_id)
+            .map(|models| models.values().cloned().collect())
+            .unwrap_or_default())
     }
 }
 

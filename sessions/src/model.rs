@@ -223,3 +223,104 @@ pub struct SessionRecord {
     /// What was recorded about the connection.
     pub metadata: SessionMetadata,
 }
+
+/// One provider call, as `mcp_usage` records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UsageRecord {
+    /// The session the call was made in, if any (a stateless request has none).
+    pub session_id: Option<SessionId>,
+    /// The tool that made the call.
+    pub tool: String,
+    /// The provider asked.
+    pub provider: String,
+    /// The model asked.
+    pub model: String,
+    /// Tokens in the prompt, as the provider reported them (0 when it did not).
+    pub prompt_tokens: u64,
+    /// Tokens in the answer, likewise.
+    pub completion_tokens: u64,
+    /// How long the call took.
+    pub latency: std::time::Duration,
+    /// `ok`, or what went wrong (`error`, `cancelled`, …).
+    pub outcome: String,
+}
+
+impl UsageRecord {
+    /// A call of `tool` to `provider`'s `model` that ended with `outcome`.
+    pub fn new(
+        tool: impl Into<String>,
+        provider: impl Into<String>,
+        model: impl Into<String>,
+        outcome: impl Into<String>,
+    ) -> Self {
+        UsageRecord {
+            session_id: None,
+            tool: tool.into(),
+            provider: provider.into(),
+            model: model.into(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency: std::time::Duration::ZERO,
+            outcome: outcome.into(),
+        }
+    }
+
+    /// Made in `session`.
+    pub fn in_session(mut self, session: Option<SessionId>) -> Self {
+        self.session_id = session;
+        self
+    }
+
+    /// With the provider's token counts.
+    pub fn with_tokens(mut self, prompt: u64, completion: u64) -> Self {
+        self.prompt_tokens = prompt;
+        self.completion_tokens = completion;
+        self
+    }
+
+    /// Taking `latency`.
+    pub fn with_latency(mut self, latency: std::time::Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Whether the call succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.outcome == "ok"
+    }
+}
+
+/// A user's usage of one model, summed over every call recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ModelUsage {
+    /// The model.
+    pub model: String,
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that did not succeed.
+    pub errors: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+}
+
+impl ModelUsage {
+    /// Nothing yet of `model`.
+    pub fn new(model: impl Into<String>) -> Self {
+        ModelUsage {
+            model: model.into(),
+            ..ModelUsage::default()
+        }
+    }
+
+    /// Counts `record` in.
+    pub fn add(&mut self, record: &UsageRecord) {
+        self.calls += 1;
+        self.errors += u64::from(!record.is_ok());
+        self.prompt_tokens += record.prompt_tokens;
+        self.completion_tokens += record.completion_tokens;
+    }
+}

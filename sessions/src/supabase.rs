@@ -18,8 +18,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    ConversationId, ConversationLimits, OpenSession, SessionFilter, SessionId, SessionRecord,
-    SessionStatus, SessionStore, StoreError, Turn, is_admin,
+    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
+    SessionRecord, SessionStatus, SessionStore, StoreError, Turn, UsageRecord, is_admin,
 };
 
 const SESSION_COLUMNS: &str =
@@ -503,6 +503,47 @@ impl SessionStore for SupabaseStore {
                 )
             })
             .collect())
+    }
+
+    async fn record_usage(
+        &self,
+        principal: &Principal,
+        record: UsageRecord,
+    ) -> Result<(), StoreError> {
+        let args = json!({
+            "p_user_id": principal.user_id,
+            "p_session_id": record.session_id,
+            "p_tool": record.tool,
+            "p_provider": record.provider,
+            "p_model": record.model,
+            "p_prompt_tokens": record.prompt_tokens,
+            "p_completion_tokens": record.completion_tokens,
+            "p_latency_ms": u64::try_from(record.latency.as_millis()).unwrap_or(u64::MAX),
+            "p_outcome": record.outcome,
+        });
+        self.rpc("mcp_record_usage", args)
+            .await
+            .map_err(|e| store_error(e, 0, None))?;
+        Ok(())
+    }
+
+    async fn usage(&self, principal: &Principal) -> Result<Vec<ModelUsage>, StoreError> {
+        let rows = self
+            .rpc(
+                "mcp_usage_totals",
+                json!({ "p_user_id": principal.user_id }),
+            )
+            .await
+            .map_err(|e| store_error(e, 0, None))?;
+        let Value::Array(rows) = rows else {
+            return Err(unavailable(RestError::Unexpected("usage rows".into())));
+        };
+        rows.into_iter()
+            .map(|row| {
+                serde_json::from_value(row)
+                    .map_err(|_| unavailable(RestError::Unexpected("a usage row".into())))
+            })
+            .collect()
     }
 }
 

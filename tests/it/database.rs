@@ -125,6 +125,12 @@ async fn row_level_security_keeps_users_apart() {
         )
         .await
         .unwrap();
+        db.execute(
+            "SELECT mcp_record_usage($1, $2, 'chat', 'glm', 'glm-4.6', 3, 4, 50, 'ok')",
+            &[&id.as_uuid(), &format!("session-of-{email}")],
+        )
+        .await
+        .unwrap();
     }
 
     let rows = as_role(
@@ -176,7 +182,35 @@ async fn row_level_security_keeps_users_apart() {
     .unwrap();
     let ids: Vec<String> = keys.iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, ["key-of-rls-b@example.com"]);
+    let usage = as_role(
+        &mut db,
+        "authenticated",
+        Some(b),
+        "SELECT user_id, session_id FROM mcp_usage",
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(uuid::Uuid, String)> = usage.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        rows,
+        [(b.as_uuid(), "session-of-rls-b@example.com".to_owned())],
+        "B reads only B's usage"
+    );
+    assert_eq!(
+        as_role(&mut db, "anon", None, "SELECT 1 FROM mcp_usage")
+            .await
+            .err()
+            .as_deref(),
+        Some("42501"),
+        "anon reads no usage"
+    );
     for forbidden in [
+        "INSERT INTO mcp_usage (user_id, tool, provider, model, latency_ms, outcome) \
+         VALUES (auth.uid(), 'chat', 'glm', 'glm-4.6', 1, 'ok') RETURNING 1",
+        "UPDATE mcp_usage SET prompt_tokens = 0 RETURNING 1",
+        "DELETE FROM mcp_usage RETURNING 1",
+        "SELECT mcp_record_usage(auth.uid(), NULL, 'chat', 'glm', 'glm-4.6', 0, 0, 1, 'ok')",
+        "SELECT * FROM mcp_usage_totals(auth.uid())",
         "SELECT secret_hash FROM mcp_api_keys",
         "UPDATE mcp_api_keys SET revoked_at = NULL RETURNING 1",
         "SELECT mcp_open_session(auth.uid(), 'x', 100, '{}')",

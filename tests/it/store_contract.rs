@@ -7,9 +7,9 @@ use exai_auth::{AuthMethod, Principal, UserId};
 use std::time::Duration;
 
 use exai_sessions::{
-    ConversationId, ConversationLimits, MemoryStore, OpenSession, PostgresConfig, PostgresStore,
-    SessionFilter, SessionId, SessionMetadata, SessionStatus, SessionStore, StoreError,
-    SupabaseConfig, SupabaseStore, Turn,
+    ConversationId, ConversationLimits, MemoryStore, ModelUsage, OpenSession, PostgresConfig,
+    PostgresStore, SessionFilter, SessionId, SessionMetadata, SessionStatus, SessionStore,
+    StoreError, SupabaseConfig, SupabaseStore, Turn, UsageRecord,
 };
 use exai_tests::{TestPostgres, TestPostgrest};
 
@@ -374,6 +374,55 @@ async fn api_keys_round_trip(backend: &Backend, keys: &dyn exai_auth::ApiKeyStor
     assert!(revoked.revoked_at.is_some());
 }
 
+async fn usage_is_counted_per_user_and_model(backend: &Backend) {
+    let store = &backend.store;
+    let a = backend.user("use-a@example.com").await;
+    let b = backend.user("use-b@example.com").await;
+    let session = store.open(&a, open_request(5)).await.unwrap().session_id;
+    let call = |model: &str, outcome: &str, prompt: u64, completion: u64| {
+        UsageRecord::new("chat", "glm", model, outcome)
+            .in_session(Some(session.clone()))
+            .with_tokens(prompt, completion)
+            .with_latency(Duration::from_millis(12))
+    };
+    store
+        .record_usage(&a, call("glm-4.6", "ok", 10, 20))
+        .await
+        .unwrap();
+    store
+        .record_usage(&a, call("glm-4.6", "ok", 1, 2))
+        .await
+        .unwrap();
+    store
+        .record_usage(&a, call("glm-4.5-flash", "error", 0, 0))
+        .await
+        .unwrap();
+    // A stateless request's call has no session.
+    store
+        .record_usage(
+            &b,
+            UsageRecord::new("consensus", "kimi", "kimi-k2-turbo-preview", "ok").with_tokens(5, 5),
+        )
+        .await
+        .unwrap();
+    let mut flash = ModelUsage::new("glm-4.5-flash");
+    flash.calls = 1;
+    flash.errors = 1;
+    let mut six = ModelUsage::new("glm-4.6");
+    six.calls = 2;
+    six.prompt_tokens = 11;
+    six.completion_tokens = 22;
+    assert_eq!(store.usage(&a).await.unwrap(), [flash, six]);
+    let b_usage = store.usage(&b).await.unwrap();
+    assert_eq!(b_usage.len(), 1, "B sees only B's usage: {b_usage:?}");
+    assert_eq!(
+        (b_usage[0].model.as_str(), b_usage[0].calls),
+        ("kimi-k2-turbo-preview", 1)
+    );
+    let nobody = backend.user("use-c@example.com").await;
+    assert!(store.usage(&nobody).await.unwrap().is_empty());
+}
+
 async fn keep_the_contract(backend: Backend) {
     open_close_list(&backend).await;
     other_users_sessions_look_like_missing_ones(&backend).await;
@@ -381,6 +430,7 @@ async fn keep_the_contract(backend: Backend) {
     resume_own_disconnected_sessions_only(&backend).await;
     admins_list_and_kill_users_cannot(&backend).await;
     conversations_belong_to_their_user(&backend).await;
+    usage_is_counted_per_user_and_model(&backend).await;
     time_passes(&backend).await;
 }
 
