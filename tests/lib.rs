@@ -103,6 +103,10 @@ impl TestDaemon {
         adjust: impl FnOnce(&mut Config),
     ) -> Result<TestDaemon, exai_daemon::StartError> {
         let mut config = Config::new("127.0.0.1", 0, Secret::new(TEST_SECRET.to_vec()));
+        // Tests make calls far faster than people do: the per-user limits
+        // are off unless a test sets them (tests/it/fairness.rs does).
+        config.tools.per_user.rpm = None;
+        config.tools.per_user.max_in_flight = 10_000;
         adjust(&mut config);
         let daemon = exai_daemon::start(config).await?;
         Ok(TestDaemon {
@@ -504,7 +508,7 @@ async fn raw_get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Stri
 }
 
 /// The daemon's tools, in the order `tools/list` shows them.
-pub const TOOLS: [&str; 10] = [
+pub const TOOLS: [&str; 13] = [
     "chat",
     "thinkdeep",
     "analyze",
@@ -512,20 +516,26 @@ pub const TOOLS: [&str; 10] = [
     "debug",
     "planner",
     "challenge",
+    "consensus",
     "listmodels",
     "version",
+    "status",
     "whoami",
+    "sessions",
 ];
 
 /// The same, sorted (as the SDK test clients report them).
-pub const TOOLS_SORTED: [&str; 10] = [
+pub const TOOLS_SORTED: [&str; 13] = [
     "analyze",
     "challenge",
     "chat",
     "codereview",
+    "consensus",
     "debug",
     "listmodels",
     "planner",
+    "sessions",
+    "status",
     "thinkdeep",
     "version",
     "whoami",

@@ -5,15 +5,17 @@
 //! sign development tokens exactly as the daemon verifies them.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use exai_auth::{JwksConfig, JwtConfig, Secret};
-use exai_sessions::PostgresConfig;
+use exai_sessions::{ConversationLimits, PostgresConfig};
 use exai_transport::EdgeConfig;
 
 use exai_providers::OpenAiConfig;
 
+use crate::quota::UserLimits;
 use crate::tools::{ToolLimits, ToolSelection};
 
 use crate::secret_file;
@@ -383,6 +385,30 @@ pub struct DaemonArgs {
     /// with a JSON-RPC error (-32004) at once
     #[arg(long, env = "EXAI_SESSION_MAX_INFLIGHT", default_value = "8")]
     pub session_max_inflight: String,
+
+    /// Tool calls one user may start per minute, over all their sessions
+    /// (0: no limit); more are refused with a JSON-RPC error (-32005)
+    /// saying when to retry
+    #[arg(long, env = "EXAI_USER_RPM", default_value = "60")]
+    pub user_rpm: String,
+
+    /// Tool calls one user may have running at once, over all their
+    /// sessions; more are refused with a JSON-RPC error (-32005)
+    #[arg(long, env = "EXAI_USER_MAX_INFLIGHT", default_value = "8")]
+    pub user_max_inflight: String,
+
+    /// The most provider calls one tool call may make
+    #[arg(long, env = "EXAI_MAX_PROVIDER_CALLS_PER_TOOL", default_value = "8")]
+    pub max_provider_calls: String,
+
+    /// The most turns (a question and its answer are two) a conversation
+    /// may hold
+    #[arg(long, env = "MAX_CONVERSATION_TURNS", default_value = "20")]
+    pub max_conversation_turns: String,
+
+    /// Hours after its last turn that a conversation is gone
+    #[arg(long, env = "CONVERSATION_TIMEOUT_HOURS", default_value = "3")]
+    pub conversation_timeout_hours: String,
 
     /// Seconds tool calls running at shutdown may take to finish before they
     /// are cancelled
@@ -818,6 +844,36 @@ impl DaemonArgs {
             "a whole number from 1 to 1000",
             |v: &usize| (1..=1000).contains(v),
         ));
+        let user_rpm = problems.check(parse(
+            "EXAI_USER_RPM",
+            &self.user_rpm,
+            "a whole number of calls per minute (0: no limit)",
+            |_: &u32| true,
+        ));
+        let user_in_flight = problems.check(parse(
+            "EXAI_USER_MAX_INFLIGHT",
+            &self.user_max_inflight,
+            "a whole number from 1 to 10000",
+            |v: &usize| (1..=10_000).contains(v),
+        ));
+        let provider_calls = problems.check(parse(
+            "EXAI_MAX_PROVIDER_CALLS_PER_TOOL",
+            &self.max_provider_calls,
+            "a whole number from 1 to 100",
+            |v: &usize| (1..=100).contains(v),
+        ));
+        let turns = problems.check(parse(
+            "MAX_CONVERSATION_TURNS",
+            &self.max_conversation_turns,
+            "a whole number from 2 to 10000",
+            |v: &usize| (2..=10_000).contains(v),
+        ));
+        let hours = problems.check(parse(
+            "CONVERSATION_TIMEOUT_HOURS",
+            &self.conversation_timeout_hours,
+            "a number of hours above 0, at most 8760",
+            |v: &f64| *v > 0.0 && *v <= 8760.0,
+        ));
         let echo_delay = problems.check(parse(
             "EXAI_ECHO_DELAY_MS",
             &self.echo_delay_ms,
@@ -840,10 +896,20 @@ impl DaemonArgs {
         }
         selection.enabled = (!enabled.is_empty()).then_some(enabled);
         selection.disabled = disabled;
+        let per_user = UserLimits {
+            rpm: NonZeroU32::new(user_rpm?),
+            max_in_flight: user_in_flight?,
+        };
+        let mut conversations = ConversationLimits::default();
+        conversations.max_turns = turns?;
+        conversations.timeout = Duration::from_secs_f64(hours? * 3600.0);
         let limits = ToolLimits {
             timeout: Duration::from_secs(timeout?),
             progress_interval: Duration::from_secs(progress?),
             max_in_flight: in_flight?,
+            per_user,
+            max_provider_calls: provider_calls?,
+            conversations,
             selection,
             ..ToolLimits::default()
         };

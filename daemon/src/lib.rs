@@ -11,6 +11,7 @@ pub mod config;
 pub mod env_file;
 pub mod logging;
 mod metered;
+mod quota;
 mod secret_file;
 pub mod tools;
 
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{AuthMode, Config, StoreConfig};
+pub use quota::UserLimits;
 
 /// The daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,15 +108,14 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
-    let tool_metrics = metrics.clone();
-    let limits = config.tools;
+    let tools = Arc::new(tools::Tools::new(
+        providers,
+        store.clone(),
+        metrics.clone(),
+        config.tools,
+    ));
     let factory = move |connection: &ConnectionContext| {
-        tools::ExaiServer::new(
-            connection.clone(),
-            providers.clone(),
-            tool_metrics.clone(),
-            limits.clone(),
-        )
+        tools::ExaiServer::new(connection.clone(), tools.clone())
     };
     let edge = Edge::new(auth, store, factory, config.edge, metrics.clone());
     let shutdown = CancellationToken::new();

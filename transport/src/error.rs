@@ -149,6 +149,10 @@ pub mod jsonrpc {
     /// The session already has as many tool calls running as it may
     /// (`EXAI_SESSION_MAX_INFLIGHT`); retry when one finishes.
     pub const TOO_MANY_IN_FLIGHT: i32 = -32004;
+    /// The user is over a per-user limit (`EXAI_USER_RPM`,
+    /// `EXAI_USER_MAX_INFLIGHT`); the error's data says when to retry
+    /// (`retry_after_ms`).
+    pub const USER_LIMIT: i32 = -32005;
 }
 
 #[cfg(test)]
