@@ -5,6 +5,7 @@
 //!
 //! The tests themselves are in `it/` (one test binary).
 
+mod model_api;
 mod pg;
 mod postgrest;
 
@@ -21,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub use model_api::ModelApi;
 pub use pg::TestPostgres;
 pub use postgrest::TestPostgrest;
 

@@ -5,6 +5,7 @@
 
 mod auth_edge;
 mod auth_tokens;
+mod conversations;
 mod database;
 mod framing;
 mod isolation;
