@@ -245,3 +245,77 @@ async fn enabled_and_disabled_tools_decide_what_is_offered() {
     assert_eq!(client.whoami(4).await["email"], "ana@example.com");
     daemon.stop().await;
 }
+
+/// A model's answer reaches a client that asked for progress as it streams
+/// in, piece by piece, before the result; and a call the client cancels
+/// midway still counts in the caller's usage, as cancelled.
+#[tokio::test]
+async fn a_streamed_answer_arrives_as_progress_and_cancelled_calls_count() {
+    let api = exai_tests::ModelApi::with_delay(Duration::from_millis(60)).await;
+    let url = api.url.clone();
+    let daemon = TestDaemon::start_with(|c| {
+        c.providers = vec![exai_providers::OpenAiConfig::new(
+            "openai",
+            url,
+            vec!["local-a".into()],
+        )];
+        c.default_model = "local-a".into();
+    })
+    .await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "chat",
+                                 "arguments": {"prompt": "tell me a long story please"},
+                                 "_meta": {"progressToken": "s-1"}}});
+    client.send_text(call.to_string()).await;
+    let seen = until_response(&mut client, 1).await;
+    let pieces: Vec<&str> = seen
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| m["params"]["message"].as_str().unwrap())
+        .collect();
+    let answer = seen.last().unwrap()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(pieces.len() >= 2, "the answer came in pieces: {seen:?}");
+    assert_eq!(pieces.concat(), answer);
+    assert_eq!(api.requests()[0]["stream"], true);
+
+    // Cancel a streaming call midway: the provider call is recorded as
+    // cancelled in the caller's usage.
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "chat",
+                                 "arguments": {"prompt": "another long story to be cut short"},
+                                 "_meta": {"progressToken": "s-2"}}});
+    client.send_text(call.to_string()).await;
+    let first = client.recv_json().await;
+    assert_eq!(first["method"], "notifications/progress", "{first}");
+    client
+        .send_text(
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": 2}})
+            .to_string(),
+        )
+        .await;
+    exai_tests::wait_for_metric(
+        &daemon,
+        r#"exai_tool_calls_total{tool="chat",outcome="cancelled"} 1"#,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = client.call_tool(3, "status", json!({})).await;
+        let usage = &status["result"]["structuredContent"]["you"]["usage"];
+        if usage["calls"] == 2 {
+            assert_eq!(usage["errors"], 1, "the cancelled call: {status}");
+            assert_eq!(usage["calls"], 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled call is recorded: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+}
