@@ -21,11 +21,13 @@ pub struct ModelApi {
     /// The base URL (`http://127.0.0.1:PORT/v1`), for `OpenAiConfig`.
     pub url: String,
     requests: Arc<Mutex<Vec<Value>>>,
+    keys: Arc<Mutex<Vec<Option<String>>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 struct State {
     requests: Arc<Mutex<Vec<Value>>>,
+    keys: Arc<Mutex<Vec<Option<String>>>>,
     delay: Duration,
 }
 
@@ -39,8 +41,10 @@ impl ModelApi {
     /// of a streamed one).
     pub async fn with_delay(delay: Duration) -> ModelApi {
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let keys = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(State {
             requests: requests.clone(),
+            keys: keys.clone(),
             delay,
         });
         let app = axum::Router::new()
@@ -54,6 +58,7 @@ impl ModelApi {
         ModelApi {
             url,
             requests,
+            keys,
             _task: task,
         }
     }
@@ -61,6 +66,11 @@ impl ModelApi {
     /// Every request body received, oldest first.
     pub fn requests(&self) -> Vec<Value> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// The bearer key of each request (`None`: no `Authorization`).
+    pub fn keys(&self) -> Vec<Option<String>> {
+        self.keys.lock().unwrap().clone()
     }
 
     /// How many requests came.
@@ -71,9 +81,16 @@ impl ModelApi {
 
 async fn answer(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
+    headers: axum::http::HeaderMap,
     body: String,
 ) -> axum::response::Response {
     let request: Value = serde_json::from_str(&body).unwrap();
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    state.keys.lock().unwrap().push(key);
     let n = {
         let mut requests = state.requests.lock().unwrap();
         requests.push(request.clone());

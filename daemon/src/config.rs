@@ -79,6 +79,14 @@ pub enum ConfigError {
         "OPENAI_MODELS: name the models the OpenAI-compatible endpoint serves (comma-separated)"
     )]
     MissingOpenAiModels,
+    /// `EXAI_PROVIDERS_FILE` cannot be used.
+    #[error("EXAI_PROVIDERS_FILE {path}: {problem}")]
+    ProvidersFile {
+        /// The file.
+        path: String,
+        /// What is wrong (never quoting the file).
+        problem: String,
+    },
     /// `DEFAULT_MODEL` names a model no configured provider serves.
     #[error("DEFAULT_MODEL={0}: no configured provider serves it (models: {1})")]
     UnservedDefaultModel(String, String),
@@ -264,7 +272,7 @@ impl AuthArgs {
     }
 }
 
-fn check_url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
+pub(crate) fn check_url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
     let bad = || ConfigError::BadUrl {
         variable,
         value: value.to_owned(),
@@ -459,6 +467,11 @@ pub struct DaemonArgs {
     /// The models that API serves, comma-separated
     #[arg(long, env = "OPENAI_MODELS", default_value = "")]
     pub openai_models: String,
+
+    /// A TOML file of more OpenAI-compatible providers (name, base_url,
+    /// api_key_env, models); see docs/providers.md
+    #[arg(long, env = "EXAI_PROVIDERS_FILE", value_name = "PATH")]
+    pub providers_file: Option<PathBuf>,
 
     /// The model a call that names none is sent to (default: glm-4.5-flash
     /// with GLM configured, else the offline echo)
@@ -805,6 +818,20 @@ impl DaemonArgs {
                 config = config.with_api_key(key);
             }
             providers.push(config);
+        }
+        if let Some(path) = &self.providers_file {
+            let lookup = |variable: &str| std::env::var(variable).ok();
+            match crate::providers_file::load(path, &lookup) {
+                Ok(listed) => providers.extend(listed),
+                Err(listed) => {
+                    for problem in listed {
+                        problems.push(ConfigError::ProvidersFile {
+                            path: path.display().to_string(),
+                            problem,
+                        });
+                    }
+                }
+            }
         }
         let default_model = match self.default_model.as_deref().map(str::trim) {
             Some(model) if !model.is_empty() => model.to_owned(),

@@ -11,6 +11,7 @@ pub mod config;
 pub mod env_file;
 pub mod logging;
 mod metered;
+mod providers_file;
 mod quota;
 mod secret_file;
 pub mod tools;

@@ -538,3 +538,79 @@ fn an_env_file_sits_under_flags_and_the_environment() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&help.stdout).contains("file-secret-value-not-for-help"));
 }
+
+/// `EXAI_PROVIDERS_FILE` adds providers whose keys come from the variables
+/// the file names; the key reaches the provider and never the log. A file
+/// with problems stops the start, naming each, without quoting the file.
+#[tokio::test]
+async fn a_providers_file_adds_providers_with_keys_from_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let api = exai_tests::ModelApi::start().await;
+    let file = data.path().join("providers.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[providers]]\nname = \"router\"\nbase_url = \"{}\"\napi_key_env = \"ROUTER_TEST_KEY\"\nmodels = [\"router-small\"]\n",
+            api.url
+        ),
+    )
+    .unwrap();
+    let key = "sk-router-test-key-4711";
+    let mut child = daemon(data.path())
+        .args(["--port", "0"])
+        .env("RUST_LOG", "trace")
+        .env("EXAI_PROVIDERS_FILE", &file)
+        .env("ROUTER_TEST_KEY", key)
+        .env("DEFAULT_MODEL", "router-small")
+        .spawn()
+        .unwrap();
+    let log = Log::collect(&mut child);
+    let url = log.url();
+    let token = mint(data.path(), "ana@example.com", 60);
+    let mut client = exai_tests::connect(&url, &token).await;
+    client.initialize().await;
+    let models = client
+        .call_tool(1, "listmodels", serde_json::json!({}))
+        .await;
+    let listed = &models["result"]["structuredContent"];
+    assert_eq!(listed["default"], "router-small", "{models}");
+    assert!(
+        listed["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["provider"] == "router"),
+        "{models}"
+    );
+    let answer = client
+        .call_tool(2, "chat", serde_json::json!({"prompt": "hi"}))
+        .await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "router-small #1: heard 1 messages; last: hi"
+    );
+    assert_eq!(api.keys(), [Some(key.to_owned())]);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
+    let log = log.finish();
+    assert!(!log.contains(key), "the key is not logged");
+
+    std::fs::write(
+        &file,
+        "[[providers]]\nname = \"kimi\"\nbase_url = \"https://x.example/v1\"\napi_key_env = \"NOT_SET_ANYWHERE\"\nmodels = [\"m\"]\napi_key = \"sk-pasted-9911\"\n",
+    )
+    .unwrap();
+    let output = daemon(data.path())
+        .args(["--port", "0"])
+        .env("EXAI_PROVIDERS_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("EXAI_PROVIDERS_FILE"), "{stderr}");
+    assert!(stderr.contains("unknown field `api_key`"), "{stderr}");
+    assert!(!stderr.contains("sk-pasted-9911"), "{stderr}");
+}
