@@ -105,20 +105,24 @@ impl SessionStore for MeteredStore {
     async fn create_conversation(
         &self,
         p: &Principal,
+        t: &[Turn],
         l: &ConversationLimits,
     ) -> Result<ConversationId, StoreError> {
-        self.timed("create_conversation", self.inner.create_conversation(p, l))
-            .await
+        self.timed(
+            "create_conversation",
+            self.inner.create_conversation(p, t, l),
+        )
+        .await
     }
 
-    async fn append_turn(
+    async fn append_turns(
         &self,
         p: &Principal,
         c: &ConversationId,
-        t: Turn,
+        t: &[Turn],
         l: &ConversationLimits,
     ) -> Result<usize, StoreError> {
-        self.timed("append_turn", self.inner.append_turn(p, c, t, l))
+        self.timed("append_turns", self.inner.append_turns(p, c, t, l))
             .await
     }
 

@@ -137,22 +137,24 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         session: &SessionId,
     ) -> Result<SessionRecord, StoreError>;
 
-    /// Starts a conversation thread for the principal; returns its handle
-    /// (the `continuation_id` tools hand out).
-    /// (Stores may drop conversations past `limits.timeout` here.)
+    /// Starts a conversation for the principal holding `turns` (at most
+    /// `limits.max_turns`); returns its handle, the `continuation_id` tools
+    /// hand out. (Stores may drop conversations past `limits.timeout` here.)
     async fn create_conversation(
         &self,
         principal: &Principal,
+        turns: &[Turn],
         limits: &ConversationLimits,
     ) -> Result<ConversationId, StoreError>;
 
-    /// Appends a turn to one of the principal's live conversations; returns
-    /// how many turns it now holds.
-    async fn append_turn(
+    /// Appends `turns` to one of the principal's live conversations, all or
+    /// none (none when they would pass `limits.max_turns`); returns how many
+    /// turns it now holds.
+    async fn append_turns(
         &self,
         principal: &Principal,
         conversation: &ConversationId,
-        turn: Turn,
+        turns: &[Turn],
         limits: &ConversationLimits,
     ) -> Result<usize, StoreError>;
 

@@ -340,8 +340,14 @@ impl SessionStore for MemoryStore {
     async fn create_conversation(
         &self,
         principal: &Principal,
+        turns: &[Turn],
         limits: &ConversationLimits,
     ) -> Result<ConversationId, StoreError> {
+        if turns.len() > limits.max_turns {
+            return Err(StoreError::TurnLimit {
+                max: limits.max_turns,
+            });
+        }
         let mut conversations = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
         conversations.sweep(limits);
         conversations.make_room(principal.user_id);
@@ -350,7 +356,7 @@ impl SessionStore for MemoryStore {
             id.clone(),
             Conversation {
                 user_id: principal.user_id,
-                turns: Vec::new(),
+                turns: turns.to_vec(),
                 updated_at: SystemTime::now(),
             },
         );
@@ -362,20 +368,20 @@ impl SessionStore for MemoryStore {
         Ok(id)
     }
 
-    async fn append_turn(
+    async fn append_turns(
         &self,
         principal: &Principal,
         conversation: &ConversationId,
-        turn: Turn,
+        turns: &[Turn],
         limits: &ConversationLimits,
     ) -> Result<usize, StoreError> {
         self.conversation(principal, conversation, limits, |c| {
-            if c.turns.len() >= limits.max_turns {
+            if c.turns.len() + turns.len() > limits.max_turns {
                 return Err(StoreError::TurnLimit {
                     max: limits.max_turns,
                 });
             }
-            c.turns.push(turn);
+            c.turns.extend_from_slice(turns);
             c.updated_at = SystemTime::now();
             Ok(c.turns.len())
         })?

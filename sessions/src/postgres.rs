@@ -55,6 +55,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0006_killed_sessions.sql"),
     ),
     ("0007_usage", include_str!("../migrations/0007_usage.sql")),
+    (
+        "0008_conversation_exchanges",
+        include_str!("../migrations/0008_conversation_exchanges.sql"),
+    ),
 ];
 
 const SESSION_COLUMNS: &str =
@@ -345,6 +349,18 @@ fn store_error(
         .unwrap_or_else(|| unavailable(error))
 }
 
+/// Turns as the two arrays the SQL functions take.
+fn columns(turns: &[Turn]) -> (Vec<&str>, Vec<&str>) {
+    turns
+        .iter()
+        .map(|t| (t.role.as_str(), t.content.as_str()))
+        .unzip()
+}
+
+fn max_turns(limits: &ConversationLimits) -> i32 {
+    i32::try_from(limits.max_turns).unwrap_or(i32::MAX)
+}
+
 fn seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
@@ -577,15 +593,24 @@ impl SessionStore for PostgresStore {
     async fn create_conversation(
         &self,
         principal: &Principal,
+        turns: &[Turn],
         limits: &ConversationLimits,
     ) -> Result<ConversationId, StoreError> {
         let user = principal.user_id.as_uuid();
         let id = ConversationId::generate();
+        let (roles, contents) = columns(turns);
         self.with_client(async |client| {
             client
                 .execute(
-                    "SELECT public.mcp_create_conversation($1, $2, $3)",
-                    &[&user, &id.as_str(), &seconds(limits.timeout)],
+                    "SELECT public.mcp_start_conversation($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &user,
+                        &id.as_str(),
+                        &roles,
+                        &contents,
+                        &max_turns(limits),
+                        &seconds(limits.timeout),
+                    ],
                 )
                 .await
                 .map_err(|e| store_error(e, 0, Some(limits)))?;
@@ -595,25 +620,25 @@ impl SessionStore for PostgresStore {
         Ok(id)
     }
 
-    async fn append_turn(
+    async fn append_turns(
         &self,
         principal: &Principal,
         conversation: &ConversationId,
-        turn: Turn,
+        turns: &[Turn],
         limits: &ConversationLimits,
     ) -> Result<usize, StoreError> {
         let user = principal.user_id.as_uuid();
-        let max = i32::try_from(limits.max_turns).unwrap_or(i32::MAX);
+        let (roles, contents) = columns(turns);
         self.with_client(async |client| {
             let row = client
                 .query_one(
-                    "SELECT public.mcp_append_turn($1, $2, $3, $4, $5, $6)",
+                    "SELECT public.mcp_append_turns($1, $2, $3, $4, $5, $6)",
                     &[
                         &user,
                         &conversation.as_str(),
-                        &turn.role,
-                        &turn.content,
-                        &max,
+                        &roles,
+                        &contents,
+                        &max_turns(limits),
                         &seconds(limits.timeout),
                     ],
                 )

@@ -438,37 +438,41 @@ impl SessionStore for SupabaseStore {
     async fn create_conversation(
         &self,
         principal: &Principal,
+        turns: &[Turn],
         limits: &ConversationLimits,
     ) -> Result<ConversationId, StoreError> {
         let id = ConversationId::generate();
         let args = json!({
             "p_user_id": principal.user_id,
             "p_continuation_id": id,
+            "p_roles": turns.iter().map(|t| &t.role).collect::<Vec<_>>(),
+            "p_contents": turns.iter().map(|t| &t.content).collect::<Vec<_>>(),
+            "p_max_turns": limits.max_turns,
             "p_timeout_secs": seconds(limits.timeout),
         });
-        self.rpc("mcp_create_conversation", args)
+        self.rpc("mcp_start_conversation", args)
             .await
             .map_err(|e| store_error(e, 0, Some(limits)))?;
         Ok(id)
     }
 
-    async fn append_turn(
+    async fn append_turns(
         &self,
         principal: &Principal,
         conversation: &ConversationId,
-        turn: Turn,
+        turns: &[Turn],
         limits: &ConversationLimits,
     ) -> Result<usize, StoreError> {
         let args = json!({
             "p_user_id": principal.user_id,
             "p_continuation_id": conversation,
-            "p_role": turn.role,
-            "p_content": turn.content,
+            "p_roles": turns.iter().map(|t| &t.role).collect::<Vec<_>>(),
+            "p_contents": turns.iter().map(|t| &t.content).collect::<Vec<_>>(),
             "p_max_turns": limits.max_turns,
             "p_timeout_secs": seconds(limits.timeout),
         });
         let count = self
-            .rpc("mcp_append_turn", args)
+            .rpc("mcp_append_turns", args)
             .await
             .map_err(|e| store_error(e, 0, Some(limits)))?;
         count

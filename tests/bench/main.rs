@@ -36,16 +36,22 @@ fn main() {
             .build()
             .expect("runtime")
             .block_on(transport::run()),
+        "fairness" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(fairness::run()),
         // Only the memory figure, for working on it.
         "transport-memory" => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("runtime")
             .block_on(transport::memory()),
-        other => panic!("unknown section {other}: auth, sessions or transport"),
+        other => panic!("unknown section {other}: auth, sessions, transport or fairness"),
     }
 }
 
+mod fairness;
 mod sessions;
 mod transport;
 

@@ -211,6 +211,8 @@ async fn row_level_security_keeps_users_apart() {
         "DELETE FROM mcp_usage RETURNING 1",
         "SELECT mcp_record_usage(auth.uid(), NULL, 'chat', 'glm', 'glm-4.6', 0, 0, 1, 'ok')",
         "SELECT * FROM mcp_usage_totals(auth.uid())",
+        "SELECT mcp_start_conversation(auth.uid(), 'c', ARRAY['user'], ARRAY['x'], 20, 60)",
+        "SELECT mcp_append_turns(auth.uid(), 'c', ARRAY['user'], ARRAY['x'], 20, 60)",
         "SELECT secret_hash FROM mcp_api_keys",
         "UPDATE mcp_api_keys SET revoked_at = NULL RETURNING 1",
         "SELECT mcp_open_session(auth.uid(), 'x', 100, '{}')",

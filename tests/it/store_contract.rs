@@ -232,32 +232,43 @@ async fn conversations_belong_to_their_user(backend: &Backend) {
     let a = backend.user("conv-a@example.com").await;
     let b = backend.user("conv-b@example.com").await;
     let mut limits = ConversationLimits::default();
-    limits.max_turns = 2;
-    let thread = store.create_conversation(&a, &limits).await.unwrap();
+    limits.max_turns = 3;
+    let hi = Turn::new("user", "hi");
+    let thread = store
+        .create_conversation(&a, std::slice::from_ref(&hi), &limits)
+        .await
+        .unwrap();
+    let exchange = [Turn::new("assistant", "hello"), Turn::new("user", "more")];
     assert_eq!(
         store
-            .append_turn(&a, &thread, Turn::new("user", "hi"), &limits)
+            .append_turns(&a, &thread, &exchange, &limits)
             .await
             .unwrap(),
-        1
+        3
     );
-    assert_eq!(
-        store
-            .append_turn(&a, &thread, Turn::new("assistant", "hello"), &limits)
-            .await
-            .unwrap(),
-        2
-    );
+    // Turns go in together or not at all.
+    let over = [Turn::new("assistant", "x")];
     assert!(matches!(
-        store
-            .append_turn(&a, &thread, Turn::new("user", "more"), &limits)
-            .await,
-        Err(StoreError::TurnLimit { max: 2 })
+        store.append_turns(&a, &thread, &over, &limits).await,
+        Err(StoreError::TurnLimit { max: 3 })
+    ));
+    let too_many = [hi.clone(), hi.clone(), hi.clone(), hi.clone()];
+    assert!(matches!(
+        store.create_conversation(&a, &too_many, &limits).await,
+        Err(StoreError::TurnLimit { max: 3 })
     ));
     let turns = store.read_conversation(&a, &thread, &limits).await.unwrap();
     assert_eq!(
         turns,
-        [Turn::new("user", "hi"), Turn::new("assistant", "hello")]
+        [hi.clone(), exchange[0].clone(), exchange[1].clone()]
+    );
+    let empty = store.create_conversation(&a, &[], &limits).await.unwrap();
+    assert!(
+        store
+            .read_conversation(&a, &empty, &limits)
+            .await
+            .unwrap()
+            .is_empty()
     );
     let missing = ConversationId::from_client("00000000-0000-4000-8000-000000000000");
     for id in [&thread, &missing] {
@@ -267,7 +278,7 @@ async fn conversations_belong_to_their_user(backend: &Backend) {
         ));
         assert!(matches!(
             store
-                .append_turn(&b, id, Turn::new("user", "x"), &limits)
+                .append_turns(&b, id, &[Turn::new("user", "x")], &limits)
                 .await,
             Err(StoreError::NotFound)
         ));
@@ -284,7 +295,7 @@ async fn time_passes(backend: &Backend) {
     store.close(&a, &idle).await.unwrap();
     let mut short = ConversationLimits::default();
     short.timeout = Duration::from_secs(1);
-    let thread = store.create_conversation(&a, &short).await.unwrap();
+    let thread = store.create_conversation(&a, &[], &short).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     store
         .touch_batch(&[(a.user_id, active.clone())])

@@ -34,7 +34,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         Some("bench") => bench(&root, &args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprintln!(
-                "usage: cargo xtask test [<extra cargo test args>]\n       cargo xtask bench [auth|sessions|transport]..."
+                "usage: cargo xtask test [<extra cargo test args>]\n       cargo xtask bench [auth|sessions|transport|fairness]..."
             );
             Ok(())
         }
@@ -102,7 +102,7 @@ fn postgres_bin() -> anyhow::Result<PathBuf> {
 /// Runs the benchmarks in release mode and writes `BENCHMARKS.md`, with
 /// the machine and the date.
 fn bench(root: &Path, only: &[String]) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 3] = ["auth", "sessions", "transport"];
+    const SECTIONS: [&str; 4] = ["auth", "sessions", "transport", "fairness"];
     if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
         bail!(
             "unknown benchmark section '{unknown}': {}",

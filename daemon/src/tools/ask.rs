@@ -292,17 +292,21 @@ impl ExaiServer {
         let principal = &self.connection.principal;
         let store = &self.tools.store;
         let limits = &self.limits().conversations;
-        let id = match into {
-            Some(id) => id,
-            None => store.create_conversation(principal, limits).await?,
-        };
-        store
-            .append_turn(principal, &id, Turn::new("user", prompt), limits)
-            .await?;
-        let turns = store
-            .append_turn(principal, &id, Turn::new("assistant", answer), limits)
-            .await?;
-        Ok((id, turns))
+        let exchange = [Turn::new("user", prompt), Turn::new("assistant", answer)];
+        match into {
+            Some(id) => {
+                let turns = store
+                    .append_turns(principal, &id, &exchange, limits)
+                    .await?;
+                Ok((id, turns))
+            }
+            None => {
+                let id = store
+                    .create_conversation(principal, &exchange, limits)
+                    .await?;
+                Ok((id, exchange.len()))
+            }
+        }
     }
 
     /// Asks each model once, at the same time, then has one combine the answers.
