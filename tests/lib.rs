@@ -185,7 +185,8 @@ pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Cli
             HeaderValue::from_static("mcp"),
         );
     }
-    match tokio_tungstenite::connect_async(request).await {
+    // Nagle off, as the daemon has it: small frames go at once.
+    match tokio_tungstenite::connect_async_with_config(request, None, true).await {
         Ok((socket, response)) => {
             let protocol = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
             assert_eq!(protocol.map(|p| p.to_str().unwrap()), Some("mcp"));

@@ -77,13 +77,13 @@ impl Conversations {
 
     /// Makes room for one more of `user`'s conversations.
     fn make_room(&mut self, user: UserId) {
-        let oldest = self
-            .per_user
-            .get(&user)
-            .filter(|ids| ids.len() >= CONVERSATIONS_KEPT_PER_USER)
-            .and_then(|ids| ids.front().cloned());
-        if let Some(oldest) = oldest {
-            self.remove(&oldest);
+        // The oldest is at the front: dropping it is O(1), which matters as
+        // this runs on every start once a user is at the bound.
+        if let Some(ids) = self.per_user.get_mut(&user)
+            && ids.len() >= CONVERSATIONS_KEPT_PER_USER
+            && let Some(oldest) = ids.pop_front()
+        {
+            self.by_id.remove(&oldest);
         }
     }
 }
@@ -457,5 +457,35 @@ impl ApiKeyStore for MemoryStore {
             .collect();
         keys.sort_by_key(|key| std::cmp::Reverse(key.created_at));
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exai_auth::AuthMethod;
+
+    #[tokio::test]
+    async fn a_user_keeps_a_bounded_number_of_conversations() {
+        let store = MemoryStore::new();
+        let limits = ConversationLimits::default();
+        let ana = Principal::new(UserId::from_email("ana@example.com"), AuthMethod::Jwt);
+        let bo = Principal::new(UserId::from_email("bo@example.com"), AuthMethod::Jwt);
+        let bos = store.create_conversation(&bo, &[], &limits).await.unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..=CONVERSATIONS_KEPT_PER_USER {
+            ids.push(store.create_conversation(&ana, &[], &limits).await.unwrap());
+        }
+        assert!(matches!(
+            store.read_conversation(&ana, &ids[0], &limits).await,
+            Err(StoreError::NotFound)
+        ));
+        for id in &ids[1..] {
+            assert!(store.read_conversation(&ana, id, &limits).await.is_ok());
+        }
+        assert!(
+            store.read_conversation(&bo, &bos, &limits).await.is_ok(),
+            "another user's are not touched"
+        );
     }
 }

@@ -52,21 +52,20 @@ fn prompt<'a>(arguments: &'a Map<String, Value>, tool: &str) -> Result<&'a str, 
 
 /// Records a provider call in the caller's usage when dropped unfinished:
 /// a cancelled or timed-out call is still a call.
-struct Unfinished {
-    store: Arc<dyn SessionStore>,
-    principal: Principal,
+struct Unfinished<'a> {
+    server: &'a ExaiServer,
     record: Option<UsageRecord>,
     start: Instant,
 }
 
-impl Drop for Unfinished {
+impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         let Some(mut record) = self.record.take() else {
             return;
         };
         record.latency = self.start.elapsed();
-        let store = self.store.clone();
-        let principal = self.principal.clone();
+        let store: Arc<dyn SessionStore> = self.server.tools.store.clone();
+        let principal: Principal = self.server.connection.principal.clone();
         tokio::spawn(async move {
             if let Err(error) = store.record_usage(&principal, record).await {
                 tracing::warn!(error = %error, "could not record a cancelled provider call");
@@ -115,8 +114,7 @@ impl ExaiServer {
         let model = request.model.clone();
         let principal = &self.connection.principal;
         let mut unfinished = Unfinished {
-            store: self.tools.store.clone(),
-            principal: principal.clone(),
+            server: self,
             record: Some(
                 UsageRecord::new(call.tool, provider.name(), &model, "cancelled")
                     .in_session(self.connection.session_id.clone()),
