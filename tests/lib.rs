@@ -699,3 +699,75 @@ impl Client {
         while let Some(Ok(_)) = self.socket.next().await {}
     }
 }
+
+/// One user flooding a daemon: `connections` WebSockets, each sending
+/// `chat` calls eight at a time, the next eight as soon as the last are
+/// answered, until stopped. Counts what was sent and what was refused for
+/// a per-user limit (-32005).
+pub struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Flood {
+    /// Starts flooding `daemon` as `email`.
+    pub async fn start(daemon: &TestDaemon, email: &str, connections: usize) -> Flood {
+        use std::sync::atomic::Ordering;
+        let flood = Flood {
+            stop: Default::default(),
+            sent: Default::default(),
+            refused: Default::default(),
+            tasks: Vec::new(),
+        };
+        let mut tasks = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let mut client = daemon.connect_initialized(&token(email)).await;
+            let (stop, sent, refused) = (
+                flood.stop.clone(),
+                flood.sent.clone(),
+                flood.refused.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut id = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for n in id..id + 8 {
+                        let call = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                                          "params": {"name": "chat", "arguments": {"prompt": "a"}}});
+                        client.send_text(call.to_string()).await;
+                    }
+                    // Answers come in any order.
+                    for _ in 0..8 {
+                        let answer = client.recv_json().await;
+                        if answer["error"]["code"] == -32005 {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    sent.fetch_add(8, Ordering::Relaxed);
+                    id += 8;
+                }
+            }));
+        }
+        Flood { tasks, ..flood }
+    }
+
+    /// Calls sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops, once every connection's last calls are answered; returns the
+    /// calls sent and how many were refused.
+    pub async fn stop(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("a flooding connection");
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}

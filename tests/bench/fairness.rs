@@ -8,12 +8,10 @@
 //! cores (A's clients run in this process too).
 
 use std::io::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use exai_tests::{Client, TestDaemon, token};
-use serde_json::{Value, json};
+use exai_tests::{Client, Flood, TestDaemon, token};
+use serde_json::json;
 
 /// A's connections.
 const FLOODERS: usize = 16;
@@ -77,48 +75,19 @@ async fn measure(model_delay: Duration, samples: usize) -> Figures {
     b_run(1).await;
     let alone = b_run(100_000).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut flood = Vec::new();
-    for _ in 0..FLOODERS {
-        let mut ana = daemon.connect_initialized(&token("ana@example.com")).await;
-        let (stop, sent, refused) = (stop.clone(), sent.clone(), refused.clone());
-        flood.push(tokio::spawn(async move {
-            let mut id = 1u64;
-            while !stop.load(Ordering::Relaxed) {
-                for n in id..id + 8 {
-                    let call = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
-                                      "params": {"name": "chat", "arguments": {"prompt": "a"}}});
-                    ana.send_text(call.to_string()).await;
-                }
-                // Answers come in any order.
-                for _ in 0..8 {
-                    let answer: Value = ana.recv_json().await;
-                    if answer["error"]["code"] == -32005 {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                sent.fetch_add(8, Ordering::Relaxed);
-                id += 8;
-            }
-        }));
-    }
+    let flood = Flood::start(&daemon, "ana@example.com", FLOODERS).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start = Instant::now();
-    let sent_before = sent.load(Ordering::Relaxed);
+    let sent_before = flood.sent();
     let loaded = b_run(200_000).await;
-    let a_rate =
-        (sent.load(Ordering::Relaxed) - sent_before) as f64 / start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for task in flood {
-        task.await.unwrap();
-    }
+    let a_rate = (flood.sent() - sent_before) as f64 / start.elapsed().as_secs_f64();
+    let (sent, refused) = flood.stop().await;
     let figures = Figures {
         alone: (percentile(&alone, 50), percentile(&alone, 99)),
         loaded: (percentile(&loaded, 50), percentile(&loaded, 99)),
         a_rate,
-        sent: sent.load(Ordering::Relaxed),
-        refused: refused.load(Ordering::Relaxed),
+        sent,
+        refused,
     };
     daemon.stop().await;
     figures

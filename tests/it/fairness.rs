@@ -7,8 +7,8 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use exai_providers::OpenAiConfig;
-use exai_tests::{Client, ModelApi, TestDaemon, token};
-use serde_json::{Value, json};
+use exai_tests::{Client, Flood, ModelApi, TestDaemon, token};
+use serde_json::json;
 
 #[tokio::test]
 async fn calls_per_minute_are_limited_per_user() {
@@ -192,39 +192,10 @@ async fn a_flooding_user_leaves_another_users_latency_alone() {
     latencies(&mut bo, 1, 5).await;
     let alone = p99(latencies(&mut bo, 10, 100).await);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut flood = Vec::new();
-    for _ in 0..16 {
-        let mut ana = daemon.connect_initialized(&token("ana@example.com")).await;
-        let stop = stop.clone();
-        flood.push(tokio::spawn(async move {
-            let (mut sent, mut refused) = (0u64, 0u64);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Eight calls at a time per connection, as fast as answered.
-                for id in sent..sent + 8 {
-                    let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                                      "params": {"name": "chat", "arguments": {"prompt": "a"}}});
-                    ana.send_text(call.to_string()).await;
-                }
-                // Answers come in any order.
-                for _ in 0..8 {
-                    let answer: Value = ana.recv_json().await;
-                    refused += u64::from(answer["error"]["code"] == -32005);
-                }
-                sent += 8;
-            }
-            (sent, refused)
-        }));
-    }
+    let flood = Flood::start(&daemon, "ana@example.com", 16).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let loaded = p99(latencies(&mut bo, 200, 100).await);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut sent, mut refused) = (0, 0);
-    for task in flood {
-        let (s, r) = task.await.unwrap();
-        sent += s;
-        refused += r;
-    }
+    let (sent, refused) = flood.stop().await;
     eprintln!(
         "fairness: B's p99 alone {alone:?}, under A's flood {loaded:?}; A sent {sent}, {refused} refused"
     );
