@@ -1,6 +1,7 @@
 //! The providers a daemon can ask, routed by model name, and the presets
 //! for Kimi and GLM.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use exai_auth::Secret;
@@ -53,6 +54,9 @@ impl OpenAiConfig {
 #[derive(Debug, Clone)]
 pub struct Providers {
     providers: Vec<Arc<dyn Provider>>,
+    /// Each model's provider (an index into `providers`), built once: a
+    /// model served twice goes to the first provider that lists it.
+    routes: HashMap<String, usize>,
     default_model: String,
 }
 
@@ -79,8 +83,15 @@ impl Providers {
         providers: Vec<Arc<dyn Provider>>,
         default_model: impl Into<String>,
     ) -> Result<Self, UnservedDefault> {
+        let mut routes = HashMap::new();
+        for (index, provider) in providers.iter().enumerate() {
+            for model in provider.models() {
+                routes.entry(model).or_insert(index);
+            }
+        }
         let providers = Providers {
             providers,
+            routes,
             default_model: default_model.into(),
         };
         if providers.route(&providers.default_model).is_none() {
@@ -91,9 +102,7 @@ impl Providers {
 
     /// The provider that serves `model`.
     pub fn route(&self, model: &str) -> Option<&Arc<dyn Provider>> {
-        self.providers
-            .iter()
-            .find(|p| p.models().iter().any(|m| m == model))
+        self.routes.get(model).map(|&index| &self.providers[index])
     }
 
     /// The model asked when a call names none.

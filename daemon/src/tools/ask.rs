@@ -131,22 +131,18 @@ impl ExaiServer {
             _ => provider.chat(request).await,
         };
         let took = unfinished.start.elapsed();
+        let outcome = if answer.is_ok() { "ok" } else { "error" };
+        let tokens = answer
+            .as_ref()
+            .ok()
+            .and_then(|a| a.usage)
+            .map(|u| (u.prompt_tokens, u.completion_tokens));
         let mut record = unfinished.record.take().expect("set above");
         record.latency = took;
-        let tokens = match &answer {
-            Ok(a) => {
-                record.outcome = "ok".to_owned();
-                a.usage.map(|u| (u.prompt_tokens, u.completion_tokens))
-            }
-            Err(_) => {
-                record.outcome = "error".to_owned();
-                None
-            }
-        };
+        record.outcome = outcome.to_owned();
         if let Some((prompt, completion)) = tokens {
             record = record.with_tokens(prompt, completion);
         }
-        let outcome = if answer.is_ok() { "ok" } else { "error" };
         self.tools
             .metrics
             .provider_call(provider.name(), &model, outcome, took, tokens);

@@ -284,12 +284,8 @@ impl ExaiServer {
                 }
                 // The answer so far, as the model streams it: what came
                 // since the last report, in one notification.
-                Some(n) = async {
-                    match streamed.as_mut() {
-                        Some(rx) => Some(rx.recv_many(&mut pieces, 64).await),
-                        None => std::future::pending().await,
-                    }
-                }, if streamed.is_some() => {
+                Some(n) = async { Some(streamed.as_mut()?.recv_many(&mut pieces, 64).await) },
+                    if streamed.is_some() => {
                     if n == 0 {
                         streamed = None;
                         continue;
@@ -304,8 +300,8 @@ impl ExaiServer {
                 _ = ticks.tick(), if token.is_some() => {
                     let Some(token) = token.clone() else { continue };
                     let elapsed = start.elapsed().as_secs();
-                    // Progress must increase: count streamed characters
-                    // and seconds alike.
+                    // Progress must increase: a tick counts one, like a
+                    // streamed character.
                     received += 1;
                     let progress = ProgressNotificationParam::new(token, received as f64)
                         .with_message(format!("{name}: still working ({elapsed} s)"));
