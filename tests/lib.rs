@@ -109,6 +109,9 @@ impl TestDaemon {
         // are off unless a test sets them (tests/it/fairness.rs does).
         config.tools.per_user.rpm = None;
         config.tools.per_user.max_in_flight = 10_000;
+        // Idle WebSocket services are suspended far sooner than in
+        // production, so every test that pauses also resumes them.
+        config.edge.service_idle = Duration::from_millis(200);
         adjust(&mut config);
         let daemon = exai_daemon::start(config).await?;
         Ok(TestDaemon {

@@ -334,3 +334,24 @@ async fn a_header_authenticated_connection_may_say_hello() {
     assert_eq!(u16::from(close.code), 4003);
     daemon.stop().await;
 }
+
+/// A shim that sat idle long enough for its connection's MCP service to be
+/// suspended is served as before, and sees nothing of the handshake the
+/// resumed service is given.
+#[tokio::test]
+async fn an_idle_shim_is_served_as_before() {
+    let daemon = TestDaemon::start_with(|c| c.edge.service_idle = Duration::from_millis(100)).await;
+    let mut socket = shim(&daemon).await;
+    let ack = hello(&mut socket, json!({"jwt": token("shim@example.com")})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    for round in 1..=2 {
+        exai_tests::wait_for_metric(&daemon, "exai_mcp_services_running 0").await;
+        let who = call(&mut socket, &format!("r{round}"), "whoami", json!({})).await;
+        assert_eq!(who["op"], "call_tool_res", "{who}");
+        assert_eq!(identity(&who)["session_id"], ack["session_id"]);
+        send(&mut socket, json!({"op": "ping"})).await;
+        assert_eq!(next(&mut socket).await.unwrap(), json!({"op": "pong"}));
+    }
+    exai_tests::wait_for_metric(&daemon, "exai_mcp_services_started_total 3").await;
+    daemon.stop().await;
+}

@@ -9,6 +9,7 @@ mod conversations;
 mod database;
 mod fairness;
 mod framing;
+mod idle;
 mod isolation;
 mod legacy;
 mod lifecycle;

@@ -176,7 +176,7 @@ struct Admitted<S> {
     peer: SocketAddr,
 }
 
-impl<S: rmcp::ServerHandler> Admitted<S> {
+impl<S: rmcp::ServerHandler + Clone> Admitted<S> {
     async fn serve(self, socket: WebSocket, hello_received: bool) {
         let Admitted {
             service,
@@ -305,6 +305,7 @@ async fn admit<F: ServiceFactory>(
         ping_timeout: config.ping_timeout,
         session_id,
         shutdown_grace: config.shutdown_grace,
+        service_idle: config.service_idle,
     };
     Ok(Admitted {
         service,

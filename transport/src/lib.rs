@@ -52,8 +52,10 @@ pub struct ConnectionContext {
 ///
 /// Implemented for every `Fn(&ConnectionContext) -> S`.
 pub trait ServiceFactory: Send + Sync + 'static {
-    /// The handler type.
-    type Service: rmcp::ServerHandler;
+    /// The handler type. A WebSocket connection that was idle is served by
+    /// a clone of its handler, so clones must share whatever state the
+    /// handler keeps for its connection (behind an `Arc`).
+    type Service: rmcp::ServerHandler + Clone;
     /// A handler for the connection described by `context`.
     fn service(&self, context: &ConnectionContext) -> Self::Service;
 }
@@ -61,7 +63,7 @@ pub trait ServiceFactory: Send + Sync + 'static {
 impl<F, S> ServiceFactory for F
 where
     F: Fn(&ConnectionContext) -> S + Send + Sync + 'static,
-    S: rmcp::ServerHandler,
+    S: rmcp::ServerHandler + Clone,
 {
     type Service = S;
     fn service(&self, context: &ConnectionContext) -> S {
@@ -111,6 +113,11 @@ pub struct EdgeConfig {
     pub session_timeout: Duration,
     /// Activity is written to the store at most this often per session.
     pub activity_flush: Duration,
+    /// A WebSocket whose MCP service has had nothing to do for this long
+    /// has the service suspended, and restarted by the next message: an
+    /// idle connection then costs a few KiB instead of a service's tasks
+    /// and queues.
+    pub service_idle: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -130,6 +137,7 @@ impl Default for EdgeConfig {
             authorization_servers: Vec::new(),
             session_timeout: Duration::from_secs(3600),
             activity_flush: Duration::from_secs(30),
+            service_idle: Duration::from_secs(5),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     registry: Registry,
     connections_open: Family<Labels, Gauge>,
     connections_opened: Family<Labels, Counter>,
+    services_running: Gauge,
+    services_started: Counter,
     auth_failures: Family<Labels, Counter>,
     credential_refreshes: Family<Labels, Counter>,
     session_events: Family<Labels, Counter>,
@@ -61,6 +63,8 @@ impl Metrics {
         let metrics = Metrics {
             connections_open: Family::default(),
             connections_opened: Family::default(),
+            services_running: Gauge::default(),
+            services_started: Counter::default(),
             auth_failures: Family::default(),
             credential_refreshes: Family::default(),
             session_events: Family::default(),
@@ -85,6 +89,16 @@ impl Metrics {
             "connections_opened",
             "Connections accepted, by transport",
             m.connections_opened.clone(),
+        );
+        registry.register(
+            "mcp_services_running",
+            "WebSocket connections whose MCP service runs; the others are idle, their service suspended",
+            m.services_running.clone(),
+        );
+        registry.register(
+            "mcp_services_started",
+            "MCP services started for WebSocket connections, first or resumed after idling",
+            m.services_started.clone(),
         );
         registry.register(
             "auth_failures",
@@ -169,6 +183,15 @@ impl Metrics {
     pub(crate) fn connection_closed(&self, transport: &'static str) {
         let labels = vec![("transport", transport.to_owned())];
         self.connections_open.get_or_create(&labels).dec();
+    }
+
+    pub(crate) fn service_started(&self) {
+        self.services_started.inc();
+        self.services_running.inc();
+    }
+
+    pub(crate) fn service_stopped(&self) {
+        self.services_running.dec();
     }
 
     pub(crate) fn auth_failure(&self, reason: &'static str) {

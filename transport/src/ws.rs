@@ -7,6 +7,13 @@
 //!     └───write_loop◀── outbound queue ◀─────────┘ (and framing errors)
 //! ```
 //!
+//! The `rmcp` service runs only while the connection has something to do
+//! ([`Mcp`]): it starts with the first message, is suspended once nothing
+//! has been in flight for [`EdgeConfig::service_idle`](crate::EdgeConfig),
+//! and is started again, with the client's `initialize` replayed, by its
+//! next message. An idle connection is then a socket, a reader and a
+//! writer — most of what a connection costs in memory is the service.
+//!
 //! A fault in one connection (a panic, a bad frame) never reaches another:
 //! each runs in its own tasks and owns its own state. JSON-RPC ids are only
 //! ever matched inside one connection's `rmcp` service.
@@ -85,18 +92,182 @@ impl InFlight {
     }
 }
 
-/// The reader's way into the MCP service, noting requests in flight.
-struct ToService {
-    /// Boxed: a queue block holds 32 messages, and an unboxed one is ~360
-    /// bytes, on every idle connection.
-    tx: mpsc::Sender<Box<ClientJsonRpcMessage>>,
-    in_flight: Arc<InFlight>,
+/// The id under which a resumed service is sent the client's `initialize`
+/// again; its answer is not passed on. `rmcp` answers `initialize` before it
+/// reads anything else, so the first answer with this id is that one, even
+/// if the client uses the same id.
+const RESUME_ID: &str = "exai/resume";
+
+/// What brings a suspended service back to where the client left it.
+enum Resume {
+    /// No lifecycle yet: the next message starts one, as on a new connection.
+    Fresh,
+    /// The client's `initialize` (under [`RESUME_ID`]).
+    Initialize(Box<ClientJsonRpcMessage>),
+    /// The legacy protocol's handshake, whose answers it never sends.
+    Legacy,
+    /// Metadata on every request (2026-07-28): each request starts the
+    /// lifecycle itself.
+    Inline,
 }
 
-impl ToService {
-    async fn send(&self, message: ClientJsonRpcMessage) -> Result<(), ()> {
+/// The MCP service of one connection, running or suspended.
+///
+/// Suspended, it holds only the handler to clone and what to replay; the
+/// handler's clones share its per-connection state (the in-flight cap, the
+/// log level), so a resumed service carries on where the last one stopped.
+struct Mcp<S> {
+    handler: S,
+    running: Option<Running>,
+    resume: Resume,
+    /// When the last message went to the service.
+    last_message: Instant,
+    outbound: mpsc::Sender<Message>,
+    legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
+    in_flight: Arc<InFlight>,
+    batches: Arc<Batches>,
+    metrics: Arc<Metrics>,
+}
+
+struct Running {
+    /// Boxed messages: a queue block holds 32, and an unboxed one is ~360
+    /// bytes.
+    tx: mpsc::Sender<Box<ClientJsonRpcMessage>>,
+    ct: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+/// However a service is let go (suspended, stopped, or with its
+/// connection's task), it is cancelled and no longer counted.
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.ct.cancel();
+        self.metrics.service_stopped();
+    }
+}
+
+/// The service is gone: it ended, or failed to start.
+struct ServiceGone;
+
+impl<S: rmcp::ServerHandler + Clone> Mcp<S> {
+    /// Sends `message` to the service, starting it if it is suspended.
+    async fn send(&mut self, message: ClientJsonRpcMessage) -> Result<(), ServiceGone> {
+        if self.running.is_none() {
+            if !self.wakes(&message) {
+                tracing::debug!("dropped a notification for a suspended service");
+                return Ok(());
+            }
+            self.start();
+        }
+        self.note_lifecycle(&message);
+        self.last_message = Instant::now();
         self.in_flight.inbound(&message);
-        self.tx.send(Box::new(message)).await.map_err(|_| ())
+        let Some(running) = &self.running else {
+            return Err(ServiceGone);
+        };
+        running
+            .tx
+            .send(Box::new(message))
+            .await
+            .map_err(|_| ServiceGone)
+    }
+
+    /// Whether `message` is worth starting a suspended service for: any
+    /// request is; a cancellation is not (nothing is in flight); other
+    /// notifications only once a handshake made them part of a lifecycle.
+    fn wakes(&self, message: &ClientJsonRpcMessage) -> bool {
+        match message {
+            ClientJsonRpcMessage::Request(_) => true,
+            _ if framing::cancelled_id(message).is_some() => false,
+            _ => matches!(self.resume, Resume::Initialize(_) | Resume::Legacy),
+        }
+    }
+
+    /// Remembers how the client started its lifecycle, to replay it.
+    fn note_lifecycle(&mut self, message: &ClientJsonRpcMessage) {
+        if !matches!(self.resume, Resume::Fresh) {
+            return;
+        }
+        let ClientJsonRpcMessage::Request(request) = message else {
+            return;
+        };
+        if let ClientRequest::InitializeRequest(_) = &request.request {
+            let mut replay = request.clone();
+            replay.id = RequestId::String(RESUME_ID.into());
+            self.resume = Resume::Initialize(Box::new(ClientJsonRpcMessage::Request(replay)));
+        } else if starts_lifecycle(&request.request) {
+            self.resume = Resume::Inline;
+        }
+    }
+
+    /// The client's connection now speaks the legacy protocol.
+    fn speaks_legacy(&mut self) {
+        self.resume = Resume::Legacy;
+    }
+
+    /// Starts a service and replays the lifecycle to it.
+    fn start(&mut self) {
+        let (tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        let replay: Vec<ClientJsonRpcMessage> = match &self.resume {
+            Resume::Fresh | Resume::Inline => Vec::new(),
+            Resume::Initialize(initialize) => vec![(**initialize).clone()],
+            Resume::Legacy => Legacy::handshake(),
+        };
+        let transport = WsTransport {
+            inbound,
+            outbound: self.outbound.clone(),
+            legacy: self.legacy.clone(),
+            in_flight: self.in_flight.clone(),
+            batches: self.batches.clone(),
+            swallow: matches!(self.resume, Resume::Initialize(_))
+                .then(|| RequestId::String(RESUME_ID.into())),
+        };
+        for message in replay {
+            // A new queue has room for the handshake.
+            let _ = tx.try_send(Box::new(message));
+        }
+        let ct = CancellationToken::new();
+        let task =
+            tokio::spawn(serve_mcp(self.handler.clone(), transport, ct.clone()).in_current_span());
+        self.metrics.service_started();
+        self.running = Some(Running {
+            tx,
+            ct,
+            task,
+            metrics: self.metrics.clone(),
+        });
+    }
+
+    /// Suspends the service if nothing is in flight and it has had no
+    /// message for `idle`; otherwise says when to look again.
+    fn suspend_if_idle(&mut self, idle: Duration) -> Instant {
+        let due = self.last_message + idle;
+        if Instant::now() < due || !self.in_flight.ids().is_empty() || self.batches.any() {
+            return due.max(Instant::now() + idle / 4);
+        }
+        if self.running.take().is_some() {
+            tracing::debug!("idle: MCP service suspended");
+        }
+        Instant::now() + idle
+    }
+
+    /// Resolves when the running service ends by itself.
+    async fn ended(&mut self) {
+        match &mut self.running {
+            Some(running) => {
+                let _ = (&mut running.task).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the service, if it runs, and waits for it to end.
+    async fn stop(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            running.ct.cancel();
+            let _ = (&mut running.task).await;
+        }
     }
 }
 
@@ -162,6 +333,11 @@ impl BatchState {
 impl Batches {
     fn state(&self) -> std::sync::MutexGuard<'_, BatchState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a batch waits for answers.
+    fn any(&self) -> bool {
+        self.any_open.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Opens a batch of requests `ids` whose invalid members were already
@@ -286,15 +462,17 @@ pub(crate) struct Connection {
     pub(crate) session_id: SessionId,
     /// How long requests in flight may take to finish at shutdown.
     pub(crate) shutdown_grace: Duration,
+    /// How long the MCP service may sit idle before it is suspended.
+    pub(crate) service_idle: Duration,
 }
 
 /// Serves one connection. `hello_received`: the legacy protocol's `hello`
 /// was already read and accepted (by [`crate::http`], for a client that
 /// authenticated in it), so the connection speaks that protocol from the
 /// start; otherwise the first frame decides.
-pub(crate) async fn run<S: rmcp::ServerHandler>(
+pub(crate) async fn run<S: rmcp::ServerHandler + Clone>(
     socket: WebSocket,
-    service: S,
+    handler: S,
     connection: Connection,
     hello_received: bool,
 ) {
@@ -310,30 +488,30 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         ping_timeout,
         session_id,
         shutdown_grace,
+        service_idle,
     } = connection;
     let in_flight = Arc::new(InFlight::default());
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
-    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
-    let service_ct = CancellationToken::new();
     let legacy = Arc::new(std::sync::OnceLock::new());
     let batches = Arc::new(Batches::default());
-    let transport = WsTransport {
-        inbound: in_rx,
+    let mut mcp = Mcp {
+        handler,
+        running: None,
+        resume: Resume::Fresh,
+        last_message: Instant::now(),
         outbound: out_tx.clone(),
         legacy: legacy.clone(),
         in_flight: in_flight.clone(),
         batches: batches.clone(),
+        metrics: metrics.clone(),
     };
-    let mut mcp = tokio::spawn(serve_mcp(service, transport, service_ct.clone()).in_current_span());
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
 
     let reader = Reader {
         live: &live,
-        inbound: ToService {
-            tx: in_tx,
-            in_flight: in_flight.clone(),
-        },
+        mcp: &mut mcp,
+        service_idle,
         outbound: &out_tx,
         auth: &auth,
         principal: &principal,
@@ -361,7 +539,6 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
             Some(Ended::Killed) => End::Killed,
             Some(Ended::KeyRevoked) => End::KeyRevoked,
         },
-        _ = &mut mcp => End::ServiceEnded,
     };
     tracing::info!(reason = ?end, "connection closing");
 
@@ -371,16 +548,13 @@ pub(crate) async fn run<S: rmcp::ServerHandler>(
         let settled = tokio::select! {
             () = in_flight.settled() => true,
             () = tokio::time::sleep(shutdown_grace) => false,
-            _ = &mut mcp => true,
+            () = mcp.ended() => true,
         };
         if !settled {
             tracing::info!("requests still running after the shutdown grace period: cancelled");
         }
     }
-    service_ct.cancel();
-    if !mcp.is_finished() {
-        let _ = mcp.await;
-    }
+    mcp.stop().await;
     if let Some(frame) = end.close_frame() {
         // The queue may be full of frames for a client that stopped reading;
         // then the close frame is dropped with the rest when we abort.
@@ -438,9 +612,10 @@ fn deadline(expires_at: Option<u64>) -> Option<Instant> {
 }
 
 /// Reads frames until the connection ends, and says why it ended.
-struct Reader<'a> {
+struct Reader<'a, S> {
     live: &'a LiveSession,
-    inbound: ToService,
+    mcp: &'a mut Mcp<S>,
+    service_idle: Duration,
     outbound: &'a mpsc::Sender<Message>,
     auth: &'a Authenticator,
     principal: &'a Principal,
@@ -457,7 +632,7 @@ struct Reader<'a> {
     batches: Arc<Batches>,
 }
 
-impl Reader<'_> {
+impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
     async fn run(mut self, mut stream: SplitStream<WebSocket>, mut decided: bool) -> End {
         // Until the client starts a lifecycle (initialize, or a request
         // carrying its protocol version), rmcp accepts only requests; a stray
@@ -468,11 +643,20 @@ impl Reader<'_> {
         // ping or, once a ping is out, at its `ping_timeout`.
         let expiry = tokio::time::sleep_until(self.deadline.unwrap_or_else(Instant::now));
         let keepalive = tokio::time::sleep(self.ping_interval);
-        tokio::pin!(expiry, keepalive);
+        // When to see whether the service is idle.
+        let idle = tokio::time::sleep(self.service_idle);
+        tokio::pin!(expiry, keepalive, idle);
         let mut ping_sent: Option<Instant> = None;
         loop {
+            let running = self.mcp.running.is_some();
             let frame = tokio::select! {
                 frame = stream.next() => frame,
+                () = self.mcp.ended(), if running => return End::ServiceEnded,
+                () = &mut idle, if running => {
+                    let next = self.mcp.suspend_if_idle(self.service_idle);
+                    idle.as_mut().reset(next);
+                    continue;
+                }
                 () = &mut expiry, if self.deadline.is_some() => return End::TokenExpired,
                 () = &mut keepalive => {
                     if ping_sent.is_some() {
@@ -525,7 +709,7 @@ impl Reader<'_> {
                     }
                 }
                 for message in step.to_server {
-                    if self.inbound.send(message).await.is_err() {
+                    if self.mcp.send(message).await.is_err() {
                         return End::ServiceEnded;
                     }
                 }
@@ -592,7 +776,7 @@ impl Reader<'_> {
             {
                 return End::SocketError;
             }
-            if self.inbound.send(*message).await.is_err() {
+            if self.mcp.send(*message).await.is_err() {
                 return End::ServiceEnded;
             }
         }
@@ -619,8 +803,9 @@ impl Reader<'_> {
     /// sends, then `hello_ack`.
     async fn engage_legacy(&mut self) -> Option<End> {
         let _ = self.legacy.set(Arc::new(Legacy::default()));
+        self.mcp.speaks_legacy();
         for message in Legacy::handshake() {
-            if self.inbound.send(message).await.is_err() {
+            if self.mcp.send(message).await.is_err() {
                 return Some(End::ServiceEnded);
             }
         }
@@ -708,7 +893,7 @@ impl Reader<'_> {
             {
                 return Some(End::SocketError);
             }
-            if self.inbound.send(message).await.is_err() {
+            if self.mcp.send(message).await.is_err() {
                 return Some(End::ServiceEnded);
             }
         }
@@ -761,6 +946,9 @@ struct WsTransport {
     legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
     in_flight: Arc<InFlight>,
     batches: Arc<Batches>,
+    /// The replayed `initialize` of a resumed service, whose answer the
+    /// client already had.
+    swallow: Option<RequestId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -777,8 +965,15 @@ impl Transport<RoleServer> for WsTransport {
         let outbound = self.outbound.clone();
         let legacy = self.legacy.get().cloned();
         let in_flight = self.in_flight.clone();
-        let answered = framing::answered_id(&item).cloned();
-        let held = self.batches.hold(item);
+        let mut answered = framing::answered_id(&item).cloned();
+        let held = if self.swallow.is_some() && answered == self.swallow {
+            // The replayed `initialize`: the client had its answer.
+            self.swallow = None;
+            answered = None;
+            Held::Yes
+        } else {
+            self.batches.hold(item)
+        };
         async move {
             let text = match (&legacy, held) {
                 (_, Held::Yes) => {
