@@ -297,22 +297,43 @@ async fn memory_per_idle_connection() -> (f64, u64) {
         }
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let metrics = format!(
+        "{}/metrics",
+        url.replacen("ws://", "http://", 1).trim_end_matches("/mcp")
+    );
     // Warm up: the first connections allocate what every later one reuses.
     let mut clients = Vec::with_capacity(IDLE + 100);
     for user in 0..100 {
         clients.push(connect(&url, &fresh_token(1_000_000 + user, user), true).await);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    all_services_suspended(&metrics).await;
     let before = rss_kib(pid);
     for n in 100..IDLE + 100 {
         // Five connections per user: the default per-user limit.
         clients.push(connect(&url, &fresh_token(n / 5, n), true).await);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Idle: once their MCP services are suspended (`EdgeConfig::service_idle`).
+    all_services_suspended(&metrics).await;
     let after = rss_kib(pid);
     drop(clients);
     let _ = child.kill().await;
     ((after - before) as f64 / IDLE as f64, after)
+}
+
+/// Waits until the daemon at `metrics` runs no MCP service: every
+/// connection is idle, its service suspended.
+async fn all_services_suspended(metrics: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == "exai_mcp_services_running 0") {
+            // A moment for the services' tasks to be gone.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the daemon's MCP services were not suspended within a minute");
 }
 
 /// Prints the memory figure alone.

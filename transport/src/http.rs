@@ -22,8 +22,9 @@ use crate::{legacy, streamable};
 
 /// Initial size of the per-connection read buffer (it grows for a larger
 /// message); tungstenite's default (128 KiB) would dominate the memory of an
-/// idle connection. MCP messages are mostly well under 2 KiB.
-const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// idle connection. MCP requests are mostly well under 1 KiB; a larger one
+/// takes a few more reads.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Where this resource describes itself (RFC 9728 §3).
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -160,6 +161,8 @@ async fn mcp_upgrade<F: ServiceFactory>(
         .max_frame_size(config.max_message_bytes)
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| admitted.serve(socket, false));
+    // (`admitted` is boxed: axum keeps the callback for as long as the
+    // connection lives.)
     if let Ok(id) = HeaderValue::from_str(session_id.as_str()) {
         response.headers_mut().insert("mcp-session-id", id);
     }
@@ -177,7 +180,17 @@ struct Admitted<S> {
 }
 
 impl<S: rmcp::ServerHandler + Clone> Admitted<S> {
-    async fn serve(self, socket: WebSocket, hello_received: bool) {
+    /// The connection's task, boxed: the spawned future stays a pointer,
+    /// and the connection's own future carries nothing twice.
+    #[allow(
+        clippy::boxed_local,
+        reason = "admitted boxed, so axum's upgrade callback holds a pointer for the connection's life"
+    )]
+    fn serve(
+        self: Box<Self>,
+        socket: WebSocket,
+        hello_received: bool,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         let Admitted {
             service,
             connection,
@@ -185,16 +198,10 @@ impl<S: rmcp::ServerHandler + Clone> Admitted<S> {
             tracker_token,
             metrics,
             peer,
-        } = self;
-        async move {
-            let _counted = tracker_token;
-            tracing::info!(peer = %peer, "connection opened");
-            metrics.connection_opened("websocket");
-            ws::run(socket, service, connection, hello_received).await;
-            metrics.connection_closed("websocket");
-        }
-        .instrument(span)
-        .await;
+        } = *self;
+        tracing::info!(parent: &span, peer = %peer, "connection opened");
+        let counted = ws::Counted::new(metrics, tracker_token);
+        Box::pin(ws::run(socket, service, connection, hello_received, counted).instrument(span))
     }
 }
 
@@ -282,7 +289,7 @@ async fn admit<F: ServiceFactory>(
     resume: Option<SessionId>,
     peer: SocketAddr,
     transport: &'static str,
-) -> Result<Admitted<F::Service>, EdgeError> {
+) -> Result<Box<Admitted<F::Service>>, EdgeError> {
     let opened = open_session(edge, principal, resume, peer, transport).await?;
     let service = edge.factory.service(&opened.context());
     let Opened {
@@ -307,14 +314,14 @@ async fn admit<F: ServiceFactory>(
         shutdown_grace: config.shutdown_grace,
         service_idle: config.service_idle,
     };
-    Ok(Admitted {
+    Ok(Box::new(Admitted {
         service,
         connection,
         span,
         tracker_token: edge.connections.token(),
         metrics: edge.metrics.clone(),
         peer,
-    })
+    }))
 }
 
 /// Whether the client offered the `mcp` subprotocol (every MCP WebSocket
@@ -349,7 +356,11 @@ fn legacy_upgrade<F: ServiceFactory>(
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let _counted = tracker_token;
-            legacy_hello(edge, peer, socket, permit).await;
+            // Boxed, and done with before the connection is served.
+            let hello = Box::pin(legacy_hello(edge, peer, socket, permit)).await;
+            if let Some((admitted, socket)) = hello {
+                admitted.serve(socket, true).await;
+            }
         }))
 }
 
@@ -361,11 +372,11 @@ async fn legacy_hello<F: ServiceFactory>(
     peer: SocketAddr,
     mut socket: WebSocket,
     permit: tokio::sync::OwnedSemaphorePermit,
-) {
+) -> Option<(Box<Admitted<F::Service>>, WebSocket)> {
     use axum::extract::ws::{CloseFrame, Message};
     let first = tokio::select! {
         frame = tokio::time::timeout(edge.config.hello_timeout, socket.recv()) => frame,
-        () = edge.shutdown.cancelled() => return,
+        () = edge.shutdown.cancelled() => return None,
     };
     let hello = match first {
         Ok(Some(Ok(Message::Text(text)))) => legacy::Hello::parse(text.as_str()),
@@ -383,51 +394,55 @@ async fn legacy_hello<F: ServiceFactory>(
     let Some(hello) = hello else {
         // No hello (an MCP message, garbage, or nothing in time): this
         // socket has no credential, and gets nothing else.
-        return refuse(
+        refuse(
             &mut socket,
             "missing_hello",
             close::LEGACY_UNAUTHORIZED,
             "unauthorized",
         )
         .await;
+        return None;
     };
     let credential = hello.credential.as_deref().map(Credential::Bearer);
     let principal = match edge.auth.authenticate(credential, Access::User).await {
         Ok(principal) => principal,
         Err(error) => {
             edge.metrics.auth_failure(error.kind());
-            return refuse(
+            refuse(
                 &mut socket,
                 "unauthorized",
                 close::LEGACY_UNAUTHORIZED,
                 "unauthorized",
             )
             .await;
+            return None;
         }
     };
     let admitted = match admit(&edge, principal, None, peer, "legacy").await {
         Ok(admitted) => admitted,
         Err(EdgeError::Store(StoreError::LimitReached { .. })) => {
-            return refuse(
+            refuse(
                 &mut socket,
                 "connection limit reached",
                 close::TRY_AGAIN_LATER,
                 "connection limit reached",
             )
             .await;
+            return None;
         }
         Err(_) => {
-            return refuse(
+            refuse(
                 &mut socket,
                 "session store unavailable",
                 close::TRY_AGAIN_LATER,
                 "session store unavailable",
             )
             .await;
+            return None;
         }
     };
     drop(permit);
-    admitted.serve(socket, true).await;
+    Some((admitted, socket))
 }
 
 /// The credential of a request: `Authorization: Bearer …` (an access token

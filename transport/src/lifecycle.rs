@@ -35,6 +35,7 @@ pub(crate) enum Ended {
 
 /// What a connection holds: where to record activity, and how it is told
 /// to end.
+#[derive(Clone)]
 pub(crate) struct LiveSession {
     activity: Arc<AtomicU64>,
     epoch: Instant,

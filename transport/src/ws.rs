@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use exai_auth::{Access, AuthError, Authenticator, Credential, Principal};
+use exai_auth::{Access, AuthError, Authenticator, Credential, Principal, UserId};
 use exai_sessions::SessionId;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -122,12 +122,16 @@ struct Mcp<S> {
     resume: Resume,
     /// When the last message went to the service.
     last_message: Instant,
-    outbound: mpsc::Sender<Message>,
+    outbound: Outbound,
     legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
     in_flight: Arc<InFlight>,
     batches: Arc<Batches>,
     metrics: Arc<Metrics>,
 }
+
+/// The queue of frames for the writer. Boxed: every connection holds a
+/// block of 32 slots, and a frame is 48 bytes where a box is 8.
+type Outbound = mpsc::Sender<Box<Message>>;
 
 struct Running {
     /// Boxed messages: a queue block holds 32, and an unboxed one is ~360
@@ -152,7 +156,9 @@ struct ServiceGone;
 
 impl<S: rmcp::ServerHandler + Clone> Mcp<S> {
     /// Sends `message` to the service, starting it if it is suspended.
-    async fn send(&mut self, message: ClientJsonRpcMessage) -> Result<(), ServiceGone> {
+    /// Boxed, as the queue wants it: this future is part of every
+    /// connection's, and a message is ~360 bytes.
+    async fn send(&mut self, message: Box<ClientJsonRpcMessage>) -> Result<(), ServiceGone> {
         if self.running.is_none() {
             if !self.wakes(&message) {
                 tracing::debug!("dropped a notification for a suspended service");
@@ -166,11 +172,7 @@ impl<S: rmcp::ServerHandler + Clone> Mcp<S> {
         let Some(running) = &self.running else {
             return Err(ServiceGone);
         };
-        running
-            .tx
-            .send(Box::new(message))
-            .await
-            .map_err(|_| ServiceGone)
+        running.tx.send(message).await.map_err(|_| ServiceGone)
     }
 
     /// Whether `message` is worth starting a suspended service for: any
@@ -247,6 +249,7 @@ impl<S: rmcp::ServerHandler + Clone> Mcp<S> {
             return due.max(Instant::now() + idle / 4);
         }
         if self.running.take().is_some() {
+            self.in_flight.ids().shrink_to_fit();
             tracing::debug!("idle: MCP service suspended");
         }
         Instant::now() + idle
@@ -470,12 +473,17 @@ pub(crate) struct Connection {
 /// was already read and accepted (by [`crate::http`], for a client that
 /// authenticated in it), so the connection speaks that protocol from the
 /// start; otherwise the first frame decides.
-pub(crate) async fn run<S: rmcp::ServerHandler + Clone>(
+///
+/// The future is what every connection, idle or not, holds for as long as
+/// it is open, so it is kept small: everything is set up before it starts,
+/// and the end, which needs more, is boxed when it comes.
+pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
     socket: WebSocket,
     handler: S,
     connection: Connection,
     hello_received: bool,
-) {
+    counted: Counted,
+) -> impl Future<Output = ()> + Send {
     let Connection {
         guard,
         live,
@@ -490,61 +498,65 @@ pub(crate) async fn run<S: rmcp::ServerHandler + Clone>(
         shutdown_grace,
         service_idle,
     } = connection;
-    let in_flight = Arc::new(InFlight::default());
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
-    let legacy = Arc::new(std::sync::OnceLock::new());
-    let batches = Arc::new(Batches::default());
-    let mut mcp = Mcp {
+    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let mcp = Mcp {
         handler,
         running: None,
         resume: Resume::Fresh,
         last_message: Instant::now(),
-        outbound: out_tx.clone(),
-        legacy: legacy.clone(),
-        in_flight: in_flight.clone(),
-        batches: batches.clone(),
-        metrics: metrics.clone(),
+        outbound: out_tx,
+        legacy: Arc::default(),
+        in_flight: Arc::default(),
+        batches: Arc::default(),
+        metrics,
     };
-    let mut writer = tokio::spawn(write_loop(sink, out_rx));
-
-    let reader = Reader {
-        live: &live,
-        mcp: &mut mcp,
-        service_idle,
-        outbound: &out_tx,
-        auth: &auth,
-        principal: &principal,
-        metrics: &metrics,
+    let ending = live.clone();
+    let mut reader = Reader {
+        live,
+        mcp,
+        stream,
+        auth,
+        user: principal.user_id,
         ping_interval,
         ping_timeout,
+        service_idle,
         deadline: deadline(principal.expires_at),
-        legacy,
-        session_id: &session_id,
+        session_id,
         protocol: None,
-        batches,
     };
-    let reader = async move {
-        let mut reader = reader;
-        if hello_received && let Some(end) = reader.engage_legacy().await {
-            return end;
-        }
-        reader.run(stream, hello_received).await
-    };
-    let end = tokio::select! {
-        end = reader => end,
-        () = shutdown.cancelled() => End::Shutdown,
-        () = live.ended.cancelled() => match live.reason() {
-            Some(Ended::TimedOut) | None => End::TimedOut,
-            Some(Ended::Killed) => End::Killed,
-            Some(Ended::KeyRevoked) => End::KeyRevoked,
-        },
-    };
-    tracing::info!(reason = ?end, "connection closing");
+    async move {
+        let _counted = counted;
+        let end = tokio::select! {
+            end = reader.serve(hello_received) => end,
+            () = shutdown.cancelled() => End::Shutdown,
+            () = ending.ended.cancelled() => match ending.reason() {
+                Some(Ended::TimedOut) | None => End::TimedOut,
+                Some(Ended::Killed) => End::Killed,
+                Some(Ended::KeyRevoked) => End::KeyRevoked,
+            },
+        };
+        Box::pin(finish(end, reader, writer, guard, shutdown_grace)).await;
+    }
+}
 
+/// Ends a connection: at shutdown, calls in flight get `shutdown_grace` to
+/// answer; then the service stops, the close frame goes out, the writer
+/// drains and the session is recorded as closed.
+async fn finish<S: rmcp::ServerHandler + Clone>(
+    end: End,
+    reader: Reader<S>,
+    mut writer: tokio::task::JoinHandle<()>,
+    guard: SessionGuard,
+    shutdown_grace: Duration,
+) {
+    tracing::info!(reason = ?end, "connection closing");
+    let mut mcp = reader.mcp;
     if matches!(end, End::Shutdown) {
         // Reading has stopped; calls already running get the grace period
         // to finish and send their answers, then are cancelled.
+        let in_flight = mcp.in_flight.clone();
         let settled = tokio::select! {
             () = in_flight.settled() => true,
             () = tokio::time::sleep(shutdown_grace) => false,
@@ -558,9 +570,10 @@ pub(crate) async fn run<S: rmcp::ServerHandler + Clone>(
     if let Some(frame) = end.close_frame() {
         // The queue may be full of frames for a client that stopped reading;
         // then the close frame is dropped with the rest when we abort.
-        let _ = out_tx.try_send(Message::Close(Some(frame)));
+        let _ = mcp.outbound.try_send(Box::new(Message::Close(Some(frame))));
     }
-    drop(out_tx);
+    // The last sender: the writer ends once it has written what is queued.
+    drop(mcp);
     if tokio::time::timeout(WRITER_DRAIN, &mut writer)
         .await
         .is_err()
@@ -612,28 +625,34 @@ fn deadline(expires_at: Option<u64>) -> Option<Instant> {
 }
 
 /// Reads frames until the connection ends, and says why it ended.
-struct Reader<'a, S> {
-    live: &'a LiveSession,
-    mcp: &'a mut Mcp<S>,
-    service_idle: Duration,
-    outbound: &'a mpsc::Sender<Message>,
-    auth: &'a Authenticator,
-    principal: &'a Principal,
-    metrics: &'a Metrics,
+struct Reader<S> {
+    live: LiveSession,
+    mcp: Mcp<S>,
+    stream: SplitStream<WebSocket>,
+    /// For in-band `auth/refresh` and a `hello` with a credential.
+    auth: Arc<Authenticator>,
+    /// Who opened the connection.
+    user: UserId,
     ping_interval: Duration,
     ping_timeout: Duration,
-    /// Set when the connection speaks the legacy protocol.
-    legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
-    session_id: &'a SessionId,
+    service_idle: Duration,
     /// When the credential that admitted the connection expires.
     deadline: Option<Instant>,
+    /// The session's id, for the legacy protocol's `hello_ack`.
+    session_id: SessionId,
     /// The protocol version the client asked for in `initialize`.
     protocol: Option<String>,
-    batches: Arc<Batches>,
 }
 
-impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
-    async fn run(mut self, mut stream: SplitStream<WebSocket>, mut decided: bool) -> End {
+impl<S: rmcp::ServerHandler + Clone> Reader<S> {
+    async fn serve(&mut self, hello_received: bool) -> End {
+        if hello_received && let Some(end) = Box::pin(self.engage_legacy()).await {
+            return end;
+        }
+        self.read(hello_received).await
+    }
+
+    async fn read(&mut self, mut decided: bool) -> End {
         // Until the client starts a lifecycle (initialize, or a request
         // carrying its protocol version), rmcp accepts only requests; a stray
         // notification would end the session, so it is dropped here instead.
@@ -650,7 +669,7 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
         loop {
             let running = self.mcp.running.is_some();
             let frame = tokio::select! {
-                frame = stream.next() => frame,
+                frame = self.stream.next() => frame,
                 () = self.mcp.ended(), if running => return End::ServiceEnded,
                 () = &mut idle, if running => {
                     let next = self.mcp.suspend_if_idle(self.service_idle);
@@ -666,7 +685,10 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
                     ping_sent = Some(now);
                     // A full queue means the client is not reading; the
                     // pong will not come and the timeout ends it.
-                    let _ = self.outbound.try_send(Message::Ping(Default::default()));
+                    let _ = self
+                        .mcp
+                        .outbound
+                        .try_send(Box::new(Message::Ping(Default::default())));
                     keepalive.as_mut().reset(now + self.ping_timeout);
                     continue;
                 }
@@ -698,7 +720,7 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
                     continue;
                 }
             }
-            if let Some(legacy) = self.legacy.get() {
+            if let Some(legacy) = self.mcp.legacy.get() {
                 let step = legacy.on_frame(text.as_str());
                 if step.active {
                     self.live.record_activity();
@@ -708,7 +730,7 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
                         return End::SocketError;
                     }
                 }
-                for message in step.to_server {
+                for message in step.to_server.into_iter().map(Box::new) {
                     if self.mcp.send(message).await.is_err() {
                         return End::ServiceEnded;
                     }
@@ -771,12 +793,12 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
                 }
             }
             if let Some(id) = framing::cancelled_id(&message)
-                && let Some(done) = self.batches.cancelled(id)
+                && let Some(done) = self.mcp.batches.cancelled(id)
                 && !self.send(&done).await
             {
                 return End::SocketError;
             }
-            if self.mcp.send(*message).await.is_err() {
+            if self.mcp.send(message).await.is_err() {
                 return End::ServiceEnded;
             }
         }
@@ -791,7 +813,7 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
             .authenticate(Some(Credential::Bearer(&credential)), Access::User)
             .await
         {
-            Ok(p) if p.user_id == self.principal.user_id => None,
+            Ok(p) if p.user_id == self.user => None,
             _ => {
                 self.send(&legacy::hello_refused("unauthorized")).await;
                 Some(End::LegacyUnauthorized)
@@ -802,10 +824,10 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
     /// Switches to the legacy protocol: the MCP handshake the client never
     /// sends, then `hello_ack`.
     async fn engage_legacy(&mut self) -> Option<End> {
-        let _ = self.legacy.set(Arc::new(Legacy::default()));
+        let _ = self.mcp.legacy.set(Arc::new(Legacy::default()));
         self.mcp.speaks_legacy();
         for message in Legacy::handshake() {
-            if self.mcp.send(message).await.is_err() {
+            if self.mcp.send(Box::new(message)).await.is_err() {
                 return Some(End::ServiceEnded);
             }
         }
@@ -831,8 +853,8 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
             .authenticate(Some(Credential::Bearer(token)), Access::User)
             .await;
         let reply = match result {
-            Ok(fresh) if fresh.user_id == self.principal.user_id => {
-                self.metrics.credential_refresh("ok");
+            Ok(fresh) if fresh.user_id == self.user => {
+                self.mcp.metrics.credential_refresh("ok");
                 self.deadline = deadline(fresh.expires_at);
                 tracing::info!(expires_at = ?fresh.expires_at, "credential refreshed in band");
                 serde_json::json!({
@@ -842,7 +864,7 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
                 })
             }
             Ok(_) => {
-                self.metrics.credential_refresh("other_user");
+                self.mcp.metrics.credential_refresh("other_user");
                 tracing::warn!("auth/refresh offered another user's token; closing");
                 let error = auth_error(&AuthError::OtherUser);
                 self.send(&ServerJsonRpcMessage::error(error, Some(id)))
@@ -850,7 +872,7 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
                 return Some(End::OtherUser);
             }
             Err(refused) => {
-                self.metrics.credential_refresh("refused");
+                self.mcp.metrics.credential_refresh("refused");
                 let error = ServerJsonRpcMessage::error(auth_error(&refused), Some(id));
                 match serde_json::to_value(error) {
                     Ok(value) => value,
@@ -878,7 +900,7 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
                 _ => None,
             })
             .collect();
-        if let Some(now) = self.batches.open(ids, batch.answers)
+        if let Some(now) = self.mcp.batches.open(ids, batch.answers)
             && !self.send(&now).await
         {
             return Some(End::SocketError);
@@ -888,12 +910,12 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
                 self.live.record_activity();
             }
             if let Some(id) = framing::cancelled_id(&message)
-                && let Some(done) = self.batches.cancelled(id)
+                && let Some(done) = self.mcp.batches.cancelled(id)
                 && !self.send(&done).await
             {
                 return Some(End::SocketError);
             }
-            if self.mcp.send(message).await.is_err() {
+            if self.mcp.send(Box::new(message)).await.is_err() {
                 return Some(End::ServiceEnded);
             }
         }
@@ -904,7 +926,11 @@ impl<S: rmcp::ServerHandler + Clone> Reader<'_, S> {
         let Ok(text) = serde_json::to_string(message) else {
             return true;
         };
-        self.outbound.send(Message::Text(text.into())).await.is_ok()
+        self.mcp
+            .outbound
+            .send(Box::new(Message::Text(text.into())))
+            .await
+            .is_ok()
     }
 }
 
@@ -926,11 +952,11 @@ fn starts_lifecycle(request: &ClientRequest) -> bool {
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut outbound: mpsc::Receiver<Message>,
+    mut outbound: mpsc::Receiver<Box<Message>>,
 ) {
     while let Some(message) = outbound.recv().await {
-        let closing = matches!(message, Message::Close(_));
-        if sink.send(message).await.is_err() || closing {
+        let closing = matches!(*message, Message::Close(_));
+        if sink.send(*message).await.is_err() || closing {
             break;
         }
     }
@@ -940,7 +966,7 @@ async fn write_loop(
 /// The socket as `rmcp` sees it.
 struct WsTransport {
     inbound: mpsc::Receiver<Box<ClientJsonRpcMessage>>,
-    outbound: mpsc::Sender<Message>,
+    outbound: Outbound,
     /// Set once the connection speaks the legacy protocol: messages are
     /// translated into its frames.
     legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
@@ -990,7 +1016,7 @@ impl Transport<RoleServer> for WsTransport {
             };
             let sent = match text {
                 Some(text) => outbound
-                    .send(Message::Text(text.into()))
+                    .send(Box::new(Message::Text(text.into())))
                     .await
                     .map_err(|_| ConnectionClosed),
                 // Nothing to say in the legacy protocol.
@@ -1013,6 +1039,32 @@ impl Transport<RoleServer> for WsTransport {
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.inbound.close();
         Ok(())
+    }
+}
+
+/// Counts a connection as open, in the metrics and for the shutdown that
+/// waits for connections, until it is dropped.
+pub(crate) struct Counted {
+    metrics: Arc<Metrics>,
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl Counted {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+    ) -> Self {
+        metrics.connection_opened("websocket");
+        Counted {
+            metrics,
+            _tracked: tracked,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.metrics.connection_closed("websocket");
     }
 }
 
