@@ -137,7 +137,7 @@ impl Default for EdgeConfig {
             authorization_servers: Vec::new(),
             session_timeout: Duration::from_secs(3600),
             activity_flush: Duration::from_secs(30),
-            service_idle: Duration::from_secs(1),
+            service_idle: Duration::from_millis(500),
         }
     }
 }
