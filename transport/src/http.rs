@@ -175,7 +175,6 @@ struct Admitted<S> {
     connection: ws::Connection,
     span: tracing::Span,
     tracker_token: tokio_util::task::task_tracker::TaskTrackerToken,
-    metrics: Arc<crate::Metrics>,
     peer: SocketAddr,
 }
 
@@ -196,11 +195,10 @@ impl<S: rmcp::ServerHandler + Clone> Admitted<S> {
             connection,
             span,
             tracker_token,
-            metrics,
             peer,
         } = *self;
         tracing::info!(parent: &span, peer = %peer, "connection opened");
-        let counted = ws::Counted::new(metrics, tracker_token);
+        let counted = ws::Counted::new(connection.metrics.clone(), tracker_token);
         Box::pin(ws::run(socket, service, connection, hello_received, counted).instrument(span))
     }
 }
@@ -319,7 +317,6 @@ async fn admit<F: ServiceFactory>(
         connection,
         span,
         tracker_token: edge.connections.token(),
-        metrics: edge.metrics.clone(),
         peer,
     }))
 }

@@ -537,7 +537,10 @@ pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
                 Some(Ended::KeyRevoked) => End::KeyRevoked,
             },
         };
-        Box::pin(finish(end, reader, writer, guard, shutdown_grace)).await;
+        // The reader's socket half goes now, so the socket closes once the
+        // writer is done, not after the session's close is recorded.
+        let mcp = reader.into_mcp();
+        Box::pin(finish(end, mcp, writer, guard, shutdown_grace)).await;
     }
 }
 
@@ -546,13 +549,12 @@ pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
 /// drains and the session is recorded as closed.
 async fn finish<S: rmcp::ServerHandler + Clone>(
     end: End,
-    reader: Reader<S>,
+    mut mcp: Mcp<S>,
     mut writer: tokio::task::JoinHandle<()>,
     guard: SessionGuard,
     shutdown_grace: Duration,
 ) {
     tracing::info!(reason = ?end, "connection closing");
-    let mut mcp = reader.mcp;
     if matches!(end, End::Shutdown) {
         // Reading has stopped; calls already running get the grace period
         // to finish and send their answers, then are cancelled.
@@ -645,6 +647,11 @@ struct Reader<S> {
 }
 
 impl<S: rmcp::ServerHandler + Clone> Reader<S> {
+    /// The service, once reading is over; the rest is dropped.
+    fn into_mcp(self) -> Mcp<S> {
+        self.mcp
+    }
+
     async fn serve(&mut self, hello_received: bool) -> End {
         if hello_received && let Some(end) = Box::pin(self.engage_legacy()).await {
             return end;
