@@ -9,12 +9,17 @@
 //!
 //! Layout:
 //! - [`Edge`] holds what every request needs and [`serve`] runs it;
-//! - `http` routes requests and authenticates them;
-//! - `ws` runs one WebSocket connection as one task;
+//! - `http` routes requests: a WebSocket upgrade to `upgrade`, anything
+//!   else on `/mcp` to `streamable`;
+//! - `admission` is the one way in for all of them: the credential,
+//!   authentication (and the challenge when it fails), the user's session
+//!   opened within the limit;
+//! - `ws` runs one WebSocket connection as one task tree;
 //! - `framing` turns text frames into JSON-RPC messages (or precise errors);
 //! - `error` is the one place where failures become HTTP statuses and
 //!   WebSocket close codes.
 
+mod admission;
 mod error;
 mod framing;
 mod http;
@@ -22,6 +27,7 @@ mod legacy;
 mod lifecycle;
 mod metrics;
 mod streamable;
+mod upgrade;
 mod ws;
 
 use std::net::SocketAddr;

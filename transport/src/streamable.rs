@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, Weak};
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::Response;
-use exai_auth::{Access, UserId};
+use exai_auth::UserId;
 use exai_sessions::StoreError;
 use futures::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ServerJsonRpcMessage};
@@ -39,11 +39,10 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::admission::{self, Opened, SessionGuard};
 use crate::error::EdgeError;
 use crate::framing::{self, Decoded};
-use crate::http::{Opened, credential, open_session, resource_metadata_url};
 use crate::lifecycle::LiveSession;
-use crate::ws::SessionGuard;
 use crate::{ConnectionContext, Edge, EdgeConfig, Metrics, ServiceFactory};
 
 /// The transport label of sessions opened over HTTP.
@@ -102,20 +101,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
     request: Request<Body>,
 ) -> Result<Response, EdgeError> {
     check_origin_and_host(&edge.config, request.headers())?;
-    let principal = match edge
-        .auth
-        .authenticate(credential(request.headers())?, Access::User)
-        .await
-    {
-        Ok(principal) => principal,
-        Err(error) => {
-            edge.metrics.auth_failure(error.kind());
-            return Err(EdgeError::Auth {
-                error,
-                resource_metadata: Some(resource_metadata_url(edge, request.headers())),
-            });
-        }
-    };
+    let principal = admission::authenticate_request(edge, request.headers()).await?;
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, edge.config.max_message_bytes)
         .await
@@ -173,7 +159,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
             opening: Mutex::new(None),
         },
         (None, Some(protocol)) => {
-            let opened = open_session(edge, principal, None, peer, TRANSPORT).await?;
+            let opened = admission::open(edge, principal, None, peer, TRANSPORT).await?;
             RequestScope {
                 context: opened.context(),
                 protocol: Some(protocol),

@@ -1,0 +1,245 @@
+//! Admission: how a request or a socket becomes a connection of one user.
+//!
+//! Every path into the edge (the WebSocket upgrade, a legacy `hello`, each
+//! Streamable HTTP request) goes through here, in this order:
+//!
+//! 1. [`credential`]: the credential a request carries, from its headers;
+//! 2. [`authenticate`]: the [`Authenticator`](exai_auth::Authenticator)'s
+//!    verdict; a refusal is counted and becomes the challenge the client
+//!    is sent ([`refused`]);
+//! 3. [`open`]: the user's session opened (or resumed) in the store within
+//!    `MCP_MAX_CONNECTIONS_PER_USER`, registered with the lifecycle, and
+//!    held by a [`SessionGuard`] that records it closed however the
+//!    connection ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, header};
+use exai_auth::{Access, AuthError, Credential, Principal};
+use exai_sessions::{OpenSession, SessionId, SessionMetadata, StoreError};
+use tokio_util::task::TaskTracker;
+
+use crate::error::EdgeError;
+use crate::lifecycle::Lifecycle;
+use crate::{ConnectionContext, Edge, ServiceFactory};
+
+/// Where this resource describes itself (RFC 9728 §3).
+pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The credential of a request: `Authorization: Bearer …` (an access token
+/// or an API key), or `X-API-Key: …`, or, for browsers (which cannot set
+/// headers on a WebSocket), an `mcp.auth.<token>` entry in
+/// `Sec-WebSocket-Protocol`, as the MCP WebSocket proposal (SEP-1288) has
+/// it; only `mcp` is ever echoed back. Never from the query string, and
+/// never logged.
+pub(crate) fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, EdgeError> {
+    let malformed = || EdgeError::Auth {
+        error: AuthError::Malformed,
+        resource_metadata: None,
+    };
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| malformed())?;
+        return match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Ok(Some(Credential::Bearer(token.trim())))
+            }
+            _ => Ok(None),
+        };
+    }
+    if let Some(value) = headers.get("x-api-key") {
+        return Ok(Some(Credential::ApiKey(
+            value.to_str().map_err(|_| malformed())?.trim(),
+        )));
+    }
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let value = value.to_str().map_err(|_| malformed())?;
+        if let Some(token) = value
+            .split(',')
+            .find_map(|entry| entry.trim().strip_prefix(SUBPROTOCOL_TOKEN_PREFIX))
+        {
+            return Ok(Some(Credential::Bearer(token)));
+        }
+    }
+    Ok(None)
+}
+
+/// The `Sec-WebSocket-Protocol` entry that carries a token.
+const SUBPROTOCOL_TOKEN_PREFIX: &str = "mcp.auth.";
+
+/// Authenticates `credential` as a user of the daemon.
+pub(crate) async fn authenticate<F: ServiceFactory>(
+    edge: &Edge<F>,
+    credential: Option<Credential<'_>>,
+) -> Result<Principal, AuthError> {
+    edge.auth.authenticate(credential, Access::User).await
+}
+
+/// A refused credential, counted, as the error the client is sent: with
+/// the request's `headers`, a challenge naming this resource's metadata.
+pub(crate) fn refused<F: ServiceFactory>(
+    edge: &Edge<F>,
+    error: AuthError,
+    headers: Option<&HeaderMap>,
+) -> EdgeError {
+    edge.metrics.auth_failure(error.kind());
+    EdgeError::Auth {
+        error,
+        resource_metadata: headers.map(|headers| resource_metadata_url(edge, headers)),
+    }
+}
+
+/// Authenticates an HTTP request by its headers; a refusal is the
+/// challenge to answer with.
+pub(crate) async fn authenticate_request<F: ServiceFactory>(
+    edge: &Edge<F>,
+    headers: &HeaderMap,
+) -> Result<Principal, EdgeError> {
+    authenticate(edge, credential(headers)?)
+        .await
+        .map_err(|error| refused(edge, error, Some(headers)))
+}
+
+/// This server's base URL: `EXAI_PUBLIC_URL` when set, else from `Host`.
+pub(crate) fn base_url<F: ServiceFactory>(edge: &Edge<F>, headers: &HeaderMap) -> String {
+    if let Some(url) = &edge.config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// Where this resource's RFC 9728 metadata is, for a challenge.
+pub(crate) fn resource_metadata_url<F: ServiceFactory>(
+    edge: &Edge<F>,
+    headers: &HeaderMap,
+) -> String {
+    format!("{}{METADATA_PATH}", base_url(edge, headers))
+}
+
+/// A session opened (or resumed) for one user, registered with the
+/// lifecycle; closed in the store when `guard` is closed or dropped.
+pub(crate) struct Opened {
+    pub(crate) principal: Principal,
+    pub(crate) session_id: SessionId,
+    pub(crate) live: crate::lifecycle::LiveSession,
+    pub(crate) guard: SessionGuard,
+    pub(crate) span: tracing::Span,
+}
+
+impl Opened {
+    /// What the session's MCP handler knows of it.
+    pub(crate) fn context(&self) -> ConnectionContext {
+        ConnectionContext {
+            principal: self.principal.clone(),
+            session_id: Some(self.session_id.clone()),
+        }
+    }
+}
+
+/// Opens (or resumes) `principal`'s session within the user's connection
+/// limit.
+pub(crate) async fn open<F: ServiceFactory>(
+    edge: &Edge<F>,
+    principal: Principal,
+    resume: Option<SessionId>,
+    peer: SocketAddr,
+    transport: &'static str,
+) -> Result<Opened, EdgeError> {
+    let limit = edge.config.max_connections_per_user;
+    let resuming = resume.is_some();
+    let opened = match resume {
+        // Resuming one of the caller's own sessions: another user's id, an
+        // expired one and a made-up one all answer 404 alike.
+        Some(id) => edge.store.resume(&principal, &id, limit).await,
+        None => {
+            let metadata = SessionMetadata::new(transport, Some(peer.to_string()));
+            edge.store
+                .open(&principal, OpenSession::new(limit, metadata))
+                .await
+        }
+    };
+    let session = match opened {
+        Ok(session) => session,
+        Err(error) => {
+            if matches!(error, StoreError::LimitReached { .. }) {
+                edge.metrics.refused("connections_per_user");
+            }
+            return Err(error.into());
+        }
+    };
+    edge.metrics
+        .session_event(if resuming { "resumed" } else { "opened" });
+
+    let span = tracing::info_span!(
+        "connection",
+        user_id = %principal.user_id,
+        session_id = %session.session_id,
+        transport,
+    );
+    let live = edge.lifecycle.attach(&principal, &session.session_id);
+    let guard = SessionGuard::new(
+        edge.lifecycle.clone(),
+        principal.clone(),
+        session.session_id.clone(),
+        edge.connections.clone(),
+    );
+    Ok(Opened {
+        principal,
+        session_id: session.session_id,
+        live,
+        guard,
+        span,
+    })
+}
+
+/// Ends a session when the connection ends, however it ends: explicitly
+/// through [`SessionGuard::close`], or on drop (a panic, a failed upgrade)
+/// through a task the edge waits for at shutdown.
+pub(crate) struct SessionGuard {
+    session: Option<(Arc<Lifecycle>, Principal, SessionId)>,
+    tracker: TaskTracker,
+}
+
+impl SessionGuard {
+    pub(crate) fn new(
+        lifecycle: Arc<Lifecycle>,
+        principal: Principal,
+        session: SessionId,
+        tracker: TaskTracker,
+    ) -> Self {
+        SessionGuard {
+            session: Some((lifecycle, principal, session)),
+            tracker,
+        }
+    }
+
+    pub(crate) async fn close(mut self) {
+        if let Some((lifecycle, principal, session)) = self.session.take() {
+            lifecycle.detach(principal, session).await;
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let Some((lifecycle, principal, session)) = self.session.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.tracker.spawn_on(
+                    async move { lifecycle.detach(principal, session).await },
+                    &runtime,
+                );
+            }
+            Err(_) => tracing::warn!(
+                session_id = %session,
+                "no runtime to record the session as closed"
+            ),
+        }
+    }
+}

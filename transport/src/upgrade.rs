@@ -1,0 +1,264 @@
+//! The authenticated upgrade to MCP over WebSocket, and the one upgrade
+//! before authentication: the original EXAI shims', which must
+//! authenticate in their first frame, the legacy protocol's `hello`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::WebSocketUpgrade;
+use axum::extract::ws::WebSocket;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use exai_auth::{AuthError, Credential, Principal};
+use exai_sessions::{SessionId, StoreError};
+use tracing::Instrument;
+
+use crate::admission::{self, Opened};
+use crate::error::{EdgeError, close};
+use crate::{Edge, ServiceFactory, legacy, ws};
+
+/// Initial size of the per-connection read buffer (it grows for a larger
+/// message); tungstenite's default (128 KiB) would dominate the memory of an
+/// idle connection. MCP requests are mostly well under 1 KiB; a larger one
+/// takes a few more reads.
+const READ_BUFFER_BYTES: usize = 1024;
+
+/// A WebSocket upgrade of `/mcp`: authenticate, open the session (within
+/// the user's limit), then upgrade. Nothing is upgraded before all three have succeeded, with
+/// one exception kept for the original EXAI shims: an upgrade with no
+/// credential at all that does not offer the `mcp` subprotocol is upgraded
+/// to wait for the legacy protocol's `hello`, which must then authenticate
+/// it ([`legacy_hello`]); until it does, no session exists and no MCP
+/// handler runs.
+pub(crate) async fn websocket<F: ServiceFactory>(
+    edge: Arc<Edge<F>>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, EdgeError> {
+    let principal = match admission::authenticate(&edge, admission::credential(headers)?).await {
+        Ok(principal) => principal,
+        Err(AuthError::Missing) if !offers_mcp(headers) => {
+            return legacy_upgrade(edge, peer, upgrade);
+        }
+        Err(error) => return Err(admission::refused(&edge, error, Some(headers))),
+    };
+    let resume = match headers.get("mcp-session-id") {
+        Some(id) => Some(SessionId::from_client(
+            id.to_str().map_err(|_| StoreError::NotFound)?,
+        )),
+        None => None,
+    };
+    let admitted = admit(&edge, principal, resume, peer, "websocket").await?;
+    let session_id = admitted.connection.session_id.clone();
+    let config = &edge.config;
+    let mut response = upgrade
+        .protocols(["mcp"])
+        .max_message_size(config.max_message_bytes)
+        .max_frame_size(config.max_message_bytes)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| admitted.serve(socket, false));
+    // (`admitted` is boxed: axum keeps the callback for as long as the
+    // connection lives.)
+    if let Ok(id) = HeaderValue::from_str(session_id.as_str()) {
+        response.headers_mut().insert("mcp-session-id", id);
+    }
+    Ok(response)
+}
+
+/// A connection admitted: its session is open and counted; `serve` runs it.
+struct Admitted<S> {
+    service: S,
+    connection: ws::Connection,
+    span: tracing::Span,
+    tracker_token: tokio_util::task::task_tracker::TaskTrackerToken,
+    peer: SocketAddr,
+}
+
+impl<S: rmcp::ServerHandler + Clone> Admitted<S> {
+    /// The connection's task, boxed: the spawned future stays a pointer,
+    /// and the connection's own future carries nothing twice.
+    #[allow(
+        clippy::boxed_local,
+        reason = "admitted boxed, so axum's upgrade callback holds a pointer for the connection's life"
+    )]
+    fn serve(
+        self: Box<Self>,
+        socket: WebSocket,
+        hello_received: bool,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let Admitted {
+            service,
+            connection,
+            span,
+            tracker_token,
+            peer,
+        } = *self;
+        tracing::info!(parent: &span, peer = %peer, "connection opened");
+        let counted = ws::Counted::new(connection.metrics.clone(), tracker_token);
+        Box::pin(ws::run(socket, service, connection, hello_received, counted).instrument(span))
+    }
+}
+
+/// Opens (or resumes) `principal`'s session within the user's connection
+/// limit, and prepares the connection's handler.
+async fn admit<F: ServiceFactory>(
+    edge: &Arc<Edge<F>>,
+    principal: Principal,
+    resume: Option<SessionId>,
+    peer: SocketAddr,
+    transport: &'static str,
+) -> Result<Box<Admitted<F::Service>>, EdgeError> {
+    let opened = admission::open(edge, principal, resume, peer, transport).await?;
+    let service = edge.factory.service(&opened.context());
+    let Opened {
+        principal,
+        session_id,
+        live,
+        guard,
+        span,
+    } = opened;
+    let config = &edge.config;
+    let connection = ws::Connection {
+        guard,
+        live,
+        shutdown: edge.shutdown.clone(),
+        outbound_queue: config.outbound_queue,
+        auth: edge.auth.clone(),
+        principal,
+        metrics: edge.metrics.clone(),
+        ping_interval: config.ping_interval,
+        ping_timeout: config.ping_timeout,
+        session_id,
+        shutdown_grace: config.shutdown_grace,
+        service_idle: config.service_idle,
+    };
+    Ok(Box::new(Admitted {
+        service,
+        connection,
+        span,
+        tracker_token: edge.connections.token(),
+        peer,
+    }))
+}
+
+/// Whether the client offered the `mcp` subprotocol (every MCP WebSocket
+/// client does; the original EXAI shims do not).
+fn offers_mcp(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "mcp")
+}
+
+/// Upgrades a connection that will authenticate in the legacy protocol's
+/// `hello`. At most [`crate::EdgeConfig::max_pending_hellos`] such sockets
+/// wait at once (503 beyond), each for at most `hello_timeout`.
+fn legacy_upgrade<F: ServiceFactory>(
+    edge: Arc<Edge<F>>,
+    peer: SocketAddr,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, EdgeError> {
+    let permit = edge
+        .pending_hellos
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| EdgeError::Busy)?;
+    let config = &edge.config;
+    let tracker_token = edge.connections.token();
+    Ok(upgrade
+        .max_message_size(config.max_message_bytes)
+        .max_frame_size(config.max_message_bytes)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| async move {
+            let _counted = tracker_token;
+            // Boxed, and done with before the connection is served.
+            let hello = Box::pin(legacy_hello(edge, peer, socket, permit)).await;
+            if let Some((admitted, socket)) = hello {
+                admitted.serve(socket, true).await;
+            }
+        }))
+}
+
+/// The legacy protocol's opening: the first frame must be a `hello` whose
+/// `jwt` or `token` authenticates the user; otherwise `hello_ack {ok:
+/// false}` and close 4003. Then the session opens as for any connection.
+async fn legacy_hello<F: ServiceFactory>(
+    edge: Arc<Edge<F>>,
+    peer: SocketAddr,
+    mut socket: WebSocket,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Option<(Box<Admitted<F::Service>>, WebSocket)> {
+    use axum::extract::ws::{CloseFrame, Message};
+    let first = tokio::select! {
+        frame = tokio::time::timeout(edge.config.hello_timeout, socket.recv()) => frame,
+        () = edge.shutdown.cancelled() => return None,
+    };
+    let hello = match first {
+        Ok(Some(Ok(Message::Text(text)))) => legacy::Hello::parse(text.as_str()),
+        _ => None,
+    };
+    async fn refuse(socket: &mut WebSocket, error: &str, code: u16, reason: &'static str) {
+        let ack = legacy::hello_refused(error).to_string();
+        let _ = socket.send(Message::Text(ack.into())).await;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+    }
+    let Some(hello) = hello else {
+        // No hello (an MCP message, garbage, or nothing in time): this
+        // socket has no credential, and gets nothing else.
+        refuse(
+            &mut socket,
+            "missing_hello",
+            close::LEGACY_UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+        return None;
+    };
+    let credential = hello.credential.as_deref().map(Credential::Bearer);
+    let principal = match admission::authenticate(&edge, credential).await {
+        Ok(principal) => principal,
+        Err(error) => {
+            admission::refused(&edge, error, None);
+            refuse(
+                &mut socket,
+                "unauthorized",
+                close::LEGACY_UNAUTHORIZED,
+                "unauthorized",
+            )
+            .await;
+            return None;
+        }
+    };
+    let admitted = match admit(&edge, principal, None, peer, "legacy").await {
+        Ok(admitted) => admitted,
+        Err(EdgeError::Store(StoreError::LimitReached { .. })) => {
+            refuse(
+                &mut socket,
+                "connection limit reached",
+                close::TRY_AGAIN_LATER,
+                "connection limit reached",
+            )
+            .await;
+            return None;
+        }
+        Err(_) => {
+            refuse(
+                &mut socket,
+                "session store unavailable",
+                close::TRY_AGAIN_LATER,
+                "session store unavailable",
+            )
+            .await;
+            return None;
+        }
+    };
+    drop(permit);
+    Some((admitted, socket))
+}
