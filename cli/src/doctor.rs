@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use exai_daemon::config::{AuthMode, DaemonArgs, SecretSource, StoreConfig};
+use exai_daemon::config::{AuthMode, DaemonArgs, SecretSource, StoreConfig, Strings};
 use exai_sessions::{PostgresStore, SupabaseConfig, SupabaseStore};
 
 struct Report(Vec<(bool, String)>);
@@ -19,9 +19,9 @@ impl Report {
 }
 
 /// The checklist, and whether everything is ok.
-pub(crate) async fn run(args: DaemonArgs) -> (String, bool) {
+pub(crate) async fn run(args: DaemonArgs, env: &dyn Strings) -> (String, bool) {
     let mut report = Report(Vec::new());
-    check(args, &mut report).await;
+    check(args, env, &mut report).await;
     let healthy = report.0.iter().all(|(ok, _)| *ok);
     let text = report
         .0
@@ -32,8 +32,8 @@ pub(crate) async fn run(args: DaemonArgs) -> (String, bool) {
     (text, healthy)
 }
 
-async fn check(args: DaemonArgs, report: &mut Report) {
-    let (config, source) = match args.into_config() {
+async fn check(args: DaemonArgs, env: &dyn Strings, report: &mut Report) {
+    let config = match args.into_config(env) {
         Ok(checked) => {
             report.ok("settings: valid");
             checked
@@ -45,13 +45,13 @@ async fn check(args: DaemonArgs, report: &mut Report) {
             return;
         }
     };
-    match (&config.auth, source) {
+    match (&config.auth, &config.secret) {
         (AuthMode::MultiUser(jwt), source) => {
             match source {
                 Some(SecretSource::Environment) => report.ok("signing: SUPABASE_JWT_SECRET (HS256) set"),
-                Some(SecretSource::DevelopmentFile { path, .. }) => report.problem(format!(
+                Some(SecretSource::DevelopmentFile(dev)) => report.problem(format!(
                     "signing: a development secret ({}); for production set SUPABASE_URL or SUPABASE_JWT_SECRET",
-                    path.display()
+                    dev.path.display()
                 )),
                 _ => {}
             }

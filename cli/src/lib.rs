@@ -16,7 +16,7 @@ mod signin;
 use std::io::Write as _;
 
 use clap::{Parser, Subcommand};
-use exai_daemon::config::AuthArgs;
+use exai_daemon::config::{AuthArgs, Strings};
 
 pub use commands::CommandError;
 
@@ -359,7 +359,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Runs the parsed command, writing its output to standard output.
-pub async fn run(cli: Cli) -> Result<(), CommandError> {
+pub async fn run(cli: Cli, env: &dyn Strings) -> Result<(), CommandError> {
     let output = match cli.command {
         Command::Token(TokenCommand::Mint(args)) => {
             commands::mint(&args.email, args.user_id, args.ttl, &args.auth)?
@@ -411,7 +411,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             )
         }
         Command::Doctor(args) => {
-            let (report, healthy) = doctor::run(*args).await;
+            let (report, healthy) = doctor::run(*args, env).await;
             if !healthy {
                 let mut stdout = std::io::stdout().lock();
                 writeln!(stdout, "{report}").map_err(CommandError::Output)?;

@@ -4,23 +4,25 @@ use std::process::ExitCode;
 
 /// Flags over the environment over the env file over the defaults, as for
 /// the daemon.
-fn parse_args() -> Result<exai_cli::Cli, exai_daemon::config::ConfigError> {
-    use clap::{CommandFactory as _, FromArgMatches as _};
+fn parse_args() -> Result<(exai_cli::Cli, Environment), exai_daemon::config::ConfigError> {
+    use exai_daemon::config;
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cwd = std::env::current_dir().unwrap_or_default();
-    let mut command = exai_cli::Cli::command();
-    if let Some(file) = exai_daemon::env_file::locate(&raw, &cwd)? {
-        command =
-            exai_daemon::env_file::apply(command, &file, |name| std::env::var_os(name).is_some())?;
-    }
-    let matches = command.get_matches_from(raw);
-    Ok(exai_cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+    let env = config::env_file::environment(&raw, &cwd)?;
+    let cli = config::parse(raw, &env).unwrap_or_else(|usage| usage.exit());
+    Ok((cli, env))
 }
+
+/// The process environment over the env file.
+type Environment = exai_daemon::config::Layered<
+    exai_daemon::config::ProcessEnv,
+    std::collections::HashMap<String, String>,
+>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match parse_args() {
-        Ok(cli) => cli,
+    let (cli, env) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(problem) => {
             eprintln!("exai: {problem}");
             return ExitCode::FAILURE;
@@ -31,7 +33,7 @@ async fn main() -> ExitCode {
         cli.default_log_level(),
         exai_daemon::config::LogFormat::Text,
     );
-    match exai_cli::run(cli).await {
+    match exai_cli::run(cli, &env).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("exai: {}", exai_cli::error_chain(&error));

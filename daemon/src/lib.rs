@@ -8,12 +8,9 @@
 //! `127.0.0.1:0`.
 
 pub mod config;
-pub mod env_file;
 pub mod logging;
 mod metered;
-mod providers_file;
 mod quota;
-mod secret_file;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -29,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AuthMode, Config, StoreConfig};
+pub use config::{AuthMode, Config, SecretSource, StoreConfig};
 pub use quota::UserLimits;
 
 /// The daemon could not start.
@@ -49,6 +46,9 @@ pub enum StartError {
     /// A model provider could not be set up.
     #[error("could not set up the model providers")]
     Provider(#[source] ProviderError),
+    /// The development signing secret could not be read or created.
+    #[error("could not use the development signing secret")]
+    DevSecret(#[source] config::ConfigError),
     /// The listen address could not be bound.
     #[error("could not listen on {addr}")]
     Bind {
@@ -77,7 +77,17 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let providers = Arc::new(providers(&config)?);
     let (store, api_keys) = open_store(config.store).await?;
     let auth = match config.auth {
-        AuthMode::MultiUser(jwt) => {
+        AuthMode::MultiUser(mut jwt) => {
+            if let Some(SecretSource::DevelopmentFile(dev)) = &config.secret {
+                let (secret, created) = dev.load_or_create().map_err(StartError::DevSecret)?;
+                tracing::warn!(
+                    path = %dev.path.display(),
+                    created,
+                    "verifying tokens with a DEVELOPMENT secret; for development only: \
+                     set SUPABASE_JWT_SECRET or SUPABASE_URL in production"
+                );
+                jwt.hs256_secret = Some(secret);
+            }
             let verifier = JwtVerifier::start(jwt).await.map_err(StartError::Jwks)?;
             Authenticator::multi_user(verifier, Some(api_keys.clone()))
         }

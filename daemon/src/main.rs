@@ -4,25 +4,29 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use exai_daemon::config::{DaemonArgs, SecretSource};
+use exai_daemon::config::{self, DaemonArgs, SecretSource};
 
 /// sysexits' EX_USAGE: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
+    // Flags over the environment over the env file over the defaults.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let env = match config::env_file::environment(&raw, &cwd) {
+        Ok(env) => env,
         Err(problem) => {
             eprintln!("exai-daemon: invalid configuration:\n  {problem}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let args: DaemonArgs = config::parse(raw, &env).unwrap_or_else(|usage| usage.exit());
     let check_only = args.check_config;
     // Every problem at once, before anything binds (logging is not set up
     // yet: its format is part of what is being checked).
-    let (config, secret) = match args.into_config() {
-        Ok(checked) => checked,
+    let config = match args.into_config(&env) {
+        Ok(config) => config,
         Err(problems) => {
             eprintln!("exai-daemon: invalid configuration:");
             for problem in &problems.0 {
@@ -41,7 +45,7 @@ async fn main() -> ExitCode {
         "info,rmcp=warn",
         config.log_format,
     );
-    match run(config, secret).await {
+    match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("exai-daemon: {error:#}");
@@ -50,19 +54,15 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(config: exai_daemon::Config, secret: Option<SecretSource>) -> anyhow::Result<()> {
-    match secret {
+async fn run(config: exai_daemon::Config) -> anyhow::Result<()> {
+    match &config.secret {
         None => tracing::warn!("single-user mode: every connection is the one local user"),
         Some(SecretSource::Environment) => {
             tracing::info!("verifying HS256 tokens with SUPABASE_JWT_SECRET");
         }
         Some(SecretSource::None) => tracing::info!("verifying tokens with the project's JWKS only"),
-        Some(SecretSource::DevelopmentFile { path, created }) => tracing::warn!(
-            path = %path.display(),
-            created,
-            "verifying tokens with a DEVELOPMENT secret; for development only: \
-             set SUPABASE_JWT_SECRET or SUPABASE_URL in production"
-        ),
+        // `start` says so when it loads it.
+        Some(SecretSource::DevelopmentFile(_)) => {}
     }
     let daemon = exai_daemon::start(config).await?;
     tracing::info!(
@@ -78,20 +78,6 @@ async fn run(config: exai_daemon::Config, secret: Option<SecretSource>) -> anyho
     daemon.stop().await.context("shutting down")?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Flags over the environment over the env file over the defaults.
-fn parse_args() -> Result<DaemonArgs, exai_daemon::config::ConfigError> {
-    use clap::{CommandFactory as _, FromArgMatches as _};
-    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let mut command = DaemonArgs::command();
-    if let Some(file) = exai_daemon::env_file::locate(&raw, &cwd)? {
-        command =
-            exai_daemon::env_file::apply(command, &file, |name| std::env::var_os(name).is_some())?;
-    }
-    let matches = command.get_matches_from(raw);
-    Ok(DaemonArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

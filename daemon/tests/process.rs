@@ -231,6 +231,13 @@ fn bad_configuration_stops_before_binding_naming_every_problem() {
         String::from_utf8_lossy(&ok.stdout).trim(),
         "configuration ok"
     );
+    // Checking has no side effect: the development secret is made by the
+    // daemon that uses it, not by --check-config.
+    assert_eq!(
+        std::fs::read_dir(data.path()).unwrap().count(),
+        0,
+        "--check-config wrote into the data directory"
+    );
 }
 
 #[tokio::test]

@@ -2,16 +2,15 @@
 //! in the working directory), for `exai-daemon` and `exai` alike.
 //!
 //! Precedence: flags, then the environment, then the env file, then the
-//! built-in defaults. The file's values become the defaults of the
-//! arguments bound to those variables, so the process environment is never
-//! modified. Secret values stay hidden in `--help`.
+//! built-in defaults ([`environment`] layers the process environment over
+//! the file). The process environment is never modified.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{Arg, Command};
-
-use crate::config::ConfigError;
+use super::env::{Layered, ProcessEnv};
+use super::problems::ConfigError;
 
 /// Which env file applies: the one `--env-file` names (it must exist), else
 /// `.env`, else `.env.docker` in `cwd`, else none.
@@ -41,47 +40,37 @@ pub fn locate(args: &[OsString], cwd: &Path) -> Result<Option<PathBuf>, ConfigEr
         .find(|path| path.is_file()))
 }
 
-/// `command` with the values of `file` as defaults for the arguments bound
-/// to its variables, except those `is_set` in the environment.
-pub fn apply(
-    command: Command,
-    file: &Path,
-    is_set: impl Fn(&str) -> bool,
-) -> Result<Command, ConfigError> {
+/// The `NAME=value` lines of `file`.
+pub fn read(file: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let error = |reason: String| ConfigError::EnvFile {
         path: file.to_owned(),
         reason,
     };
-    let mut values = Vec::new();
+    let mut values = HashMap::new();
     for item in dotenvy::from_path_iter(file).map_err(|e| error(e.to_string()))? {
         let (name, value) = item.map_err(|e| error(e.to_string()))?;
-        if !is_set(&name) {
-            values.push((name, value));
-        }
+        values.insert(name, value);
     }
-    Ok(with_defaults(command, &values))
+    Ok(values)
 }
 
-fn with_defaults(command: Command, values: &[(String, String)]) -> Command {
-    let set = |arg: Arg| {
-        let Some(name) = arg.get_env().map(|n| n.to_string_lossy().into_owned()) else {
-            return arg;
-        };
-        match values.iter().find(|(n, _)| *n == name) {
-            Some((_, value)) => {
-                let secret = arg.is_hide_env_values_set();
-                arg.default_value(value.clone()).hide_default_value(secret)
-            }
-            None => arg,
-        }
+/// What a binary's settings are read from: the process environment over
+/// the env file that `args` (the command line) and `cwd` select. Only the
+/// binaries call this.
+pub fn environment(
+    args: &[OsString],
+    cwd: &Path,
+) -> Result<Layered<ProcessEnv, HashMap<String, String>>, ConfigError> {
+    let file = match locate(args, cwd)? {
+        Some(path) => read(&path)?,
+        None => HashMap::new(),
     };
-    command
-        .mut_args(set)
-        .mut_subcommands(|sub| with_defaults(sub, values))
+    Ok(Layered(ProcessEnv, file))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::env::Strings as _;
     use super::*;
 
     #[test]
@@ -103,5 +92,20 @@ mod tests {
             locate(&args(&["x", "--env-file", "missing"]), dir.path()),
             Err(ConfigError::EnvFile { .. })
         ));
+    }
+
+    #[test]
+    fn the_file_is_read_whole_and_layered_under_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("settings.env");
+        std::fs::write(&file, "# comment\nEXAI_T_ONE=1\nEXAI_T_TWO=\"two words\"\n").unwrap();
+        let values = read(&file).unwrap();
+        assert_eq!(values.len(), 2);
+        assert_eq!(values["EXAI_T_TWO"], "two words");
+        let layered = Layered([("EXAI_T_ONE", "env")], values);
+        assert_eq!(layered.get("EXAI_T_ONE").as_deref(), Some("env"));
+        assert_eq!(layered.get("EXAI_T_TWO").as_deref(), Some("two words"));
+        std::fs::write(&file, "NOT A LINE\n").unwrap();
+        assert!(matches!(read(&file), Err(ConfigError::EnvFile { .. })));
     }
 }

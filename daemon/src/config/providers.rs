@@ -1,4 +1,9 @@
-//! `EXAI_PROVIDERS_FILE`: more OpenAI-compatible providers, in TOML.
+//! The model providers: Kimi, GLM and one OpenAI-compatible API from their
+//! variables (`KIMI_*`, `GLM_*`, `OPENAI_*`), more from
+//! `EXAI_PROVIDERS_FILE`, and the default model, which one of them (or the
+//! offline `echo`) must serve.
+//!
+//! The providers file is TOML:
 //!
 //! ```toml
 //! [[providers]]
@@ -21,6 +26,82 @@ use exai_auth::Secret;
 use exai_providers::OpenAiConfig;
 use serde::Deserialize;
 
+use super::args::DaemonArgs;
+use super::env::Strings;
+use super::problems::{ConfigError, Problems, check_url, list};
+
+/// The model providers configured, and the default model.
+pub(super) fn section(
+    args: &DaemonArgs,
+    env: &dyn Strings,
+    problems: &mut Problems,
+) -> (Vec<OpenAiConfig>, String) {
+    let secret = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| Secret::new(v.as_bytes().to_vec()))
+    };
+    let url = |problems: &mut Problems, variable, value: &Option<String>| {
+        value
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .and_then(|v| problems.check(check_url(variable, v.trim())))
+    };
+    let mut providers = Vec::new();
+    let kimi_url = url(problems, "KIMI_API_URL", &args.kimi_api_url);
+    if let Some(key) = secret(&args.kimi_api_key) {
+        providers.push(OpenAiConfig::kimi(key, kimi_url));
+    }
+    let glm_url = url(problems, "GLM_API_URL", &args.glm_api_url);
+    let glm = secret(&args.glm_api_key).map(|key| OpenAiConfig::glm(key, glm_url));
+    let glm_configured = glm.is_some();
+    providers.extend(glm);
+    let openai_url = url(problems, "OPENAI_BASE_URL", &args.openai_base_url);
+    let openai_key = secret(&args.openai_api_key);
+    if openai_url.is_some() || openai_key.is_some() {
+        let models = list(&args.openai_models);
+        if models.is_empty() {
+            problems.push(ConfigError::MissingOpenAiModels);
+        }
+        let base = openai_url.unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
+        let mut config = OpenAiConfig::new("openai", base, models);
+        if let Some(key) = openai_key {
+            config = config.with_api_key(key);
+        }
+        providers.push(config);
+    }
+    if let Some(path) = &args.providers_file {
+        match load(path, env) {
+            Ok(listed) => providers.extend(listed),
+            Err(listed) => {
+                for problem in listed {
+                    problems.push(ConfigError::ProvidersFile {
+                        path: path.display().to_string(),
+                        problem,
+                    });
+                }
+            }
+        }
+    }
+    let default_model = match args.default_model.as_deref().map(str::trim) {
+        Some(model) if !model.is_empty() => model.to_owned(),
+        _ if glm_configured => exai_providers::GLM_DEFAULT_MODEL.to_owned(),
+        _ => exai_providers::EchoProvider::MODEL.to_owned(),
+    };
+    let served = std::iter::once(exai_providers::EchoProvider::MODEL.to_owned())
+        .chain(providers.iter().flat_map(|p| p.models.iter().cloned()))
+        .collect::<Vec<_>>();
+    if !served.contains(&default_model) {
+        problems.push(ConfigError::UnservedDefaultModel(
+            default_model.clone(),
+            served.join(", "),
+        ));
+    }
+    (providers, default_model)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProvidersFile {
@@ -39,20 +120,14 @@ struct Entry {
     timeout_secs: Option<u64>,
 }
 
-/// Reads the providers in `path`; `lookup` resolves each `api_key_env`.
+/// Reads the providers in `path`; `env` resolves each `api_key_env`.
 /// Every problem is returned, each naming the provider it is about.
-pub(crate) fn load(
-    path: &Path,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<OpenAiConfig>, Vec<String>> {
+fn load(path: &Path, env: &dyn Strings) -> Result<Vec<OpenAiConfig>, Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read it: {e}")])?;
-    parse(&text, lookup)
+    parse(&text, env)
 }
 
-fn parse(
-    text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<OpenAiConfig>, Vec<String>> {
+fn parse(text: &str, env: &dyn Strings) -> Result<Vec<OpenAiConfig>, Vec<String>> {
     let file: ProvidersFile = toml::from_str(text).map_err(|e| {
         // The message only: toml's full rendering quotes the line, which
         // could hold a key someone pasted.
@@ -80,7 +155,7 @@ fn parse(
             ));
         }
         names.push(name);
-        if let Err(e) = crate::config::check_url("base_url", entry.base_url.trim()) {
+        if let Err(e) = check_url("base_url", entry.base_url.trim()) {
             problems.push(said(e.to_string()));
         }
         if entry.models.is_empty() || entry.models.iter().any(|m| m.trim().is_empty()) {
@@ -96,7 +171,7 @@ fn parse(
         }
         let key = match entry.api_key_env.as_deref().map(str::trim) {
             None => None,
-            Some(variable) => match lookup(variable).filter(|k| !k.trim().is_empty()) {
+            Some(variable) => match env.get(variable).filter(|k| !k.trim().is_empty()) {
                 Some(key) => Some(Secret::new(key.trim().as_bytes().to_vec())),
                 None => {
                     problems.push(said(format!(
@@ -130,9 +205,7 @@ fn parse(
 mod tests {
     use super::*;
 
-    fn env(name: &str) -> Option<String> {
-        (name == "ROUTER_KEY").then(|| "sk-router-secret".to_owned())
-    }
+    const ENV: [(&str, &str); 1] = [("ROUTER_KEY", "sk-router-secret")];
 
     #[test]
     fn providers_come_with_their_keys_from_the_environment() {
@@ -150,7 +223,7 @@ mod tests {
             base_url = "http://127.0.0.1:8080/v1"
             models = ["llama"]
         "#;
-        let providers = parse(text, &env).unwrap();
+        let providers = parse(text, &ENV).unwrap();
         assert_eq!(providers.len(), 2);
         let router = &providers[0];
         assert_eq!(router.name, "router");
@@ -174,7 +247,7 @@ mod tests {
             models = []
             max_concurrency = 0
         "#;
-        let problems = parse(text, &env).unwrap_err();
+        let problems = parse(text, &ENV).unwrap_err();
         assert_eq!(problems.len(), 5, "{problems:?}");
         assert!(problems.iter().all(|p| p.starts_with("provider 'glm': ")));
         assert!(
@@ -184,7 +257,7 @@ mod tests {
         );
 
         let inline = "[[providers]]\nname = \"x\"\nbase_url = \"https://x/v1\"\nmodels = [\"m\"]\napi_key = \"sk-pasted-secret\"\n";
-        let problems = parse(inline, &env).unwrap_err();
+        let problems = parse(inline, &ENV).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert!(
             problems[0].starts_with("line 5: unknown field `api_key`"),
