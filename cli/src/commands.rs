@@ -67,7 +67,7 @@ pub(crate) fn mint(
     let mut claims =
         AccessTokenClaims::new(user_id, Some(email.to_owned()), SystemTime::now(), ttl);
     claims.iss = auth.issuer()?;
-    claims.aud.clone_from(&auth.jwt_audience);
+    auth.audience().clone_into(&mut claims.aud);
     Ok(mint_hs256(&claims, &secret)?)
 }
 

@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    exai_daemon::logging::init(
+    exai_daemon::init_logging(
         std::env::var("RUST_LOG").ok().as_deref(),
         cli.default_log_level(),
         exai_daemon::config::LogFormat::Text,

@@ -1,17 +1,21 @@
 //! The exai daemon: configuration and composition.
 //!
-//! This crate wires the libraries together: an [`Authenticator`] from
-//! `exai-auth`, a session store from `exai-sessions`, a provider from
-//! `exai-providers`, and the MCP tools of [`tools`], served at the edge by
-//! `exai-transport`. The `exai-daemon` binary parses [`config::DaemonArgs`],
-//! calls [`start`], and waits for a signal; tests call [`start`] directly on
-//! `127.0.0.1:0`.
+//! This crate wires the libraries together: an `Authenticator` from
+//! `exai-auth`, a session store from `exai-sessions`, the model providers
+//! of `exai-providers`, and exai's MCP tools (a private module), served at
+//! the edge by `exai-transport`. The `exai-daemon` binary parses
+//! [`config::DaemonArgs`], calls [`start`], and waits for a signal; the
+//! `exai` CLI shares [`config`] (the token rules, the env file) and
+//! [`init_logging`]; tests call [`start`] directly on `127.0.0.1:0`.
+//!
+//! Its public surface is what those three need: [`config`], [`start`] and
+//! the running [`Daemon`], and the limit types a [`Config`] holds.
 
 pub mod config;
-pub mod logging;
+mod logging;
 mod metered;
 mod quota;
-pub mod tools;
+mod tools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +31,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{AuthMode, Config, SecretSource, StoreConfig};
+pub use logging::init as init_logging;
 pub use quota::UserLimits;
+pub use tools::{ToolLimits, ToolSelection};
 
 /// The daemon could not start.
 #[derive(Debug, thiserror::Error)]

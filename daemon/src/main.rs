@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
         }
     };
     let args: DaemonArgs = config::parse(raw, &env).unwrap_or_else(|usage| usage.exit());
-    let check_only = args.check_config;
+    let check_only = args.check_only();
     // Every problem at once, before anything binds (logging is not set up
     // yet: its format is part of what is being checked).
     let config = match args.into_config(&env) {
@@ -40,7 +40,7 @@ async fn main() -> ExitCode {
         let _ = writeln!(stdout, "configuration ok");
         return ExitCode::SUCCESS;
     }
-    exai_daemon::logging::init(
+    exai_daemon::init_logging(
         std::env::var("RUST_LOG").ok().as_deref(),
         "info,rmcp=warn",
         config.log_format,

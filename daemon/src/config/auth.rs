@@ -16,8 +16,21 @@ use std::time::Duration;
 use exai_auth::{JwksConfig, JwtConfig, Secret};
 
 use super::args::{AuthArgs, DaemonArgs};
+use super::listen::is_loopback;
 use super::problems::{ConfigError, Problems, check_url, parse, parse_bool};
-use super::{AuthMode, is_loopback};
+
+/// How connections authenticate.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AuthMode {
+    /// Every connection is a Supabase user (tokens) or an API key's user.
+    MultiUser(JwtConfig),
+    /// The original daemon's mode: one local user, one optional shared token.
+    SingleUser {
+        /// `EXAI_WS_TOKEN`.
+        token: Option<Secret>,
+    },
+}
 
 /// Random bytes in a new development secret (256 bits, as HS256 wants).
 const SECRET_BYTES: usize = 32;
@@ -116,6 +129,11 @@ impl AuthArgs {
         Ok(self
             .supabase_url()?
             .map(|base| format!("{base}/auth/v1/.well-known/jwks.json")))
+    }
+
+    /// The audience tokens must name (`aud`).
+    pub fn audience(&self) -> &str {
+        &self.jwt_audience
     }
 
     /// The issuer tokens must name, if any.

@@ -2,13 +2,14 @@
 //! environment into the typed [`Config`] that [`crate::start`] takes.
 //!
 //! One file per section, each a function of the arguments that returns its
-//! part of the configuration and notes its problems in [`Problems`]:
-//! [`listen`] (addresses, origins, hosts), [`limits`] (the edge's and the
-//! tools'), [`providers`] (and `EXAI_PROVIDERS_FILE`), [`auth`] (token
-//! rules, shared with `exai token mint`, and the development secret),
-//! [`store`]. [`args`] is what clap reads, [`env`] the seam through which
-//! it reads the environment, [`problems`] what can be wrong. This module
-//! composes [`Config`] from the sections, reporting every problem at once.
+//! part of the configuration and notes its problems: `listen` (addresses,
+//! origins, hosts), `limits` (the edge's and the tools'), `providers` (and
+//! `EXAI_PROVIDERS_FILE`), `auth` (token rules, shared with `exai token
+//! mint` through [`AuthArgs`], and the development secret), `store`.
+//! `args` is what clap reads ([`DaemonArgs`]), `env` the seam through
+//! which it reads the environment ([`Strings`]), `problems` what can be
+//! wrong ([`ConfigError`]). This module composes [`Config`] from the
+//! sections, reporting every problem at once.
 //!
 //! Reading a configuration has no side effect: the development secret, if
 //! it is the one to use, is only named ([`SecretSource::DevelopmentFile`])
@@ -29,20 +30,24 @@ use std::time::Duration;
 
 use exai_auth::{JwtConfig, Secret};
 use exai_providers::OpenAiConfig;
-use exai_sessions::PostgresConfig;
 use exai_transport::EdgeConfig;
 
 use crate::tools::ToolLimits;
 
 pub use args::{AuthArgs, DaemonArgs};
-pub use auth::{DevSecret, SecretSource};
+pub use auth::{AuthMode, DevSecret, SecretSource};
 pub use env::{Layered, NoEnv, ProcessEnv, Strings, bind, parse};
 pub use limits::activity_flush;
-use listen::is_loopback;
 use problems::Problems;
 pub use problems::{ConfigError, ConfigErrors};
+pub use store::StoreConfig;
 
 impl DaemonArgs {
+    /// Whether only to check the configuration (`--check-config`).
+    pub fn check_only(&self) -> bool {
+        self.check_config
+    }
+
     /// Checks every setting and names where the HS256 secret comes from.
     /// All problems are returned together. `env` resolves the variables a
     /// providers file names for its keys.
@@ -106,59 +111,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
-}
-
-/// Where sessions and API keys are kept.
-#[derive(Clone)]
-#[non_exhaustive]
-pub enum StoreConfig {
-    /// In memory.
-    Memory,
-    /// PostgreSQL.
-    Postgres {
-        /// The connection string (may hold a password: never printed).
-        url: Secret,
-        /// Pool and timeout.
-        config: PostgresConfig,
-    },
-    /// Supabase's REST API.
-    Supabase {
-        /// `SUPABASE_URL`.
-        url: String,
-        /// `SUPABASE_SERVICE_ROLE_KEY` (never printed).
-        service_role_key: Secret,
-    },
-}
-
-impl std::fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreConfig::Memory => f.write_str("Memory"),
-            StoreConfig::Postgres { config, .. } => f
-                .debug_struct("Postgres")
-                .field("url", &"<redacted>")
-                .field("config", config)
-                .finish(),
-            StoreConfig::Supabase { url, .. } => f
-                .debug_struct("Supabase")
-                .field("url", url)
-                .field("service_role_key", &"<redacted>")
-                .finish(),
-        }
-    }
-}
-
-/// How connections authenticate.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum AuthMode {
-    /// Every connection is a Supabase user (tokens) or an API key's user.
-    MultiUser(JwtConfig),
-    /// The original daemon's mode: one local user, one optional shared token.
-    SingleUser {
-        /// `EXAI_WS_TOKEN`.
-        token: Option<Secret>,
-    },
 }
 
 /// Everything the daemon needs to run.

@@ -3,9 +3,48 @@
 use exai_auth::Secret;
 use exai_sessions::PostgresConfig;
 
-use super::StoreConfig;
 use super::args::DaemonArgs;
 use super::problems::{ConfigError, Problems};
+
+/// Where sessions and API keys are kept.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    /// In memory.
+    Memory,
+    /// PostgreSQL.
+    Postgres {
+        /// The connection string (may hold a password: never printed).
+        url: Secret,
+        /// Pool and timeout.
+        config: PostgresConfig,
+    },
+    /// Supabase's REST API.
+    Supabase {
+        /// `SUPABASE_URL`.
+        url: String,
+        /// `SUPABASE_SERVICE_ROLE_KEY` (never printed).
+        service_role_key: Secret,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Memory => f.write_str("Memory"),
+            StoreConfig::Postgres { config, .. } => f
+                .debug_struct("Postgres")
+                .field("url", &"<redacted>")
+                .field("config", config)
+                .finish(),
+            StoreConfig::Supabase { url, .. } => f
+                .debug_struct("Supabase")
+                .field("url", url)
+                .field("service_role_key", &"<redacted>")
+                .finish(),
+        }
+    }
+}
 
 /// The store section; `supabase_url` is `SUPABASE_URL`, checked.
 pub(super) fn section(

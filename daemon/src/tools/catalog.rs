@@ -199,6 +199,6 @@ pub(crate) fn spec(name: &str) -> Option<&'static ToolSpec> {
 }
 
 /// The names of every tool there is.
-pub fn tool_names() -> impl Iterator<Item = &'static str> {
+pub(crate) fn tool_names() -> impl Iterator<Item = &'static str> {
     TOOLS.iter().map(|t| t.name)
 }

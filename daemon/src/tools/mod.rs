@@ -14,8 +14,8 @@
 //! cancellation (`notifications/cancelled` drops the call, and with it the
 //! provider's request).
 //!
-//! - [`catalog`]: the tools, their schemas and prompts;
-//! - [`ask`]: calls to models — conversations, usage, the per-call budget,
+//! - `catalog`: the tools, their schemas and prompts;
+//! - `ask`: calls to models — conversations, usage, the per-call budget,
 //!   `consensus`.
 
 mod ask;
@@ -41,7 +41,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::quota::{UserLimits, UserQuota};
 use catalog::{Kind, TOOLS, ToolSpec, spec};
 
-pub use catalog::tool_names;
+pub(crate) use catalog::tool_names;
 
 /// What bounds tool calls, and which tools are offered.
 #[derive(Clone, Debug)]
@@ -108,7 +108,7 @@ impl ToolSelection {
 
 /// What every connection's tools share.
 #[derive(Debug)]
-pub struct Tools {
+pub(crate) struct Tools {
     providers: Arc<Providers>,
     store: Arc<dyn SessionStore>,
     metrics: Arc<Metrics>,
@@ -120,7 +120,7 @@ pub struct Tools {
 impl Tools {
     /// The tools of a daemon asking `providers`, keeping conversations and
     /// usage in `store`.
-    pub fn new(
+    pub(crate) fn new(
         providers: Arc<Providers>,
         store: Arc<dyn SessionStore>,
         metrics: Arc<Metrics>,
@@ -139,7 +139,7 @@ impl Tools {
 
 /// The MCP server of one connection.
 #[derive(Debug, Clone)]
-pub struct ExaiServer {
+pub(crate) struct ExaiServer {
     connection: ConnectionContext,
     tools: Arc<Tools>,
     in_flight: Arc<Semaphore>,
@@ -187,7 +187,7 @@ fn timestamp(at: SystemTime) -> String {
 
 impl ExaiServer {
     /// A server for `connection`, sharing `tools`.
-    pub fn new(connection: ConnectionContext, tools: Arc<Tools>) -> Self {
+    pub(crate) fn new(connection: ConnectionContext, tools: Arc<Tools>) -> Self {
         ExaiServer {
             connection,
             in_flight: Arc::new(Semaphore::new(tools.limits.max_in_flight)),
