@@ -9,6 +9,42 @@
 //! [`Credential`] and gets a principal or an [`AuthError`] whose
 //! [`reason`](AuthError::reason) is safe to show to the client.
 //!
+//! # Example
+//!
+//! Verify Supabase access tokens signed with the project's JWT secret (a
+//! JWKS from `SUPABASE_URL` works the same way, through
+//! [`JwtConfig::with_jwks`]):
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use exai_auth::{
+//!     Access, AccessTokenClaims, AuthError, Authenticator, Credential, JwtConfig, JwtVerifier,
+//!     Secret, UserId, mint_hs256,
+//! };
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let secret = Secret::new(b"the project's JWT secret, 32+ bytes".to_vec());
+//! let verifier = JwtVerifier::start(JwtConfig::new().with_hs256(secret.clone())).await?;
+//! let auth = Authenticator::multi_user(verifier, None);
+//!
+//! // A token as Supabase Auth issues it (minted here for the example).
+//! let user = UserId::from_email("ana@example.com");
+//! let claims = AccessTokenClaims::new(user, None, SystemTime::now(), Duration::from_secs(600));
+//! let token = mint_hs256(&claims, &secret)?;
+//!
+//! let principal = auth.authenticate(Some(Credential::Bearer(&token)), Access::User).await?;
+//! assert_eq!(principal.user_id, user);
+//! // Anything else is refused, with a reason that is safe to show.
+//! let refused = auth.authenticate(Some(Credential::Bearer("nonsense")), Access::User).await;
+//! assert!(matches!(refused, Err(AuthError::Malformed)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! With the `axum` feature (on by default), [`http`] puts this in front of
+//! any axum or tower service: `examples/tower_layer.rs` is a whole one
+//! (`SUPABASE_JWT_SECRET=… cargo run -p exai-auth --example tower_layer`).
+//!
 //! Invariants:
 //! - no token, secret, key or hash ever appears in an error, a `Debug`
 //!   output or a log line produced here ([`Secret`] redacts itself);
@@ -18,6 +54,8 @@
 mod api_key;
 mod cache;
 mod error;
+#[cfg(feature = "axum")]
+pub mod http;
 mod jwks;
 mod jwt;
 mod principal;

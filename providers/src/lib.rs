@@ -5,6 +5,29 @@
 //! OpenAI-compatible endpoint ([`OpenAiProvider`]: retries, timeouts, a
 //! concurrency cap, streamed answers), or the offline [`EchoProvider`] that
 //! tests and a fresh install use.
+//!
+//! # Example
+//!
+//! ```
+//! use exai_providers::{ChatMessage, ChatRequest, EchoProvider, Provider, Role};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let provider = EchoProvider::default();
+//! let request = ChatRequest::new("echo", vec![ChatMessage::new(Role::User, "hello")]);
+//! // The answer as it comes (here: whole, the echo model does not stream).
+//! let streamed = std::sync::Mutex::new(String::new());
+//! let on_delta = |piece: &str| streamed.lock().unwrap().push_str(piece);
+//! let answer = provider.chat_streamed(request.clone(), &on_delta).await?;
+//! assert_eq!(answer.content, "[echo] hello");
+//! assert_eq!(*streamed.lock().unwrap(), answer.content);
+//! assert_eq!(provider.chat(request).await?.content, answer.content);
+//! # Ok::<(), exai_providers::ProviderError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! [`OpenAiProvider`] is asked the same way; `examples/chat.rs` streams an
+//! answer from any OpenAI-compatible endpoint to stdout (`cargo run -p
+//! exai-providers --example chat -- --base-url URL --model M PROMPT`).
 
 mod echo;
 mod openai;

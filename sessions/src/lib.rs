@@ -11,6 +11,34 @@
 //! API, calling the same SQL functions). Every backend is
 //! held to the same contract, in `tests/`. Stores also keep API keys, through
 //! the [`ApiKeyStore`](exai_auth::ApiKeyStore) trait that `exai-auth` defines.
+//!
+//! # Example
+//!
+//! ```
+//! use exai_auth::{AuthMethod, Principal, UserId};
+//! use exai_sessions::{MemoryStore, OpenSession, SessionMetadata, SessionStore, StoreError};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let ana = Principal::new(UserId::from_email("ana@example.com"), AuthMethod::Jwt);
+//! let bo = Principal::new(UserId::from_email("bo@example.com"), AuthMethod::Jwt);
+//!
+//! // At most one connection for Ana: the check and the insert are one step.
+//! let metadata = SessionMetadata::new("websocket", None);
+//! let session = store.open(&ana, OpenSession::new(1, metadata.clone())).await?;
+//! let second = store.open(&ana, OpenSession::new(1, metadata)).await;
+//! assert!(matches!(second, Err(StoreError::LimitReached { limit: 1 })));
+//!
+//! assert_eq!(store.list(&ana).await?.len(), 1);
+//! // Bo cannot see it, nor tell it from a session that does not exist.
+//! assert!(store.list(&bo).await?.is_empty());
+//! assert!(matches!(store.get(&bo, &session.session_id).await, Err(StoreError::NotFound)));
+//! # Ok::<(), StoreError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! `examples/sessions.rs` runs the same against PostgreSQL when
+//! `DATABASE_URL` is set (`cargo run -p exai-sessions --example sessions`).
 
 mod memory;
 mod model;

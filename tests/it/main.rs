@@ -7,6 +7,7 @@ mod auth_edge;
 mod auth_tokens;
 mod conversations;
 mod database;
+mod examples;
 mod fairness;
 mod framing;
 mod idle;

@@ -34,26 +34,17 @@ pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// it; only `mcp` is ever echoed back. Never from the query string, and
 /// never logged.
 pub(crate) fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, EdgeError> {
-    let malformed = || EdgeError::Auth {
-        error: AuthError::Malformed,
+    let malformed = |error| EdgeError::Auth {
+        error,
         resource_metadata: None,
     };
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| malformed())?;
-        return match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                Ok(Some(Credential::Bearer(token.trim())))
-            }
-            _ => Ok(None),
-        };
-    }
-    if let Some(value) = headers.get("x-api-key") {
-        return Ok(Some(Credential::ApiKey(
-            value.to_str().map_err(|_| malformed())?.trim(),
-        )));
+    if let Some(credential) = exai_auth::http::credential(headers).map_err(malformed)? {
+        return Ok(Some(credential));
     }
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
-        let value = value.to_str().map_err(|_| malformed())?;
+        let value = value
+            .to_str()
+            .map_err(|_| malformed(AuthError::Malformed))?;
         if let Some(token) = value
             .split(',')
             .find_map(|entry| entry.trim().strip_prefix(SUBPROTOCOL_TOKEN_PREFIX))

@@ -38,13 +38,12 @@ impl IntoResponse for EdgeError {
     fn into_response(self) -> Response {
         let reason = self.to_string();
         let (status, challenge) = match &self {
-            EdgeError::Auth { error, .. } if error.is_unavailable() => {
-                (StatusCode::SERVICE_UNAVAILABLE, None)
-            }
-            EdgeError::Auth { error, .. } if error.is_insufficient_scope() => {
-                (StatusCode::FORBIDDEN, Some("insufficient_scope"))
-            }
-            EdgeError::Auth { .. } => (StatusCode::UNAUTHORIZED, Some("invalid_token")),
+            // Supabase's rules for a refused credential, as exai-auth's
+            // HTTP layer answers them.
+            EdgeError::Auth {
+                error,
+                resource_metadata,
+            } => exai_auth::http::refusal(error, resource_metadata.as_deref()),
             EdgeError::Store(StoreError::LimitReached { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, None)
             }
@@ -66,41 +65,14 @@ impl IntoResponse for EdgeError {
         }
         let mut response = (status, format!("{reason}\n")).into_response();
         let headers = response.headers_mut();
-        if let Some(code) = challenge {
-            let mut value = format!(
-                "Bearer error=\"{code}\", error_description=\"{}\"",
-                quoted_string_safe(&reason)
-            );
-            if let EdgeError::Auth {
-                resource_metadata: Some(url),
-                ..
-            } = &self
-            {
-                value.push_str(&format!(
-                    ", resource_metadata=\"{}\"",
-                    quoted_string_safe(url)
-                ));
-            }
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(header::WWW_AUTHENTICATE, value);
-            }
+        if let Some(challenge) = challenge {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         if status == StatusCode::UPGRADE_REQUIRED {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         response
     }
-}
-
-/// Keeps `s` inside an RFC 7230 quoted-string: printable ASCII without `"`
-/// and `\`.
-fn quoted_string_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            ' '..='~' if c != '"' && c != '\\' => c,
-            _ => '?',
-        })
-        .collect()
 }
 
 /// WebSocket close codes (RFC 6455 §7.4.1) the edge uses.
@@ -158,14 +130,6 @@ pub mod jsonrpc {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn descriptions_cannot_break_out_of_the_quoted_string() {
-        assert_eq!(
-            quoted_string_safe("role 'x\" y\\\r\n' é"),
-            "role 'x? y???' ?"
-        );
-    }
 
     #[test]
     fn statuses() {

@@ -1,13 +1,58 @@
-//! The network edge of exai.
+//! The network edge of exai: MCP over WebSocket and Streamable HTTP, with
+//! authentication, per-user sessions and limits, in front of any `rmcp`
+//! server.
 //!
 //! This crate is the only one that knows wire formats: HTTP, WebSocket
 //! frames and JSON-RPC framing. It authenticates every connection before
 //! anything else happens (no credential, no upgrade), opens the caller's
-//! session in the [`SessionStore`](exai_sessions::SessionStore), and then
-//! bridges the socket to an MCP server built by the daemon's
-//! [`ServiceFactory`], through `rmcp`.
+//! session in the [`SessionStore`], and then bridges the socket to an MCP
+//! server built by your [`ServiceFactory`], through `rmcp`.
 //!
-//! Layout:
+//! # Serving your own MCP server
+//!
+//! Anything that implements [`rmcp::ServerHandler`] and `Clone` can be
+//! served. The factory sees who the connection is for
+//! ([`ConnectionContext`]) before the handler is made:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use exai_auth::{Authenticator, JwtConfig, JwtVerifier, Secret};
+//! use exai_sessions::MemoryStore;
+//! use exai_transport::{ConnectionContext, Edge, EdgeConfig, Metrics};
+//! use rmcp::ServerHandler;
+//! use rmcp::model::{ServerCapabilities, ServerConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(Clone)]
+//! struct Hello;
+//! impl ServerHandler for Hello {
+//!     fn get_info(&self) -> ServerConfig {
+//!         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let jwt = JwtConfig::new().with_hs256(Secret::new(b"the project's JWT secret".to_vec()));
+//! let auth = Arc::new(Authenticator::multi_user(JwtVerifier::start(jwt).await?, None));
+//! let factory = |_: &ConnectionContext| Hello;
+//! let edge = Edge::new(
+//!     auth,
+//!     Arc::new(MemoryStore::new()),
+//!     factory,
+//!     EdgeConfig::default(),
+//!     Arc::new(Metrics::new()),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! exai_transport::serve(listener, None, edge, CancellationToken::new()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/custom_tools.rs` is the whole of it, with a tool, runnable:
+//! `SUPABASE_JWT_SECRET=… cargo run -p exai-transport --example custom_tools`.
+//!
+//! # Layout
+//!
 //! - [`Edge`] holds what every request needs and [`serve`] runs it;
 //! - `http` routes requests: a WebSocket upgrade to `upgrade`, anything
 //!   else on `/mcp` to `streamable`;
@@ -16,8 +61,10 @@
 //!   opened within the limit;
 //! - `ws` runs one WebSocket connection as one task tree;
 //! - `framing` turns text frames into JSON-RPC messages (or precise errors);
-//! - `error` is the one place where failures become HTTP statuses and
-//!   WebSocket close codes.
+//! - `lifecycle` batches activity, expires idle sessions, closes killed
+//!   ones;
+//! - `error` is the one place where the edge's failures become HTTP
+//!   statuses; [`close`] and [`jsonrpc`] are the codes it sends.
 
 mod admission;
 mod error;
@@ -39,6 +86,7 @@ pub use metrics::Metrics;
 
 use exai_auth::{Authenticator, Principal};
 use exai_sessions::{SessionId, SessionStore};
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

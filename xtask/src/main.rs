@@ -5,7 +5,8 @@
 //!   mode, written to `BENCHMARKS.md` with the machine and date.
 //! - `cargo xtask test`: the gate CI runs — formatting, the tidy check
 //!   (every Rust file opens with a `//!` comment saying what it is for),
-//!   clippy with warnings as errors, the test tools (two Python virtual
+//!   clippy with warnings as errors, `cargo doc` with warnings as errors,
+//!   the test tools (two Python virtual
 //!   environments under `target/test-tools/`, with the packages of
 //!   `tests/tools/requirements.txt` and `requirements-mcp2.txt`, and the
 //!   Node packages of `tests/tools/node/`; PostgreSQL's server binaries,
@@ -59,6 +60,15 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         ],
     )
     .context("clippy found problems")?;
+    // The libraries' API documentation builds without a warning (broken
+    // links, private items named in public docs); their examples are built
+    // and their doctests run with the tests below.
+    cargo_with_env(
+        root,
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", std::ffi::OsStr::new("-D warnings"))],
+    )
+    .context("the API documentation has problems")?;
     let tools = test_tools(root)?;
     let postgres = postgres_bin()?;
     let mut args = vec!["test", "--workspace"];
