@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use exai_auth::{ApiKeyStore as _, AuthMethod, NewApiKey, Principal, UserId};
 use exai_sessions::{
-    PostgresConfig, PostgresStore, SessionFilter, SessionId, SessionStatus, SessionStore as _,
+    PostgresConfig, PostgresStore, SessionAdmin as _, SessionFilter, SessionId, SessionStatus,
 };
 use serde_json::{Value, json};
 

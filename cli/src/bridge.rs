@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use exai_transport::{close, jsonrpc};
+use crate::{close, jsonrpc};
 
 use crate::client::{self, ClientError, Socket};
 use crate::{CommandError, signin};

@@ -8,6 +8,27 @@
 
 mod admin;
 mod bridge;
+
+/// The JSON-RPC error codes `exai connect` answers with itself, for
+/// requests the daemon never saw (beside the daemon's own,
+/// `exai_transport::jsonrpc` and `exai_daemon::jsonrpc`; none reuses
+/// another's).
+pub mod jsonrpc {
+    /// The connection to the daemon dropped while the request was in
+    /// flight; it may or may not have run.
+    pub const CONNECTION_LOST: i32 = -32002;
+    /// The daemon stayed unreachable for as long as the request could wait.
+    pub const NOT_CONNECTED: i32 = -32003;
+}
+
+/// The daemon's WebSocket close codes `exai connect` acts on (the daemon's
+/// are `exai_transport::close`; the CLI's tests check that they agree).
+pub mod close {
+    /// An in-band refresh offered another user's credential.
+    pub const OTHER_USER: u16 = 4403;
+    /// An administrator killed the session.
+    pub const SESSION_KILLED: u16 = 4410;
+}
 pub mod client;
 mod commands;
 mod doctor;

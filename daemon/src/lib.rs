@@ -14,6 +14,7 @@
 pub mod config;
 mod logging;
 mod metered;
+mod metrics;
 mod quota;
 mod tools;
 
@@ -25,7 +26,7 @@ use exai_providers::{EchoProvider, OpenAiProvider, Provider, ProviderError, Prov
 use exai_sessions::{
     MemoryStore, PostgresStore, SessionStore, StoreError, SupabaseConfig, SupabaseStore,
 };
-use exai_transport::{ConnectionContext, Edge, Metrics};
+use exai_transport::{ConnectionContext, Edge, Registry};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,18 @@ pub use config::{AuthMode, Config, SecretSource, StoreConfig};
 pub use logging::init as init_logging;
 pub use quota::UserLimits;
 pub use tools::{ToolLimits, ToolSelection};
+
+/// The JSON-RPC error codes exai's tools answer with (beside the edge's,
+/// `exai_transport::jsonrpc`, and `exai connect`'s).
+pub mod jsonrpc {
+    /// The session already has as many tool calls running as it may
+    /// (`EXAI_SESSION_MAX_INFLIGHT`); retry when one finishes.
+    pub const TOO_MANY_IN_FLIGHT: i32 = -32004;
+    /// The user is over a per-user limit (`EXAI_USER_RPM`,
+    /// `EXAI_USER_MAX_INFLIGHT`); the error's data says when to retry
+    /// (`retry_after_ms`).
+    pub const USER_LIMIT: i32 = -32005;
+}
 
 /// The daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +84,6 @@ pub enum StartError {
 pub struct Daemon {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    metrics: Arc<Metrics>,
     api_keys: Arc<dyn ApiKeyStore>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -82,6 +94,14 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let listen = config.listen_addr();
     let providers = Arc::new(providers(&config)?);
     let (store, api_keys) = open_store(config.store).await?;
+    // One registry for the edge's metrics and the daemon's (tools,
+    // providers, store calls), served by the edge as /metrics.
+    let mut registry = Registry::with_prefix("exai");
+    let metrics = Arc::new(metrics::DaemonMetrics::register(&mut registry));
+    // Every store call is timed, authentication's key lookups included.
+    let metered = Arc::new(metered::MeteredStore::new(store, api_keys, metrics.clone()));
+    let store: Arc<dyn SessionStore> = metered.clone();
+    let api_keys: Arc<dyn ApiKeyStore> = metered;
     let auth = match config.auth {
         AuthMode::MultiUser(mut jwt) => {
             if let Some(SecretSource::DevelopmentFile(dev)) = &config.secret {
@@ -111,8 +131,6 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     })?;
 
     let auth = Arc::new(auth);
-    let metrics = Arc::new(Metrics::new());
-    let store: Arc<dyn SessionStore> = Arc::new(metered::MeteredStore::new(store, metrics.clone()));
     let admin = match config.admin_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -134,7 +152,9 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let factory = move |connection: &ConnectionContext| {
         tools::ExaiServer::new(connection.clone(), tools.clone())
     };
-    let edge = Edge::new(auth, store, factory, config.edge, metrics.clone());
+    // The edge sees the sessions and their lifecycle only.
+    let edge = Edge::new(auth, store, factory, config.edge, &mut registry);
+    let edge = edge.expose_metrics(Arc::new(registry));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(exai_transport::serve(
         listener,
@@ -145,7 +165,6 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     Ok(Daemon {
         local_addr,
         admin_addr,
-        metrics,
         api_keys,
         shutdown,
         task: Some(task),
@@ -209,11 +228,6 @@ impl Daemon {
     /// Where `/metrics`, `/healthz` and `/readyz` are served apart, if anywhere.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
-    }
-
-    /// The daemon's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// Where API keys are kept (for issuing keys in-process).

@@ -1,27 +1,50 @@
-//! A session store that times every call into the daemon's metrics.
+//! A store that times every call into the daemon's metrics: sessions,
+//! conversations, usage, and the API-key lookups authentication makes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::metrics::DaemonMetrics;
 use async_trait::async_trait;
-use exai_auth::{Principal, UserId};
+use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 use exai_sessions::{
-    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
-    SessionRecord, SessionStore, StoreError, Turn, UsageRecord,
+    ConversationId, ConversationLimits, ConversationStore, ModelUsage, OpenSession, SessionAdmin,
+    SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStore, Sessions, StoreError,
+    Turn, UsageRecord, UsageStore,
 };
-use exai_transport::Metrics;
 
 /// Wraps a store; every call is observed as `store_operation_duration_seconds`
 /// and, when it fails for the store's own reasons, `store_errors`.
 #[derive(Debug)]
 pub(crate) struct MeteredStore {
     inner: Arc<dyn SessionStore>,
-    metrics: Arc<Metrics>,
+    keys: Arc<dyn ApiKeyStore>,
+    metrics: Arc<DaemonMetrics>,
 }
 
 impl MeteredStore {
-    pub(crate) fn new(inner: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
-        MeteredStore { inner, metrics }
+    pub(crate) fn new(
+        inner: Arc<dyn SessionStore>,
+        keys: Arc<dyn ApiKeyStore>,
+        metrics: Arc<DaemonMetrics>,
+    ) -> Self {
+        MeteredStore {
+            inner,
+            keys,
+            metrics,
+        }
+    }
+
+    async fn timed_key<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, KeyStoreError>>,
+    ) -> Result<T, KeyStoreError> {
+        let start = Instant::now();
+        let result = call.await;
+        self.metrics
+            .store_operation(operation, start.elapsed(), result.is_err());
+        result
     }
 
     async fn timed<T>(
@@ -41,7 +64,7 @@ impl MeteredStore {
 }
 
 #[async_trait]
-impl SessionStore for MeteredStore {
+impl Sessions for MeteredStore {
     async fn check(&self) -> Result<(), StoreError> {
         self.timed("check", self.inner.check()).await
     }
@@ -74,7 +97,10 @@ impl SessionStore for MeteredStore {
     ) -> Result<SessionRecord, StoreError> {
         self.timed("resume", self.inner.resume(p, s, max)).await
     }
+}
 
+#[async_trait]
+impl SessionLifecycle for MeteredStore {
     async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
         self.timed("touch_batch", self.inner.touch_batch(sessions))
             .await
@@ -89,7 +115,10 @@ impl SessionStore for MeteredStore {
         self.timed("expire_idle", self.inner.expire_idle(idle))
             .await
     }
+}
 
+#[async_trait]
+impl SessionAdmin for MeteredStore {
     async fn admin_list(
         &self,
         a: &Principal,
@@ -101,7 +130,10 @@ impl SessionStore for MeteredStore {
     async fn admin_kill(&self, a: &Principal, s: &SessionId) -> Result<SessionRecord, StoreError> {
         self.timed("admin_kill", self.inner.admin_kill(a, s)).await
     }
+}
 
+#[async_trait]
+impl ConversationStore for MeteredStore {
     async fn create_conversation(
         &self,
         p: &Principal,
@@ -135,7 +167,10 @@ impl SessionStore for MeteredStore {
         self.timed("read_conversation", self.inner.read_conversation(p, c, l))
             .await
     }
+}
 
+#[async_trait]
+impl UsageStore for MeteredStore {
     async fn record_usage(&self, p: &Principal, r: UsageRecord) -> Result<(), StoreError> {
         self.timed("record_usage", self.inner.record_usage(p, r))
             .await
@@ -143,5 +178,36 @@ impl SessionStore for MeteredStore {
 
     async fn usage(&self, p: &Principal) -> Result<Vec<ModelUsage>, StoreError> {
         self.timed("usage", self.inner.usage(p)).await
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for MeteredStore {
+    async fn insert_api_key(&self, record: ApiKeyRecord) -> Result<(), KeyStoreError> {
+        self.timed_key("insert_api_key", self.keys.insert_api_key(record))
+            .await
+    }
+
+    async fn find_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreError> {
+        self.timed_key("find_api_key", self.keys.find_api_key(key_id))
+            .await
+    }
+
+    async fn revoke_api_key(&self, key_id: &str, at: SystemTime) -> Result<bool, KeyStoreError> {
+        self.timed_key("revoke_api_key", self.keys.revoke_api_key(key_id, at))
+            .await
+    }
+
+    async fn record_api_key_use(&self, key_id: &str, at: SystemTime) -> Result<(), KeyStoreError> {
+        self.timed_key(
+            "record_api_key_use",
+            self.keys.record_api_key_use(key_id, at),
+        )
+        .await
+    }
+
+    async fn list_api_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
+        self.timed_key("list_api_keys", self.keys.list_api_keys(user_id))
+            .await
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use exai_auth::{AuthMethod, Principal, UserId};
-//! use exai_sessions::{MemoryStore, OpenSession, SessionMetadata, SessionStore, StoreError};
+//! use exai_sessions::{MemoryStore, OpenSession, SessionMetadata, Sessions, StoreError};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let store = MemoryStore::new();
@@ -44,12 +44,10 @@ mod memory;
 mod model;
 mod postgres;
 mod sqlstate;
+mod store;
 mod supabase;
 
-use std::time::Duration;
-
-use async_trait::async_trait;
-use exai_auth::{Principal, UserId};
+use exai_auth::Principal;
 
 pub use memory::MemoryStore;
 pub use model::{
@@ -57,6 +55,10 @@ pub use model::{
     SessionMetadata, SessionRecord, SessionStatus, Turn, UsageRecord,
 };
 pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
+pub use store::{
+    ConnectionStore, ConversationStore, SessionAdmin, SessionLifecycle, SessionStore, Sessions,
+    UsageStore,
+};
 pub use supabase::{SupabaseConfig, SupabaseStore};
 
 /// Why a store call failed.
@@ -91,118 +93,6 @@ pub enum StoreError {
     /// The backend could not be reached or failed.
     #[error("session store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-/// Session storage. Object-safe: the daemon holds an `Arc<dyn SessionStore>`.
-#[async_trait]
-pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Whether the store can be used now (for readiness).
-    async fn check(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// Opens a live (`connected`) session for `principal`, unless that user
-    /// already has `request.max_connections` live sessions. The check and the
-    /// insert are one atomic step.
-    async fn open(
-        &self,
-        principal: &Principal,
-        request: OpenSession,
-    ) -> Result<SessionRecord, StoreError>;
-
-    /// Records activity on one of the principal's live sessions.
-    async fn touch(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError>;
-
-    /// Marks one of the principal's sessions `disconnected`. Closing a
-    /// session that is not live is a no-op.
-    async fn close(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError>;
-
-    /// One of the principal's sessions.
-    async fn get(
-        &self,
-        principal: &Principal,
-        session: &SessionId,
-    ) -> Result<SessionRecord, StoreError>;
-
-    /// The principal's sessions, newest first.
-    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError>;
-
-    /// Re-attaches one of the principal's `disconnected` sessions, within
-    /// the per-user limit (checked atomically, as in [`SessionStore::open`]).
-    /// An expired or killed session, like another user's, is not found; one
-    /// attached elsewhere is a conflict.
-    async fn resume(
-        &self,
-        principal: &Principal,
-        session: &SessionId,
-        max_connections: u32,
-    ) -> Result<SessionRecord, StoreError>;
-
-    /// Records activity on a batch of live sessions in one write (what the
-    /// daemon's activity batcher flushes). Each entry names its user.
-    async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError>;
-
-    /// Which of `sessions` an administrator killed (each daemon asks about
-    /// the sessions it holds, so it can close their sockets).
-    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError>;
-
-    /// Marks every session idle for longer than `idle` (live or
-    /// disconnected) `expired`, and returns them.
-    async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError>;
-
-    /// Admin (a `service_role` principal): everyone's sessions matching
-    /// `filter`, newest first.
-    async fn admin_list(
-        &self,
-        admin: &Principal,
-        filter: SessionFilter,
-    ) -> Result<Vec<SessionRecord>, StoreError>;
-
-    /// Admin: marks a session `killed` (the daemon holding it closes it).
-    async fn admin_kill(
-        &self,
-        admin: &Principal,
-        session: &SessionId,
-    ) -> Result<SessionRecord, StoreError>;
-
-    /// Starts a conversation for the principal holding `turns` (at most
-    /// `limits.max_turns`); returns its handle, the `continuation_id` tools
-    /// hand out. (Stores may drop conversations past `limits.timeout` here.)
-    async fn create_conversation(
-        &self,
-        principal: &Principal,
-        turns: &[Turn],
-        limits: &ConversationLimits,
-    ) -> Result<ConversationId, StoreError>;
-
-    /// Appends `turns` to one of the principal's live conversations, all or
-    /// none (none when they would pass `limits.max_turns`); returns how many
-    /// turns it now holds.
-    async fn append_turns(
-        &self,
-        principal: &Principal,
-        conversation: &ConversationId,
-        turns: &[Turn],
-        limits: &ConversationLimits,
-    ) -> Result<usize, StoreError>;
-
-    /// The turns of one of the principal's live conversations, oldest first.
-    async fn read_conversation(
-        &self,
-        principal: &Principal,
-        conversation: &ConversationId,
-        limits: &ConversationLimits,
-    ) -> Result<Vec<Turn>, StoreError>;
-
-    /// Records one provider call the principal made (`mcp_usage`).
-    async fn record_usage(
-        &self,
-        principal: &Principal,
-        record: UsageRecord,
-    ) -> Result<(), StoreError>;
-
-    /// The principal's own usage, per model, sorted by model.
-    async fn usage(&self, principal: &Principal) -> Result<Vec<ModelUsage>, StoreError>;
 }
 
 /// Whether `principal` may use the admin operations.

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 
 use crate::{
-    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
-    SessionRecord, SessionStatus, SessionStore, StoreError, Turn, UsageRecord, is_admin,
+    ConversationId, ConversationLimits, ConversationStore, ModelUsage, OpenSession, SessionAdmin,
+    SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError,
+    Turn, UsageRecord, UsageStore, is_admin,
 };
 
 /// How many ended sessions a user keeps in memory (for `list` and resume);
@@ -155,7 +156,7 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl SessionStore for MemoryStore {
+impl Sessions for MemoryStore {
     async fn open(
         &self,
         principal: &Principal,
@@ -257,7 +258,10 @@ impl SessionStore for MemoryStore {
         record.last_active = SystemTime::now();
         Ok(record.clone())
     }
+}
 
+#[async_trait]
+impl SessionLifecycle for MemoryStore {
     async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
         let now = SystemTime::now();
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
@@ -299,7 +303,10 @@ impl SessionStore for MemoryStore {
         }
         Ok(expired)
     }
+}
 
+#[async_trait]
+impl SessionAdmin for MemoryStore {
     async fn admin_list(
         &self,
         admin: &Principal,
@@ -336,7 +343,10 @@ impl SessionStore for MemoryStore {
         record.status = SessionStatus::Killed;
         Ok(record.clone())
     }
+}
 
+#[async_trait]
+impl ConversationStore for MemoryStore {
     async fn create_conversation(
         &self,
         principal: &Principal,
@@ -395,7 +405,10 @@ impl SessionStore for MemoryStore {
     ) -> Result<Vec<Turn>, StoreError> {
         self.conversation(principal, conversation, limits, |c| c.turns.clone())
     }
+}
 
+#[async_trait]
+impl UsageStore for MemoryStore {
     async fn record_usage(
         &self,
         principal: &Principal,

@@ -18,8 +18,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
-    SessionRecord, SessionStatus, SessionStore, StoreError, Turn, UsageRecord, is_admin,
+    ConversationId, ConversationLimits, ConversationStore, ModelUsage, OpenSession, SessionAdmin,
+    SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError,
+    Turn, UsageRecord, UsageStore, is_admin,
 };
 
 const SESSION_COLUMNS: &str =
@@ -267,7 +268,7 @@ impl SupabaseStore {
 }
 
 #[async_trait]
-impl SessionStore for SupabaseStore {
+impl Sessions for SupabaseStore {
     async fn check(&self) -> Result<(), StoreError> {
         SupabaseStore::check(self).await
     }
@@ -354,7 +355,10 @@ impl SessionStore for SupabaseStore {
         });
         Self::one_session(self.rpc("mcp_resume_session", args).await, max_connections)
     }
+}
 
+#[async_trait]
+impl SessionLifecycle for SupabaseStore {
     async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
         if sessions.is_empty() {
             return Ok(());
@@ -397,7 +401,10 @@ impl SessionStore for SupabaseStore {
             .unwrap_or_else(|| Ok(Vec::new()))
             .map_err(unavailable)
     }
+}
 
+#[async_trait]
+impl SessionAdmin for SupabaseStore {
     async fn admin_list(
         &self,
         admin: &Principal,
@@ -434,7 +441,10 @@ impl SessionStore for SupabaseStore {
             0,
         )
     }
+}
 
+#[async_trait]
+impl ConversationStore for SupabaseStore {
     async fn create_conversation(
         &self,
         principal: &Principal,
@@ -508,7 +518,10 @@ impl SessionStore for SupabaseStore {
             })
             .collect())
     }
+}
 
+#[async_trait]
+impl UsageStore for SupabaseStore {
     async fn record_usage(
         &self,
         principal: &Principal,

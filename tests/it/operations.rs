@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use exai_auth::UserId;
+use exai_auth::{NewApiKey, UserId};
 use exai_tests::{
     TestDaemon, TestPostgres, claims, http_get, http_get_at, now, parse_metrics, sign, token,
 };
@@ -136,6 +136,7 @@ async fn metrics_parse_and_move_with_traffic() {
             &[("operation", "open")]
         ) >= 2.0
     );
+
     // No label carries a user.
     assert!(
         after
@@ -163,6 +164,28 @@ async fn metrics_parse_and_move_with_traffic() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(open, 0.0);
+
+    // An API key's lookup is a store call too, and is timed like the rest.
+    let key = NewApiKey::generate(UserId::from_email("k@example.com"), None, None).unwrap();
+    daemon
+        .api_keys()
+        .insert_api_key(key.record.clone())
+        .await
+        .unwrap();
+    daemon.connect_initialized(&key.key).await.close().await;
+    let (_, text) = http_get(&daemon, "/metrics", None).await;
+    let keyed = parse_metrics(&text);
+    for operation in ["insert_api_key", "find_api_key"] {
+        assert_eq!(
+            sample(
+                &keyed,
+                "exai_store_operation_duration_seconds_count",
+                &[("operation", operation)]
+            ),
+            1.0,
+            "{operation}"
+        );
+    }
     daemon.stop().await;
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use exai_auth::{Authenticator, JwtConfig, JwtVerifier, Secret};
 use exai_sessions::MemoryStore;
-use exai_transport::{ConnectionContext, Edge, EdgeConfig, Metrics};
+use exai_transport::{ConnectionContext, Edge, EdgeConfig, Registry};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -117,7 +117,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The loopback names only, against DNS rebinding (as the daemon does
     // on a loopback listener).
     config.allowed_hosts = Some(vec!["127.0.0.1".into(), "localhost".into(), "::1".into()]);
-    let edge = Edge::new(auth, store, factory, config, Arc::new(Metrics::new()));
+    // The edge's metrics; a service would register its own beside them.
+    let mut metrics = Registry::default();
+    let edge =
+        Edge::new(auth, store, factory, config, &mut metrics).expose_metrics(Arc::new(metrics));
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -119,6 +119,8 @@ pub(crate) struct Opened {
     pub(crate) live: crate::lifecycle::LiveSession,
     pub(crate) guard: SessionGuard,
     pub(crate) span: tracing::Span,
+    /// The connection's pace, shared by its handler and its reader.
+    pub(crate) pace: crate::Pace,
 }
 
 impl Opened {
@@ -127,6 +129,7 @@ impl Opened {
         ConnectionContext {
             principal: self.principal.clone(),
             session_id: Some(self.session_id.clone()),
+            pace: self.pace.clone(),
         }
     }
 }
@@ -184,6 +187,7 @@ pub(crate) async fn open<F: ServiceFactory>(
         live,
         guard,
         span,
+        pace: crate::Pace::default(),
     })
 }
 

@@ -107,24 +107,13 @@ pub mod close {
     pub const LEGACY_UNAUTHORIZED: u16 = 4003;
 }
 
-/// JSON-RPC error codes exai itself answers with (the standard ones come
-/// from rmcp). All are in the range JSON-RPC reserves for servers.
+/// The JSON-RPC error codes the edge answers with itself (the standard
+/// ones come from rmcp), in the range JSON-RPC reserves for servers. The
+/// daemon's tools and `exai connect` keep theirs beside their own code
+/// (`exai_daemon::jsonrpc`, `exai_cli::jsonrpc`); none reuses another's.
 pub mod jsonrpc {
     /// `auth/refresh` with a credential that does not verify.
     pub const INVALID_CREDENTIAL: i32 = -32001;
-    /// `exai connect`: the connection to the daemon dropped while the request
-    /// was in flight; it may or may not have run.
-    pub const CONNECTION_LOST: i32 = -32002;
-    /// `exai connect`: the daemon stayed unreachable for as long as the
-    /// request could wait.
-    pub const NOT_CONNECTED: i32 = -32003;
-    /// The session already has as many tool calls running as it may
-    /// (`EXAI_SESSION_MAX_INFLIGHT`); retry when one finishes.
-    pub const TOO_MANY_IN_FLIGHT: i32 = -32004;
-    /// The user is over a per-user limit (`EXAI_USER_RPM`,
-    /// `EXAI_USER_MAX_INFLIGHT`); the error's data says when to retry
-    /// (`retry_after_ms`).
-    pub const USER_LIMIT: i32 = -32005;
 }
 
 #[cfg(test)]

@@ -42,13 +42,21 @@ pub(crate) fn admin_router<F: ServiceFactory>(edge: Arc<Edge<F>>) -> Router {
         .with_state(edge)
 }
 
+/// The exposed registry, in the Prometheus text format; 404 when the
+/// caller exposes none.
 async fn metrics<F: ServiceFactory>(State(edge): State<Arc<Edge<F>>>) -> Response {
+    let Some(registry) = &edge.exposition else {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    };
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        edge.metrics.render(),
+        text,
     )
         .into_response()
 }

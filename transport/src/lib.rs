@@ -5,7 +5,7 @@
 //! This crate is the only one that knows wire formats: HTTP, WebSocket
 //! frames and JSON-RPC framing. It authenticates every connection before
 //! anything else happens (no credential, no upgrade), opens the caller's
-//! session in the [`SessionStore`], and then bridges the socket to an MCP
+//! session in the store (a [`ConnectionStore`]), and then bridges the socket to an MCP
 //! server built by your [`ServiceFactory`], through `rmcp`.
 //!
 //! # Serving your own MCP server
@@ -18,7 +18,7 @@
 //! use std::sync::Arc;
 //! use exai_auth::{Authenticator, JwtConfig, JwtVerifier, Secret};
 //! use exai_sessions::MemoryStore;
-//! use exai_transport::{ConnectionContext, Edge, EdgeConfig, Metrics};
+//! use exai_transport::{ConnectionContext, Edge, EdgeConfig, Registry};
 //! use rmcp::ServerHandler;
 //! use rmcp::model::{ServerCapabilities, ServerConfig};
 //! use tokio_util::sync::CancellationToken;
@@ -35,13 +35,15 @@
 //! let jwt = JwtConfig::new().with_hs256(Secret::new(b"the project's JWT secret".to_vec()));
 //! let auth = Arc::new(Authenticator::multi_user(JwtVerifier::start(jwt).await?, None));
 //! let factory = |_: &ConnectionContext| Hello;
+//! let mut metrics = Registry::default();
 //! let edge = Edge::new(
 //!     auth,
 //!     Arc::new(MemoryStore::new()),
 //!     factory,
 //!     EdgeConfig::default(),
-//!     Arc::new(Metrics::new()),
-//! );
+//!     &mut metrics,
+//! )
+//! .expose_metrics(Arc::new(metrics));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! exai_transport::serve(listener, None, edge, CancellationToken::new()).await?;
 //! # Ok(())
@@ -73,6 +75,7 @@ mod http;
 mod legacy;
 mod lifecycle;
 mod metrics;
+mod pace;
 mod streamable;
 mod upgrade;
 mod ws;
@@ -82,10 +85,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{close, jsonrpc};
-pub use metrics::Metrics;
+pub use metrics::EdgeMetrics;
+pub use pace::{MAX_PAUSE, Pace};
+pub use prometheus_client::registry::Registry;
 
 use exai_auth::{Authenticator, Principal};
-use exai_sessions::{SessionId, SessionStore};
+use exai_sessions::{ConnectionStore, SessionId};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -100,6 +105,10 @@ pub struct ConnectionContext {
     /// The session the connection opened; `None` for a stateless request
     /// (MCP 2026-07-28 over HTTP), which belongs to no session.
     pub session_id: Option<SessionId>,
+    /// Tell it when a request is refused for a limit, and when one is
+    /// served: a WebSocket whose requests keep being refused is read more
+    /// slowly ([`Pace`]).
+    pub pace: Pace,
 }
 
 /// Builds the MCP server (an `rmcp` handler) for each new connection.
@@ -198,9 +207,11 @@ impl Default for EdgeConfig {
 
 /// Everything the edge needs to serve requests.
 pub struct Edge<F: ServiceFactory> {
-    metrics: Arc<Metrics>,
+    metrics: Arc<EdgeMetrics>,
+    /// What `GET /metrics` renders, when the caller exposes it.
+    exposition: Option<Arc<Registry>>,
     auth: Arc<Authenticator>,
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn ConnectionStore>,
     lifecycle: Arc<lifecycle::Lifecycle>,
     factory: Arc<F>,
     /// MCP over Streamable HTTP.
@@ -220,14 +231,16 @@ pub struct Edge<F: ServiceFactory> {
 
 impl<F: ServiceFactory> Edge<F> {
     /// An edge that authenticates with `auth`, records sessions in `store`
-    /// and serves each connection with a handler from `factory`.
+    /// and serves each connection with a handler from `factory`. Its
+    /// metrics ([`EdgeMetrics`]) are registered into `registry`.
     pub fn new(
         auth: Arc<Authenticator>,
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn ConnectionStore>,
         factory: F,
         config: EdgeConfig,
-        metrics: Arc<Metrics>,
+        registry: &mut Registry,
     ) -> Self {
+        let metrics = Arc::new(EdgeMetrics::register(registry));
         let lifecycle = Arc::new(lifecycle::Lifecycle::new(
             store.clone(),
             auth.clone(),
@@ -248,6 +261,7 @@ impl<F: ServiceFactory> Edge<F> {
         );
         Edge {
             metrics,
+            exposition: None,
             auth,
             store,
             lifecycle,
@@ -261,6 +275,16 @@ impl<F: ServiceFactory> Edge<F> {
             http_in_flight: TaskTracker::new(),
             connections,
         }
+    }
+}
+
+impl<F: ServiceFactory> Edge<F> {
+    /// Serves `registry` (the edge's metrics and whatever else the caller
+    /// registered beside them) as `GET /metrics`, in the Prometheus text
+    /// format; without it, `/metrics` is not served.
+    pub fn expose_metrics(mut self, registry: Arc<Registry>) -> Self {
+        self.exposition = Some(registry);
+        self
     }
 }
 

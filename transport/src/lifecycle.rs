@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exai_auth::{Principal, UserId};
-use exai_sessions::{SessionId, SessionStore};
+use exai_sessions::{ConnectionStore, SessionId};
 use tokio_util::sync::CancellationToken;
 
 /// Why the lifecycle ended a connection.
@@ -75,9 +75,9 @@ struct Entry {
 
 /// The registry and its background work. One per edge.
 pub(crate) struct Lifecycle {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn ConnectionStore>,
     auth: Arc<exai_auth::Authenticator>,
-    metrics: Arc<crate::Metrics>,
+    metrics: Arc<crate::EdgeMetrics>,
     epoch: Instant,
     live: Mutex<HashMap<SessionId, Entry>>,
     unrecorded_closes: Mutex<Vec<(Principal, SessionId)>>,
@@ -87,11 +87,11 @@ pub(crate) struct Lifecycle {
 
 impl Lifecycle {
     pub(crate) fn new(
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn ConnectionStore>,
         auth: Arc<exai_auth::Authenticator>,
         activity_flush: Duration,
         session_timeout: Duration,
-        metrics: Arc<crate::Metrics>,
+        metrics: Arc<crate::EdgeMetrics>,
     ) -> Self {
         Lifecycle {
             store,

@@ -1,31 +1,22 @@
-//! What the daemon counts, in the Prometheus text format (`GET /metrics`).
+//! What the edge counts: connections, MCP services, authentication,
+//! sessions and the per-user connection limit, registered into a
+//! Prometheus [`Registry`] the caller owns (which other parts of a service
+//! fill too) and served as `GET /metrics`.
 //!
-//! One registry per edge (no process-wide state), filled by the transport
-//! (connections, authentication, sessions, refusals), the daemon's tools
-//! and providers, and its store wrapper. No label ever carries a user: a
-//! per-user label would grow without bound; per-user figures come from the
-//! store (`mcp_usage`, `exai sessions list`). Labels whose values come from
-//! outside (tool and model names) are reduced to a known set by the caller.
+//! No label ever carries a user: a per-user label would grow without
+//! bound; per-user figures come from the store (`mcp_usage`, `exai
+//! sessions list`).
 
-use std::time::Duration;
-
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
-fn latency_histogram() -> Histogram {
-    // 100 µs to about 100 s.
-    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
-}
-
-/// The daemon's metrics.
-pub struct Metrics {
-    registry: Registry,
+/// The edge's metrics.
+#[derive(Default)]
+pub struct EdgeMetrics {
     connections_open: Family<Labels, Gauge>,
     connections_opened: Family<Labels, Counter>,
     services_running: Gauge,
@@ -35,51 +26,18 @@ pub struct Metrics {
     session_events: Family<Labels, Counter>,
     sessions: Family<Labels, Gauge>,
     refusals: Family<Labels, Counter>,
-    tool_calls: Family<Labels, Counter>,
-    tool_latency: Family<Labels, Histogram, fn() -> Histogram>,
-    provider_calls: Family<Labels, Counter>,
-    provider_latency: Family<Labels, Histogram, fn() -> Histogram>,
-    provider_tokens: Family<Labels, Counter>,
-    store_latency: Family<Labels, Histogram, fn() -> Histogram>,
-    store_errors: Family<Labels, Counter>,
 }
 
-impl std::fmt::Debug for Metrics {
+impl std::fmt::Debug for EdgeMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
+        f.debug_struct("EdgeMetrics").finish_non_exhaustive()
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
-impl Metrics {
-    /// An empty registry with every metric declared.
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("exai");
-        let metrics = Metrics {
-            connections_open: Family::default(),
-            connections_opened: Family::default(),
-            services_running: Gauge::default(),
-            services_started: Counter::default(),
-            auth_failures: Family::default(),
-            credential_refreshes: Family::default(),
-            session_events: Family::default(),
-            sessions: Family::default(),
-            refusals: Family::default(),
-            tool_calls: Family::default(),
-            tool_latency: Family::new_with_constructor(latency_histogram),
-            provider_calls: Family::default(),
-            provider_latency: Family::new_with_constructor(latency_histogram),
-            provider_tokens: Family::default(),
-            store_latency: Family::new_with_constructor(latency_histogram),
-            store_errors: Family::default(),
-            registry: Registry::default(),
-        };
-        let m = &metrics;
+impl EdgeMetrics {
+    /// The edge's metrics, registered into `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = EdgeMetrics::default();
         registry.register(
             "connections_open",
             "Connections open now, by transport",
@@ -125,53 +83,7 @@ impl Metrics {
             "Requests refused by a limit, by limit",
             m.refusals.clone(),
         );
-        registry.register(
-            "tool_calls",
-            "Tool calls, by tool and outcome",
-            m.tool_calls.clone(),
-        );
-        registry.register(
-            "tool_call_duration_seconds",
-            "Tool call latency, by tool",
-            m.tool_latency.clone(),
-        );
-        registry.register(
-            "provider_calls",
-            "Provider calls, by provider, model and outcome",
-            m.provider_calls.clone(),
-        );
-        registry.register(
-            "provider_call_duration_seconds",
-            "Provider call latency, by provider",
-            m.provider_latency.clone(),
-        );
-        registry.register(
-            "provider_tokens",
-            "Tokens reported by providers, by provider, model and kind",
-            m.provider_tokens.clone(),
-        );
-        registry.register(
-            "store_operation_duration_seconds",
-            "Session store call latency, by operation",
-            m.store_latency.clone(),
-        );
-        registry.register(
-            "store_errors",
-            "Session store calls that failed, by operation",
-            m.store_errors.clone(),
-        );
-        Metrics {
-            registry,
-            ..metrics
-        }
-    }
-
-    /// Everything, in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
-        text
+        m
     }
 
     pub(crate) fn connection_opened(&self, transport: &'static str) {
@@ -228,63 +140,5 @@ impl Metrics {
         self.refusals
             .get_or_create(&vec![("limit", limit.to_owned())])
             .inc();
-    }
-
-    /// A tool call finished. `tool` must come from the known set of tools.
-    pub fn tool_call(&self, tool: &str, outcome: &'static str, took: Duration) {
-        let tool = tool.to_owned();
-        self.tool_calls
-            .get_or_create(&vec![
-                ("tool", tool.clone()),
-                ("outcome", outcome.to_owned()),
-            ])
-            .inc();
-        self.tool_latency
-            .get_or_create(&vec![("tool", tool)])
-            .observe(took.as_secs_f64());
-    }
-
-    /// A provider call finished. `model` must be one the provider serves.
-    pub fn provider_call(
-        &self,
-        provider: &str,
-        model: &str,
-        outcome: &'static str,
-        took: Duration,
-        tokens: Option<(u64, u64)>,
-    ) {
-        let (provider, model) = (provider.to_owned(), model.to_owned());
-        self.provider_calls
-            .get_or_create(&vec![
-                ("provider", provider.clone()),
-                ("model", model.clone()),
-                ("outcome", outcome.to_owned()),
-            ])
-            .inc();
-        self.provider_latency
-            .get_or_create(&vec![("provider", provider.clone())])
-            .observe(took.as_secs_f64());
-        if let Some((prompt, completion)) = tokens {
-            for (kind, count) in [("prompt", prompt), ("completion", completion)] {
-                self.provider_tokens
-                    .get_or_create(&vec![
-                        ("provider", provider.clone()),
-                        ("model", model.clone()),
-                        ("kind", kind.to_owned()),
-                    ])
-                    .inc_by(count);
-            }
-        }
-    }
-
-    /// A session store call finished.
-    pub fn store_operation(&self, operation: &'static str, took: Duration, failed: bool) {
-        let labels = vec![("operation", operation.to_owned())];
-        self.store_latency
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
-        if failed {
-            self.store_errors.get_or_create(&labels).inc();
-        }
     }
 }

@@ -43,7 +43,7 @@ use crate::admission::{self, Opened, SessionGuard};
 use crate::error::EdgeError;
 use crate::framing::{self, Decoded};
 use crate::lifecycle::LiveSession;
-use crate::{ConnectionContext, Edge, EdgeConfig, Metrics, ServiceFactory};
+use crate::{ConnectionContext, Edge, EdgeConfig, EdgeMetrics, ServiceFactory};
 
 /// The transport label of sessions opened over HTTP.
 const TRANSPORT: &str = "http";
@@ -171,6 +171,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
             context: ConnectionContext {
                 principal,
                 session_id: None,
+                pace: crate::Pace::default(),
             },
             protocol: None,
             opening: Mutex::new(None),
@@ -362,7 +363,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct HttpSessions {
     local: LocalSessionManager,
     bound: Mutex<HashMap<RmcpSessionId, Bound>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EdgeMetrics>,
     /// Counts open sessions, so shutdown waits for their closes.
     tracker: tokio_util::task::TaskTracker,
     this: Weak<HttpSessions>,
@@ -380,7 +381,10 @@ struct Bound {
 }
 
 impl HttpSessions {
-    pub(crate) fn new(metrics: Arc<Metrics>, tracker: tokio_util::task::TaskTracker) -> Arc<Self> {
+    pub(crate) fn new(
+        metrics: Arc<EdgeMetrics>,
+        tracker: tokio_util::task::TaskTracker,
+    ) -> Arc<Self> {
         let mut local = LocalSessionManager::default();
         // Idle sessions are expired by the lifecycle (MCP_SESSION_TIMEOUT),
         // which also records it; rmcp's own idle timer would not.

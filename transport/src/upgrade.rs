@@ -117,6 +117,7 @@ async fn admit<F: ServiceFactory>(
         live,
         guard,
         span,
+        pace,
     } = opened;
     let config = &edge.config;
     let connection = ws::Connection {
@@ -132,6 +133,7 @@ async fn admit<F: ServiceFactory>(
         session_id,
         shutdown_grace: config.shutdown_grace,
         service_idle: config.service_idle,
+        pace,
     };
     Ok(Box::new(Admitted {
         service,

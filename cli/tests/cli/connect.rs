@@ -352,10 +352,7 @@ async fn a_call_lost_with_the_socket_is_answered_with_an_error() {
     let lost = bridge
         .request(2, "tools/call", json!({"name": "chat", "arguments": {}}))
         .await;
-    assert_eq!(
-        lost["error"]["code"],
-        exai_transport::jsonrpc::CONNECTION_LOST
-    );
+    assert_eq!(lost["error"]["code"], exai_cli::jsonrpc::CONNECTION_LOST);
     assert!(
         lost["error"]["message"]
             .as_str()
@@ -402,10 +399,7 @@ async fn unreachable_and_refused() {
     command.args(["--wait", "1s"]);
     let mut bridge = Bridge::spawn(command);
     let refused = bridge.request(1, "tools/list", json!({})).await;
-    assert_eq!(
-        refused["error"]["code"],
-        exai_transport::jsonrpc::NOT_CONNECTED
-    );
+    assert_eq!(refused["error"]["code"], exai_cli::jsonrpc::NOT_CONNECTED);
     assert!(
         refused["error"]["message"]
             .as_str()

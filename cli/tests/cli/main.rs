@@ -695,3 +695,32 @@ fn the_example_env_file_names_every_cli_variable() {
         );
     }
 }
+
+/// Each JSON-RPC code lives with the part that answers with it (the edge,
+/// the daemon's tools, `exai connect`); together they must not collide,
+/// and the close codes `exai connect` acts on are the daemon's.
+#[test]
+fn the_cli_and_the_daemon_agree_on_their_codes() {
+    let mut codes = vec![
+        exai_transport::jsonrpc::INVALID_CREDENTIAL,
+        exai_daemon::jsonrpc::TOO_MANY_IN_FLIGHT,
+        exai_daemon::jsonrpc::USER_LIMIT,
+        exai_cli::jsonrpc::CONNECTION_LOST,
+        exai_cli::jsonrpc::NOT_CONNECTED,
+    ];
+    assert!(
+        codes.iter().all(|c| (-32099..=-32000).contains(c)),
+        "server-reserved range: {codes:?}"
+    );
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), 5, "no code is used twice");
+    assert_eq!(
+        exai_cli::close::OTHER_USER,
+        exai_transport::close::OTHER_USER
+    );
+    assert_eq!(
+        exai_cli::close::SESSION_KILLED,
+        exai_transport::close::SESSION_KILLED
+    );
+}

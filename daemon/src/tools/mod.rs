@@ -27,7 +27,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use exai_providers::Providers;
 use exai_sessions::{ConversationLimits, SessionStatus, SessionStore, StoreError};
-use exai_transport::{ConnectionContext, Metrics, jsonrpc};
+use exai_transport::ConnectionContext;
+
+use crate::jsonrpc;
+use crate::metrics::DaemonMetrics;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
     Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
@@ -111,7 +114,7 @@ impl ToolSelection {
 pub(crate) struct Tools {
     providers: Arc<Providers>,
     store: Arc<dyn SessionStore>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DaemonMetrics>,
     limits: ToolLimits,
     quota: Arc<UserQuota>,
     started: Instant,
@@ -123,7 +126,7 @@ impl Tools {
     pub(crate) fn new(
         providers: Arc<Providers>,
         store: Arc<dyn SessionStore>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<DaemonMetrics>,
         limits: ToolLimits,
     ) -> Self {
         Tools {
@@ -509,6 +512,11 @@ impl ServerHandler for ExaiServer {
             Err(e) if e.code.0 == REQUEST_CANCELLED => "cancelled",
             Err(_) => "invalid_params",
         };
+        // A connection whose calls keep being refused is read more slowly.
+        match outcome {
+            "refused" | "user_limit" => self.connection.pace.refused(),
+            _ => self.connection.pace.served(),
+        }
         self.tools
             .metrics
             .tool_call(&request.name, outcome, start.elapsed());

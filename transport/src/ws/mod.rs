@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::SessionGuard;
 use crate::error::close;
 use crate::lifecycle::{Ended, LiveSession};
-use crate::metrics::Metrics;
+use crate::metrics::EdgeMetrics;
 use reader::Reader;
 use service::Mcp;
 
@@ -109,7 +109,7 @@ pub(crate) struct Connection {
     pub(crate) auth: Arc<Authenticator>,
     /// Who opened the connection.
     pub(crate) principal: Principal,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<EdgeMetrics>,
     /// How often to ping the client, and how long its pong may take.
     pub(crate) ping_interval: Duration,
     pub(crate) ping_timeout: Duration,
@@ -119,6 +119,8 @@ pub(crate) struct Connection {
     pub(crate) shutdown_grace: Duration,
     /// How long the MCP service may sit idle before it is suspended.
     pub(crate) service_idle: Duration,
+    /// Slows reading while the handler keeps refusing requests.
+    pub(crate) pace: crate::Pace,
 }
 
 /// Serves one connection. `hello_received`: the legacy protocol's `hello`
@@ -149,6 +151,7 @@ pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
         session_id,
         shutdown_grace,
         service_idle,
+        pace,
     } = connection;
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
@@ -169,6 +172,7 @@ pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
         protocol: None,
         decided: false,
         lifecycle_started: false,
+        pace,
     };
     async move {
         let _counted = counted;
@@ -273,13 +277,13 @@ async fn write_loop(
 /// Counts a connection as open, in the metrics and for the shutdown that
 /// waits for connections, until it is dropped.
 pub(crate) struct Counted {
-    metrics: Arc<Metrics>,
+    metrics: Arc<EdgeMetrics>,
     _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl Counted {
     pub(crate) fn new(
-        metrics: Arc<Metrics>,
+        metrics: Arc<EdgeMetrics>,
         tracked: tokio_util::task::task_tracker::TaskTrackerToken,
     ) -> Self {
         metrics.connection_opened("websocket");

@@ -107,6 +107,9 @@ pub(super) struct Reader<S> {
     /// requests; a stray notification would end the session, so it is
     /// dropped here instead.
     pub(super) lifecycle_started: bool,
+    /// While the handler keeps refusing this connection's requests, the
+    /// next frame is read only after a pause (see [`crate::Pace`]).
+    pub(super) pace: crate::Pace,
 }
 
 /// After a frame: keep reading, or end the connection.
@@ -139,8 +142,11 @@ impl<S: rmcp::ServerHandler + Clone> Reader<S> {
         let mut ping_sent: Option<Instant> = None;
         loop {
             let running = self.mcp.is_running();
+            let paused = self.pace.paused_until();
             let frame = tokio::select! {
-                frame = self.stream.next() => frame,
+                frame = self.stream.next(), if paused.is_none() => frame,
+                // Refused requests: the next frame waits in the socket.
+                () = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => continue,
                 () = self.mcp.ended(), if running => return End::ServiceEnded,
                 () = &mut idle, if running => {
                     let next = self.mcp.suspend_if_idle(self.service_idle);

@@ -22,7 +22,7 @@ use super::batch::Batches;
 use super::rmcp_io::WsTransport;
 use crate::framing;
 use crate::legacy::Legacy;
-use crate::metrics::Metrics;
+use crate::metrics::EdgeMetrics;
 
 /// Messages read but not yet taken by the MCP service.
 const INBOUND_QUEUE: usize = 32;
@@ -104,7 +104,7 @@ pub(super) struct Mcp<S> {
     pub(super) legacy: Arc<std::sync::OnceLock<Arc<Legacy>>>,
     pub(super) in_flight: Arc<InFlight>,
     pub(super) batches: Arc<Batches>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<EdgeMetrics>,
 }
 
 struct Running {
@@ -113,7 +113,7 @@ struct Running {
     tx: mpsc::Sender<Box<ClientJsonRpcMessage>>,
     ct: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EdgeMetrics>,
 }
 
 /// However a service is let go (suspended, stopped, or with its
@@ -131,7 +131,7 @@ pub(super) struct ServiceGone;
 impl<S: rmcp::ServerHandler + Clone> Mcp<S> {
     /// A suspended service for a new connection: it starts with the first
     /// message.
-    pub(super) fn new(handler: S, outbound: Outbound, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(handler: S, outbound: Outbound, metrics: Arc<EdgeMetrics>) -> Self {
         Mcp {
             handler,
             running: None,

@@ -1,0 +1,280 @@
+//! Sessions in PostgreSQL: open and resume through `mcp_open_session` and
+//! `mcp_resume_session` (the per-user limit checked under a per-user
+//! advisory lock), activity in batches, kills and idle expiry, and the
+//! administrators' list and kill.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use exai_auth::{Principal, UserId};
+use tokio_postgres::Row;
+
+use super::{PostgresStore, Problem, seconds, store_error, unavailable};
+use crate::{
+    OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle, SessionRecord,
+    SessionStatus, Sessions, StoreError, is_admin,
+};
+
+const SESSION_COLUMNS: &str =
+    "session_id, user_id, connection_status, created_at, last_active, metadata";
+
+fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
+    let status: Option<String> = row.try_get("connection_status").map_err(unavailable)?;
+    let status = match status.as_deref() {
+        Some("connected") => SessionStatus::Connected,
+        Some("expired") => SessionStatus::Expired,
+        Some("killed") => SessionStatus::Killed,
+        _ => SessionStatus::Disconnected,
+    };
+    let user: Option<uuid::Uuid> = row.try_get("user_id").map_err(unavailable)?;
+    let created_at: Option<SystemTime> = row.try_get("created_at").map_err(unavailable)?;
+    let last_active: Option<SystemTime> = row.try_get("last_active").map_err(unavailable)?;
+    let metadata: Option<serde_json::Value> = row.try_get("metadata").map_err(unavailable)?;
+    Ok(SessionRecord {
+        session_id: SessionId::from_client(
+            row.try_get::<_, String>("session_id")
+                .map_err(unavailable)?,
+        ),
+        user_id: UserId::new(
+            user.ok_or_else(|| unavailable(Problem("a session row has no user")))?,
+        ),
+        status,
+        created_at: created_at.unwrap_or(SystemTime::UNIX_EPOCH),
+        last_active: last_active.or(created_at).unwrap_or(SystemTime::UNIX_EPOCH),
+        metadata: metadata
+            .and_then(|m| serde_json::from_value(m).ok())
+            .unwrap_or_default(),
+    })
+}
+
+#[async_trait]
+impl Sessions for PostgresStore {
+    async fn check(&self) -> Result<(), StoreError> {
+        PostgresStore::check(self).await
+    }
+
+    async fn open(
+        &self,
+        principal: &Principal,
+        request: OpenSession,
+    ) -> Result<SessionRecord, StoreError> {
+        let user = principal.user_id.as_uuid();
+        let id = SessionId::generate();
+        let limit = i32::try_from(request.max_connections).unwrap_or(i32::MAX);
+        let metadata = serde_json::to_value(&request.metadata).map_err(unavailable)?;
+        self.with_client(async |client| {
+            let sql =
+                format!("SELECT {SESSION_COLUMNS} FROM public.mcp_open_session($1, $2, $3, $4)");
+            match client
+                .query_one(&sql, &[&user, &id.as_str(), &limit, &metadata])
+                .await
+            {
+                Ok(row) => session_from_row(&row),
+                Err(e) => Err(store_error(e, request.max_connections, None)),
+            }
+        })
+        .await
+    }
+
+    async fn touch(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let updated = client
+                .execute(
+                    "UPDATE public.mcp_sessions SET last_active = now()
+                      WHERE user_id = $1 AND session_id = $2 AND connection_status = 'connected'",
+                    &[&user, &session.as_str()],
+                )
+                .await
+                .map_err(unavailable)?;
+            if updated == 1 {
+                return Ok(());
+            }
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions WHERE user_id = $1 AND session_id = $2"
+            );
+            match client.query_opt(&sql, &[&user, &session.as_str()]).await.map_err(unavailable)? {
+                Some(row) => Err(StoreError::Conflict(session_from_row(&row)?.status)),
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    async fn close(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let row = client
+                .query_one(
+                    "SELECT public.mcp_close_session($1, $2)",
+                    &[&user, &session.as_str()],
+                )
+                .await
+                .map_err(unavailable)?;
+            if row.try_get::<_, bool>(0).map_err(unavailable)? {
+                Ok(())
+            } else {
+                Err(StoreError::NotFound)
+            }
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions WHERE user_id = $1 AND session_id = $2"
+            );
+            match client.query_opt(&sql, &[&user, &session.as_str()]).await.map_err(unavailable)? {
+                Some(row) => session_from_row(&row),
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
+        let user = principal.user_id.as_uuid();
+        self.with_client(async |client| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions WHERE user_id = $1
+                  ORDER BY created_at DESC, id"
+            );
+            client
+                .query(&sql, &[&user])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(session_from_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn resume(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        max_connections: u32,
+    ) -> Result<SessionRecord, StoreError> {
+        let user = principal.user_id.as_uuid();
+        let limit = i32::try_from(max_connections).unwrap_or(i32::MAX);
+        self.with_client(async |client| {
+            let sql =
+                format!("SELECT {SESSION_COLUMNS} FROM public.mcp_resume_session($1, $2, $3)");
+            match client
+                .query_one(&sql, &[&user, &session.as_str(), &limit])
+                .await
+            {
+                Ok(row) => session_from_row(&row),
+                Err(e) => Err(store_error(e, max_connections, None)),
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionLifecycle for PostgresStore {
+    async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = sessions.iter().map(|(_, id)| id.as_str()).collect();
+        let users: Vec<uuid::Uuid> = sessions.iter().map(|(user, _)| user.as_uuid()).collect();
+        self.with_client(async |client| {
+            client
+                .execute("SELECT public.mcp_touch_sessions($1, $2)", &[&users, &ids])
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = sessions.iter().map(SessionId::as_str).collect();
+        self.with_client(async |client| {
+            let rows = client
+                .query("SELECT public.mcp_killed_sessions($1)", &[&ids])
+                .await
+                .map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .map(|r| SessionId::from_client(r.get::<_, String>(0)))
+                .collect())
+        })
+        .await
+    }
+
+    async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
+        self.with_client(async |client| {
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM public.mcp_expire_sessions($1)");
+            client
+                .query(&sql, &[&seconds(idle)])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(session_from_row)
+                .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionAdmin for PostgresStore {
+    async fn admin_list(
+        &self,
+        admin: &Principal,
+        filter: SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        if !is_admin(admin) {
+            return Err(StoreError::Forbidden);
+        }
+        let user = filter.user.map(|u| u.as_uuid());
+        let status = filter.status.map(SessionStatus::as_str);
+        self.with_client(async |client| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions
+                  WHERE ($1::uuid IS NULL OR user_id = $1)
+                    AND ($2::text IS NULL OR connection_status = $2)
+                  ORDER BY created_at DESC, id"
+            );
+            client
+                .query(&sql, &[&user, &status])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(session_from_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn admin_kill(
+        &self,
+        admin: &Principal,
+        session: &SessionId,
+    ) -> Result<SessionRecord, StoreError> {
+        if !is_admin(admin) {
+            return Err(StoreError::Forbidden);
+        }
+        self.with_client(async |client| {
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM public.mcp_kill_session($1)");
+            match client.query_one(&sql, &[&session.as_str()]).await {
+                Ok(row) => session_from_row(&row),
+                Err(e) => Err(store_error(e, 0, None)),
+            }
+        })
+        .await
+    }
+}
