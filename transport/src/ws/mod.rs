@@ -24,6 +24,7 @@
 //! ever matched inside one connection's `rmcp` service.
 
 mod batch;
+mod in_flight;
 mod reader;
 mod rmcp_io;
 mod service;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::Outbound;
 use super::batch::{Batches, Held};
-use super::service::InFlight;
+use super::in_flight::InFlight;
 use crate::framing;
 use crate::legacy::Legacy;
 

@@ -4,8 +4,7 @@
 //! ([`Mcp`]): it starts with the first message, is suspended once nothing
 //! has been in flight for [`EdgeConfig::service_idle`](crate::EdgeConfig),
 //! and is started again, with the client's `initialize` replayed, by its
-//! next message. [`InFlight`] is the set of requests it is working on,
-//! which keeps it running and which shutdown waits for.
+//! next message, and only while nothing is in flight ([`InFlight`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use tracing::Instrument as _;
 
 use super::Outbound;
 use super::batch::Batches;
+use super::in_flight::InFlight;
 use super::rmcp_io::WsTransport;
 use crate::framing;
 use crate::legacy::Legacy;
@@ -26,49 +26,6 @@ use crate::metrics::EdgeMetrics;
 
 /// Messages read but not yet taken by the MCP service.
 const INBOUND_QUEUE: usize = 32;
-
-/// The requests the MCP service is working on: taken in by the reader,
-/// done when their response goes out or the client cancels them. At
-/// shutdown a connection waits (up to the grace period) until none is left.
-#[derive(Default)]
-pub(super) struct InFlight {
-    ids: std::sync::Mutex<std::collections::HashSet<RequestId>>,
-    idle: tokio::sync::Notify,
-}
-
-impl InFlight {
-    pub(super) fn ids(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<RequestId>> {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Notes a message on its way to the service.
-    pub(super) fn inbound(&self, message: &ClientJsonRpcMessage) {
-        if let ClientJsonRpcMessage::Request(request) = message {
-            self.ids().insert(request.id.clone());
-        } else if let Some(id) = framing::cancelled_id(message) {
-            self.done(id);
-        }
-    }
-
-    /// Request `id` was answered, or cancelled.
-    pub(super) fn done(&self, id: &RequestId) {
-        let mut ids = self.ids();
-        if ids.remove(id) && ids.is_empty() {
-            self.idle.notify_waiters();
-        }
-    }
-
-    /// Returns when no request is in flight.
-    pub(super) async fn settled(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.ids().is_empty() {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
 
 /// The id under which a resumed service is sent the client's `initialize`
 /// again; its answer is not passed on. `rmcp` answers `initialize` before it

@@ -7,26 +7,29 @@
 //! `PTxyz` error with HTTP `xyz` and a JSON body whose `code` is `PTxyz`,
 //! which is what this backend reads
 //! (<https://postgrest.org/en/stable/references/errors.html>).
+//!
+//! This file is the client and the sessions; `conversations` holds
+//! conversations and usage, `keys` the API keys.
+
+mod conversations;
+mod keys;
 
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, Secret, UserId};
+use exai_auth::{Principal, Secret, UserId};
 use postgrest::Postgrest;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    ConversationId, ConversationLimits, ConversationStore, ModelUsage, OpenSession, SessionAdmin,
-    SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError,
-    Turn, UsageRecord, UsageStore, is_admin,
+    ConversationLimits, OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
+    SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
 };
 
 const SESSION_COLUMNS: &str =
     "session_id,user_id,connection_status,created_at,last_active,metadata";
-const KEY_COLUMNS: &str =
-    "key_id,user_id,name,secret_hash,created_at,expires_at,revoked_at,last_used_at";
 
 /// How to reach the project.
 #[derive(Debug, Clone)]
@@ -59,7 +62,7 @@ impl std::fmt::Debug for SupabaseStore {
 
 /// What went wrong talking to the REST API.
 #[derive(Debug, thiserror::Error)]
-enum RestError {
+pub(super) enum RestError {
     #[error("the REST API could not be reached")]
     Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the REST API did not answer in time")]
@@ -75,7 +78,7 @@ enum RestError {
 }
 
 impl RestError {
-    fn code(&self) -> Option<&str> {
+    pub(super) fn code(&self) -> Option<&str> {
         match self {
             RestError::Status { code, .. } => Some(code),
             _ => None,
@@ -83,13 +86,13 @@ impl RestError {
     }
 }
 
-fn unavailable(error: RestError) -> StoreError {
+pub(super) fn unavailable(error: RestError) -> StoreError {
     StoreError::Unavailable(Box::new(error))
 }
 
 /// A REST error as a store error: our functions' PTxyz codes mean what they
 /// say; anything else is the service failing.
-fn store_error(
+pub(super) fn store_error(
     error: RestError,
     max_connections: u32,
     limits: Option<&ConversationLimits>,
@@ -98,11 +101,11 @@ fn store_error(
         .unwrap_or_else(|| unavailable(error))
 }
 
-fn seconds(d: Duration) -> u64 {
+pub(super) fn seconds(d: Duration) -> u64 {
     d.as_secs()
 }
 
-fn timestamp(value: &Value) -> Result<Option<SystemTime>, RestError> {
+pub(super) fn timestamp(value: &Value) -> Result<Option<SystemTime>, RestError> {
     match value {
         Value::Null => Ok(None),
         Value::String(text) => OffsetDateTime::parse(text, &Rfc3339)
@@ -112,7 +115,7 @@ fn timestamp(value: &Value) -> Result<Option<SystemTime>, RestError> {
     }
 }
 
-fn format_timestamp(at: SystemTime) -> String {
+pub(super) fn format_timestamp(at: SystemTime) -> String {
     OffsetDateTime::from(at)
         .format(&Rfc3339)
         .unwrap_or_default()
@@ -145,38 +148,6 @@ fn session_from_json(row: &Value) -> Result<SessionRecord, RestError> {
     })
 }
 
-fn key_from_json(row: &Value) -> Result<ApiKeyRecord, RestError> {
-    let bad = |what: &str| RestError::Unexpected(format!("an API key row with a bad {what}"));
-    // PostgREST writes bytea as "\x" followed by hex digits.
-    let hex = row["secret_hash"]
-        .as_str()
-        .and_then(|h| h.strip_prefix("\\x"))
-        .ok_or_else(|| bad("hash"))?;
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| bad("hash"))?;
-    let hash: [u8; 32] = bytes.try_into().map_err(|_| bad("hash"))?;
-    let mut record = ApiKeyRecord::new(
-        row["key_id"].as_str().ok_or_else(|| bad("id"))?.to_owned(),
-        row["user_id"]
-            .as_str()
-            .and_then(|u| u.parse().ok())
-            .ok_or_else(|| bad("user"))?,
-        hash,
-        timestamp(&row["created_at"])?.ok_or_else(|| bad("creation time"))?,
-    );
-    record.name = row["name"].as_str().map(str::to_owned);
-    record.expires_at = timestamp(&row["expires_at"])?;
-    record.revoked_at = timestamp(&row["revoked_at"])?;
-    record.last_used_at = timestamp(&row["last_used_at"])?;
-    Ok(record)
-}
-
 impl SupabaseStore {
     /// A store for the project at `supabase_url`, acting with the project's
     /// `service_role` key (`SUPABASE_SERVICE_ROLE_KEY`).
@@ -206,7 +177,7 @@ impl SupabaseStore {
     }
 
     /// Sends a request and returns its JSON body, within the timeout.
-    async fn send(&self, builder: postgrest::Builder) -> Result<Value, RestError> {
+    pub(super) async fn send(&self, builder: postgrest::Builder) -> Result<Value, RestError> {
         let work = async {
             let response = builder
                 .auth(self.bearer())
@@ -239,7 +210,7 @@ impl SupabaseStore {
             .unwrap_or(Err(RestError::Timeout))
     }
 
-    async fn rpc(&self, function: &str, args: Value) -> Result<Value, RestError> {
+    pub(super) async fn rpc(&self, function: &str, args: Value) -> Result<Value, RestError> {
         self.send(self.client.rpc(function, args.to_string())).await
     }
 
@@ -440,209 +411,5 @@ impl SessionAdmin for SupabaseStore {
                 .await,
             0,
         )
-    }
-}
-
-#[async_trait]
-impl ConversationStore for SupabaseStore {
-    async fn create_conversation(
-        &self,
-        principal: &Principal,
-        turns: &[Turn],
-        limits: &ConversationLimits,
-    ) -> Result<ConversationId, StoreError> {
-        let id = ConversationId::generate();
-        let args = json!({
-            "p_user_id": principal.user_id,
-            "p_continuation_id": id,
-            "p_roles": turns.iter().map(|t| &t.role).collect::<Vec<_>>(),
-            "p_contents": turns.iter().map(|t| &t.content).collect::<Vec<_>>(),
-            "p_max_turns": limits.max_turns,
-            "p_timeout_secs": seconds(limits.timeout),
-        });
-        self.rpc("mcp_start_conversation", args)
-            .await
-            .map_err(|e| store_error(e, 0, Some(limits)))?;
-        Ok(id)
-    }
-
-    async fn append_turns(
-        &self,
-        principal: &Principal,
-        conversation: &ConversationId,
-        turns: &[Turn],
-        limits: &ConversationLimits,
-    ) -> Result<usize, StoreError> {
-        let args = json!({
-            "p_user_id": principal.user_id,
-            "p_continuation_id": conversation,
-            "p_roles": turns.iter().map(|t| &t.role).collect::<Vec<_>>(),
-            "p_contents": turns.iter().map(|t| &t.content).collect::<Vec<_>>(),
-            "p_max_turns": limits.max_turns,
-            "p_timeout_secs": seconds(limits.timeout),
-        });
-        let count = self
-            .rpc("mcp_append_turns", args)
-            .await
-            .map_err(|e| store_error(e, 0, Some(limits)))?;
-        count
-            .as_u64()
-            .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
-            .ok_or_else(|| unavailable(RestError::Unexpected("a turn count".into())))
-    }
-
-    async fn read_conversation(
-        &self,
-        principal: &Principal,
-        conversation: &ConversationId,
-        limits: &ConversationLimits,
-    ) -> Result<Vec<Turn>, StoreError> {
-        let args = json!({
-            "p_user_id": principal.user_id,
-            "p_continuation_id": conversation,
-            "p_timeout_secs": seconds(limits.timeout),
-        });
-        let rows = self
-            .rpc("mcp_read_conversation", args)
-            .await
-            .map_err(|e| store_error(e, 0, Some(limits)))?;
-        Ok(rows
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|row| {
-                Turn::new(
-                    row["role"].as_str().unwrap_or_default(),
-                    row["content"].as_str().unwrap_or_default(),
-                )
-            })
-            .collect())
-    }
-}
-
-#[async_trait]
-impl UsageStore for SupabaseStore {
-    async fn record_usage(
-        &self,
-        principal: &Principal,
-        record: UsageRecord,
-    ) -> Result<(), StoreError> {
-        let args = json!({
-            "p_user_id": principal.user_id,
-            "p_session_id": record.session_id,
-            "p_tool": record.tool,
-            "p_provider": record.provider,
-            "p_model": record.model,
-            "p_prompt_tokens": record.prompt_tokens,
-            "p_completion_tokens": record.completion_tokens,
-            "p_latency_ms": u64::try_from(record.latency.as_millis()).unwrap_or(u64::MAX),
-            "p_outcome": record.outcome,
-        });
-        self.rpc("mcp_record_usage", args)
-            .await
-            .map_err(|e| store_error(e, 0, None))?;
-        Ok(())
-    }
-
-    async fn usage(&self, principal: &Principal) -> Result<Vec<ModelUsage>, StoreError> {
-        let rows = self
-            .rpc(
-                "mcp_usage_totals",
-                json!({ "p_user_id": principal.user_id }),
-            )
-            .await
-            .map_err(|e| store_error(e, 0, None))?;
-        let Value::Array(rows) = rows else {
-            return Err(unavailable(RestError::Unexpected("usage rows".into())));
-        };
-        rows.into_iter()
-            .map(|row| {
-                serde_json::from_value(row)
-                    .map_err(|_| unavailable(RestError::Unexpected("a usage row".into())))
-            })
-            .collect()
-    }
-}
-
-fn key_error(error: RestError) -> KeyStoreError {
-    KeyStoreError(Box::new(error))
-}
-
-#[async_trait]
-impl ApiKeyStore for SupabaseStore {
-    async fn insert_api_key(&self, record: ApiKeyRecord) -> Result<(), KeyStoreError> {
-        let hash: String = record
-            .secret_hash
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let row = json!({
-            "key_id": record.key_id,
-            "user_id": record.user_id,
-            "name": record.name,
-            "secret_hash": format!("\\x{hash}"),
-            "created_at": format_timestamp(record.created_at),
-            "expires_at": record.expires_at.map(format_timestamp),
-            "revoked_at": record.revoked_at.map(format_timestamp),
-        });
-        self.send(self.client.from("mcp_api_keys").insert(row.to_string()))
-            .await
-            .map_err(key_error)?;
-        Ok(())
-    }
-
-    async fn find_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreError> {
-        let query = self
-            .client
-            .from("mcp_api_keys")
-            .select(KEY_COLUMNS)
-            .eq("key_id", key_id);
-        let rows = self.send(query).await.map_err(key_error)?;
-        rows.as_array()
-            .and_then(|rows| rows.first())
-            .map(key_from_json)
-            .transpose()
-            .map_err(key_error)
-    }
-
-    async fn revoke_api_key(&self, key_id: &str, at: SystemTime) -> Result<bool, KeyStoreError> {
-        let query = self
-            .client
-            .from("mcp_api_keys")
-            .eq("key_id", key_id)
-            .is("revoked_at", "null")
-            .update(json!({ "revoked_at": format_timestamp(at) }).to_string());
-        let changed = self.send(query).await.map_err(key_error)?;
-        if changed.as_array().is_some_and(|rows| !rows.is_empty()) {
-            return Ok(true);
-        }
-        // Already revoked is still "revoked"; only a missing key is false.
-        Ok(self.find_api_key(key_id).await?.is_some())
-    }
-
-    async fn record_api_key_use(&self, key_id: &str, at: SystemTime) -> Result<(), KeyStoreError> {
-        let query = self
-            .client
-            .from("mcp_api_keys")
-            .eq("key_id", key_id)
-            .update(json!({ "last_used_at": format_timestamp(at) }).to_string());
-        self.send(query).await.map_err(key_error)?;
-        Ok(())
-    }
-
-    async fn list_api_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
-        let query = self
-            .client
-            .from("mcp_api_keys")
-            .select(KEY_COLUMNS)
-            .eq("user_id", user_id.to_string())
-            .order("created_at.desc");
-        let rows = self.send(query).await.map_err(key_error)?;
-        rows.as_array()
-            .into_iter()
-            .flatten()
-            .map(key_from_json)
-            .collect::<Result<_, _>>()
-            .map_err(key_error)
     }
 }
