@@ -226,6 +226,10 @@ impl JwtVerifier {
     }
 }
 
+/// The latest `exp` a principal carries (9999-12-31T23:59:59Z): a token
+/// claiming a later one is taken to expire then.
+pub const LATEST_EXPIRY: u64 = 253_402_300_799;
+
 /// The claims we read; every field optional so that an absent claim becomes
 /// our own precise error rather than a generic parse failure.
 /// `user_metadata` is user-editable and deliberately not read.
@@ -259,8 +263,10 @@ impl RawClaims {
             auth_session_id: self.session_id,
             aal: self.aal,
             is_anonymous: self.is_anonymous.unwrap_or(false),
-            // Non-negative and finite: checked by `ClaimRules::check`.
-            expires_at: self.exp.map(|exp| exp as u64),
+            // Non-negative and finite: checked by `ClaimRules::check`;
+            // an absurdly distant one is clamped, so that no one computing
+            // with it (a connection's deadline) can overflow.
+            expires_at: self.exp.map(|exp| (exp as u64).min(LATEST_EXPIRY)),
             app_metadata: self.app_metadata,
             method: AuthMethod::Jwt,
         })

@@ -72,7 +72,7 @@ pub use api_key::{
 };
 pub use error::AuthError;
 pub use jwks::{JwksConfig, JwksError};
-pub use jwt::{AccessTokenClaims, JwtConfig, JwtVerifier, MintError, mint_hs256};
+pub use jwt::{AccessTokenClaims, JwtConfig, JwtVerifier, LATEST_EXPIRY, MintError, mint_hs256};
 pub use principal::{AuthMethod, Principal, UserId};
 pub use secret::Secret;
 

@@ -119,6 +119,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         }
         AuthMode::SingleUser { token } => Authenticator::single_user(token),
     };
+    check_descriptor_limit(config.edge.max_connections);
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .map_err(|source| StartError::Bind {
@@ -169,6 +170,33 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         shutdown,
         task: Some(task),
     })
+}
+
+/// Descriptors the daemon needs besides its connections: the store's
+/// pool, provider calls, the admin listener, logs.
+const DESCRIPTOR_RESERVE: u64 = 256;
+
+/// Logs the process's descriptor limit, and warns when it is below what
+/// `max_connections` connections need: past it the listener could not
+/// accept, whatever the connection cap.
+fn check_descriptor_limit(max_connections: usize) {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let Some(current) = limit.current else {
+        tracing::info!("open descriptors: no limit");
+        return;
+    };
+    let needed = max_connections as u64 + DESCRIPTOR_RESERVE;
+    if current < needed {
+        tracing::warn!(
+            limit = current,
+            max_connections,
+            needed,
+            "the open-descriptor limit is below what EXAI_MAX_CONNECTIONS needs; \
+             raise it (systemd: LimitNOFILE=) or lower EXAI_MAX_CONNECTIONS"
+        );
+    } else {
+        tracing::info!(limit = current, max_connections, "open descriptors");
+    }
 }
 
 /// The offline echo and the configured model providers.

@@ -325,6 +325,62 @@ async fn logs_never_contain_a_credential() {
     let mut client = exai_tests::connect(&url, &good).await;
     client.initialize().await;
     client.whoami(1).await;
+    // `auth/refresh` in the forms rmcp would log, were they to reach it: a
+    // notification over the WebSocket, and a request and a notification
+    // over HTTP, each with a token of its own.
+    let noted = mint("a@example.com", 3600);
+    client
+        .send_text(
+            serde_json::json!({"jsonrpc": "2.0", "method": "auth/refresh",
+                               "params": {"token": noted}})
+            .to_string(),
+        )
+        .await;
+    client.whoami(4).await;
+    let over_http = mint("a@example.com", 3600);
+    let http_url = url.replacen("ws://", "http://", 1);
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value, session: Option<String>| {
+        let mut request = http
+            .post(&http_url)
+            .bearer_auth(&good)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    // In a session, where rmcp would take (and log) the message.
+    let opened = post(
+        serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "log-test", "version": "1"}}}),
+        None,
+    )
+    .await
+    .unwrap();
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = opened.text().await;
+    post(
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        Some(session.clone()),
+    )
+    .await
+    .unwrap();
+    for body in [
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "auth/refresh",
+                           "params": {"token": over_http}}),
+        serde_json::json!({"jsonrpc": "2.0", "method": "auth/refresh",
+                           "params": {"token": over_http}}),
+    ] {
+        let reply = post(body, Some(session.clone())).await.unwrap();
+        assert!(reply.status().is_success(), "{}", reply.status());
+    }
+    used.extend([noted, over_http]);
     let answer = client
         .request(
             serde_json::json!(2),

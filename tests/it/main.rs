@@ -3,6 +3,7 @@
 //! One test binary (see `autotests = false` in Cargo.toml); each module is a
 //! feature.
 
+mod abuse;
 mod auth_edge;
 mod auth_tokens;
 mod conversations;

@@ -638,3 +638,141 @@ async fn the_python_sdk_2_speaks_streamable_http() {
     exai_tests::wait_for_metric(&daemon, cancelled).await;
     daemon.stop().await;
 }
+
+/// The HTTP side of "hold under abuse" (attacks 3, 6 and 9; the WebSocket
+/// side is in `abuse.rs`): a batch of many members is refused whole
+/// before any member becomes a request, a repeated id is answered with
+/// -32600, and `auth/refresh`, whose token `rmcp` would log, is answered by
+/// the edge and never reaches it.
+#[tokio::test]
+async fn http_batches_are_bounded_and_auth_refresh_stays_at_the_edge() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let session = http.open_as(&ana, "2025-03-26").await;
+    let pings = |ids: std::ops::RangeInclusive<u64>| {
+        Value::Array(
+            ids.map(|id| json!({"jsonrpc": "2.0", "id": id, "method": "ping"}))
+                .collect(),
+        )
+    };
+    let refused = http.post(Some(&ana), Some(&session), pings(1..=65)).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert_eq!(refused.response()["error"]["code"], -32600);
+    assert!(refused.text.contains("at most 64"), "{}", refused.text);
+    let served = http.post(Some(&ana), Some(&session), pings(1..=64)).await;
+    assert_eq!(served.status, 200, "{}", served.text);
+    let answers: Value = serde_json::from_str(&served.text).unwrap();
+    assert_eq!(answers.as_array().map(Vec::len), Some(64));
+
+    let repeated = json!([
+        {"jsonrpc": "2.0", "id": 7, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 7, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 8, "method": "auth/refresh", "params": {"token": ana}}
+    ]);
+    let reply = http.post(Some(&ana), Some(&session), repeated).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let answers: Value = serde_json::from_str(&reply.text).unwrap();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 3, "{}", reply.text);
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| a["error"]["code"] == -32600)
+            .count(),
+        2,
+        "the repeat and the batched refresh: {}",
+        reply.text
+    );
+
+    // auth/refresh alone: a request is answered -32601 by the edge, a
+    // notification accepted and dropped; in a session and without one.
+    for session in [Some(session.as_str()), None] {
+        let request = json!({"jsonrpc": "2.0", "id": 9, "method": "auth/refresh",
+                             "params": {"token": ana}});
+        let reply = http.post(Some(&ana), session, request).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.response()["error"]["code"], -32601, "{}", reply.text);
+        let note = json!({"jsonrpc": "2.0", "method": "auth/refresh",
+                          "params": {"token": ana}});
+        let reply = http.post(Some(&ana), session, note).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    assert_eq!(
+        identity(&http.whoami(&ana, Some(&session), 10).await)["email"],
+        "ana@example.com"
+    );
+    daemon.stop().await;
+}
+
+/// A page the loopback daemon serves itself (same origin: `Origin` equal
+/// to the loopback `Host`) may call it without `EXAI_ALLOWED_ORIGINS`, as
+/// the conformance suite's DNS-rebinding scenario expects; another origin
+/// may not.
+#[tokio::test]
+async fn a_same_origin_loopback_page_is_served() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let host = daemon.http.trim_start_matches("http://").to_owned();
+    let same = format!("http://{host}");
+    let other = format!("http://localhost:{}", host.rsplit(':').next().unwrap());
+    for (origin, status) in [(same.as_str(), 200), (other.as_str(), 403)] {
+        let reply = http
+            .send(
+                reqwest::Method::POST,
+                Some(&ana),
+                None,
+                &[("origin", origin)],
+                Some(initialize(1).to_string()),
+            )
+            .await;
+        assert_eq!(reply.status, status, "{origin}: {}", reply.text);
+    }
+    daemon.stop().await;
+}
+
+/// Attack 8: a GET stream held open past its token's `exp`. It ends at
+/// `exp`, as a WebSocket in the same state is closed with 4401; a stream
+/// opened with a token that lasts stays open.
+#[tokio::test]
+async fn a_get_stream_ends_when_its_token_expires() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let session = http.open(&ana).await;
+    let mut short = exai_tests::claims("ana@example.com");
+    short["exp"] = json!(exai_tests::now() + 2);
+    let short = exai_tests::sign(&short);
+    let get = |token: &str| {
+        http.client
+            .get(&http.url)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session)
+            .send()
+    };
+    let expiring = get(&short).await.unwrap();
+    assert_eq!(expiring.status(), 200);
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), expiring.text())
+        .await
+        .expect("the stream ended at the token's expiry")
+        .ok();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took <= Duration::from_secs(4),
+        "ended after {took:?}"
+    );
+    let mut lasting = get(&ana).await.unwrap();
+    assert_eq!(lasting.status(), 200);
+    let still_open = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Ok(Some(_)) = lasting.chunk().await {}
+    })
+    .await;
+    assert!(
+        still_open.is_err(),
+        "a stream with a lasting token stays open"
+    );
+    daemon.stop().await;
+}

@@ -3,6 +3,9 @@
 //! Every path into the edge (the WebSocket upgrade, a legacy `hello`, each
 //! Streamable HTTP request) goes through here, in this order:
 //!
+//! 0. [`check_origin_and_host`]: a browser page from another origin, or a
+//!    DNS-rebound name of a loopback daemon, is refused (403) before any
+//!    credential is looked at;
 //! 1. [`credential`]: the credential a request carries, from its headers;
 //! 2. [`authenticate`]: the [`Authenticator`](exai_auth::Authenticator)'s
 //!    verdict; a refusal is counted and becomes the challenge the client
@@ -22,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::EdgeError;
 use crate::lifecycle::Lifecycle;
-use crate::{ConnectionContext, Edge, ServiceFactory};
+use crate::{ConnectionContext, Edge, EdgeConfig, ServiceFactory};
 
 /// Where this resource describes itself (RFC 9728 §3).
 pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -134,6 +137,66 @@ impl Opened {
     }
 }
 
+/// The first check of every request and upgrade, before authentication:
+/// `Origin`, when present (browsers always send it; other clients never
+/// need to), must be one of `EXAI_ALLOWED_ORIGINS` or the request's own
+/// origin on a loopback host (a page served by the daemon's own loopback
+/// address); and on a loopback listener `Host` must name the loopback, so
+/// a DNS-rebound page cannot reach a local daemon.
+pub(crate) fn check_origin_and_host(
+    config: &EdgeConfig,
+    headers: &HeaderMap,
+) -> Result<(), EdgeError> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().map_err(|_| EdgeError::OriginNotAllowed)?;
+        let origin = origin.trim_end_matches('/');
+        let listed = config
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        let allowed = listed || same_origin_loopback(origin, headers);
+        if !allowed {
+            return Err(EdgeError::OriginNotAllowed);
+        }
+    }
+    if let Some(hosts) = &config.allowed_hosts {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(host_name)
+            .ok_or(EdgeError::HostNotAllowed)?;
+        if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            return Err(EdgeError::HostNotAllowed);
+        }
+    }
+    Ok(())
+}
+
+/// The name in a `Host` header, without its port: `[::1]:80` → `::1`.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// Whether `origin` is `http(s)://HOST[:PORT]` naming a loopback host and
+/// equal to the request's `Host`: the page is the daemon's own.
+fn same_origin_loopback(origin: &str, headers: &HeaderMap) -> bool {
+    let Some(authority) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
+        && matches!(
+            host_name(authority).to_ascii_lowercase().as_str(),
+            "localhost" | "127.0.0.1" | "::1"
+        )
+}
+
 /// Opens (or resumes) `principal`'s session within the user's connection
 /// limit.
 pub(crate) async fn open<F: ServiceFactory>(
@@ -236,5 +299,86 @@ impl Drop for SessionGuard {
                 "no runtime to record the session as closed"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_lose_their_port() {
+        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_name("localhost"), "localhost");
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("[::1]"), "::1");
+    }
+
+    #[test]
+    fn origin_and_host_rules() {
+        let mut config = EdgeConfig {
+            allowed_origins: vec!["http://localhost:6274".into()],
+            allowed_hosts: Some(vec!["localhost".into(), "127.0.0.1".into()]),
+            ..EdgeConfig::default()
+        };
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let ok = |c: &EdgeConfig, h: HeaderMap| check_origin_and_host(c, &h).is_ok();
+        assert!(ok(&config, headers(&[("host", "127.0.0.1:9")])));
+        assert!(ok(
+            &config,
+            headers(&[("host", "localhost:9"), ("origin", "http://LOCALHOST:6274")])
+        ));
+        assert!(!ok(
+            &config,
+            headers(&[("host", "localhost:9"), ("origin", "http://evil.example")])
+        ));
+        assert!(!ok(&config, headers(&[("host", "evil.example:9")])));
+        assert!(!ok(&config, headers(&[])));
+        // A loopback daemon's own pages: same origin, by default.
+        assert!(ok(
+            &config,
+            headers(&[("host", "127.0.0.1:9"), ("origin", "http://127.0.0.1:9")])
+        ));
+        assert!(ok(
+            &config,
+            headers(&[("host", "localhost:9"), ("origin", "http://localhost:9/")])
+        ));
+        assert!(
+            !ok(
+                &config,
+                headers(&[("host", "localhost:9"), ("origin", "http://localhost:10")])
+            ),
+            "another port is another origin"
+        );
+        assert!(
+            !ok(
+                &config,
+                headers(&[("host", "localhost:9"), ("origin", "http://127.0.0.1:9")])
+            ),
+            "another name is another origin"
+        );
+        config.allowed_hosts = None;
+        assert!(
+            !ok(
+                &config,
+                headers(&[
+                    ("host", "exai.example:9"),
+                    ("origin", "http://exai.example:9")
+                ])
+            ),
+            "same origin is only granted on loopback"
+        );
+        assert!(ok(&config, headers(&[("host", "evil.example")])));
+        config.allowed_origins.clear();
+        assert!(!ok(
+            &config,
+            headers(&[("origin", "http://localhost:6274")])
+        ));
     }
 }

@@ -65,6 +65,23 @@ fn reply(id: Option<RequestId>, error: ErrorData) -> Decoded {
     Decoded::Reply(Box::new(ServerJsonRpcMessage::error(error, id)))
 }
 
+/// The method the edge answers itself, never passed to the MCP server (it
+/// carries a token, which `rmcp` would log with the message).
+pub(crate) const REFRESH: &str = "auth/refresh";
+
+/// Whether `message` is a request or notification of the edge's own
+/// method ([`REFRESH`]).
+pub(crate) fn is_refresh(message: &ClientJsonRpcMessage) -> bool {
+    match message {
+        ClientJsonRpcMessage::Request(request) => request.request.method() == REFRESH,
+        ClientJsonRpcMessage::Notification(notification) => matches!(
+            &notification.notification,
+            rmcp::model::ClientNotification::CustomNotification(custom) if custom.method == REFRESH
+        ),
+        _ => false,
+    }
+}
+
 /// The one protocol version whose clients may send JSON-RPC batches (added
 /// in 2025-03-26, removed in 2025-06-18).
 pub(crate) const BATCH_VERSION: &str = "2025-03-26";
@@ -77,9 +94,26 @@ pub(crate) struct Batch {
 }
 
 /// Splits batch `text`; requests for a method in `alone` are answered with
-/// -32600. An empty batch, or one that is not JSON, is one error instead.
-pub(crate) fn split_batch(text: &str, alone: &[&str]) -> Result<Batch, Box<ServerJsonRpcMessage>> {
+/// -32600 (notifications for one are dropped), and so is a request whose id
+/// an earlier member of the batch already used. An empty batch, one of more
+/// than `max_members` members, or one that is not JSON, is one error
+/// instead.
+pub(crate) fn split_batch(
+    text: &str,
+    alone: &[&str],
+    max_members: usize,
+) -> Result<Batch, Box<ServerJsonRpcMessage>> {
     let items = match serde_json::from_str::<Vec<Value>>(text) {
+        Ok(items) if items.len() > max_members => {
+            let error = ErrorData::invalid_request(
+                format!(
+                    "Invalid Request: a batch may hold at most {max_members} messages, this one has {}",
+                    items.len()
+                ),
+                None,
+            );
+            return Err(Box::new(ServerJsonRpcMessage::error(error, None)));
+        }
         Ok(items) if !items.is_empty() => items,
         Ok(_) => {
             let error = ErrorData::invalid_request("Invalid Request: empty batch", None);
@@ -94,22 +128,39 @@ pub(crate) fn split_batch(text: &str, alone: &[&str]) -> Result<Batch, Box<Serve
         messages: Vec::with_capacity(items.len()),
         answers: Vec::new(),
     };
+    let mut ids = std::collections::HashSet::new();
     for item in items {
         match decode(&item.to_string()) {
             Decoded::Message(message) => {
-                if let ClientJsonRpcMessage::Request(request) = &*message
-                    && let method = request.request.method()
-                    && alone.contains(&method)
-                {
-                    let error = ErrorData::invalid_request(
-                        format!("Invalid Request: {method} cannot be part of a batch"),
-                        None,
-                    );
-                    let answer = ServerJsonRpcMessage::error(error, Some(request.id.clone()));
-                    batch.answers.push(answer);
-                    continue;
+                let refusal = match &*message {
+                    ClientJsonRpcMessage::Request(request) => {
+                        let method = request.request.method();
+                        if alone.contains(&method) {
+                            Some(format!(
+                                "Invalid Request: {method} cannot be part of a batch"
+                            ))
+                        } else if !ids.insert(request.id.clone()) {
+                            Some(
+                                "Invalid Request: another message of this batch has this id".into(),
+                            )
+                        } else {
+                            None
+                        }
+                        .map(|why| (why, request.id.clone()))
+                    }
+                    ClientJsonRpcMessage::Notification(_) if is_refresh(&message) => {
+                        tracing::debug!("dropped a batched notification of the edge's own");
+                        continue;
+                    }
+                    _ => None,
+                };
+                match refusal {
+                    Some((why, id)) => batch.answers.push(ServerJsonRpcMessage::error(
+                        ErrorData::invalid_request(why, None),
+                        Some(id),
+                    )),
+                    None => batch.messages.push(*message),
                 }
-                batch.messages.push(*message);
             }
             Decoded::Reply(reply) => batch.answers.push(*reply),
             Decoded::Drop(why) => tracing::debug!(why, "dropped a batch member"),

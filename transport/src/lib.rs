@@ -74,13 +74,13 @@ mod framing;
 mod http;
 mod legacy;
 mod lifecycle;
+mod listener;
 mod metrics;
 mod pace;
 mod streamable;
 mod upgrade;
 mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +93,7 @@ use exai_auth::{Authenticator, Principal};
 use exai_sessions::{ConnectionStore, SessionId};
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -142,6 +143,9 @@ pub struct EdgeConfig {
     pub max_connections_per_user: u32,
     /// Largest WebSocket message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// The most messages one JSON-RPC batch (protocol version 2025-03-26)
+    /// may hold; a larger batch is refused whole with -32600.
+    pub max_batch_members: usize,
     /// Messages queued towards one client before the server waits for it.
     pub outbound_queue: usize,
     /// How often the server pings each WebSocket (`EXAI_WS_PING_INTERVAL`).
@@ -149,6 +153,14 @@ pub struct EdgeConfig {
     /// How long a ping may go unanswered before the connection is closed
     /// with 1011 (`EXAI_WS_PING_TIMEOUT`).
     pub ping_timeout: Duration,
+    /// TCP connections open at once on the public listener, of any kind
+    /// (`EXAI_MAX_CONNECTIONS`); past it, new ones wait in the kernel's
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// How long a request's headers, or the next request on an idle
+    /// keep-alive connection, may take to arrive before the connection is
+    /// closed (`EXAI_HEADER_READ_TIMEOUT_SECS`).
+    pub header_read_timeout: Duration,
     /// How long a connection that authenticates in the legacy protocol's
     /// `hello` may take to send it.
     pub hello_timeout: Duration,
@@ -188,9 +200,12 @@ impl Default for EdgeConfig {
         EdgeConfig {
             max_connections_per_user: 5,
             max_message_bytes: 32 * 1024 * 1024,
+            max_batch_members: 64,
             outbound_queue: 64,
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
             max_pending_hellos: 256,
             allowed_origins: Vec::new(),
@@ -288,6 +303,18 @@ impl<F: ServiceFactory> Edge<F> {
     }
 }
 
+/// The instant a credential expiring at `expires_at` (Unix seconds) expires.
+pub(crate) fn deadline(expires_at: Option<u64>) -> Option<Instant> {
+    let expires_at = expires_at?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    // However far away, never an overflow: a deadline past what `Instant`
+    // can hold is no deadline.
+    Instant::now().checked_add(Duration::from_secs(expires_at.saturating_sub(now)))
+}
+
 /// Serves `edge` on `listener` until `shutdown` is cancelled; then stops
 /// accepting, closes every WebSocket with 1001 (going away), waits for the
 /// connections to finish (at most the configured grace), and returns.
@@ -330,26 +357,28 @@ pub async fn serve<F: ServiceFactory>(
     let admin_task = admin.map(|admin| {
         let app = http::admin_router(edge.clone());
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(admin, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        })
+        let bounds = listener::Bounds {
+            max_connections: 64,
+            header_read_timeout: edge.config.header_read_timeout,
+        };
+        let metrics = Arc::new(EdgeMetrics::default());
+        tokio::spawn(listener::serve(admin, app, bounds, metrics, shutdown))
     });
-    let app = http::router(edge.clone(), admin_task.is_none())
-        .into_make_service_with_connect_info::<SocketAddr>();
-    // Small writes (an SSE event, a frame) go out at once, not after the
-    // peer's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let app = http::router(edge.clone(), admin_task.is_none());
+    let bounds = listener::Bounds {
+        max_connections: edge.config.max_connections,
+        header_read_timeout: edge.config.header_read_timeout,
+    };
+    listener::serve(
+        listener,
+        app,
+        bounds,
+        edge.metrics.clone(),
+        shutdown.clone(),
+    )
+    .await;
     if let Some(task) = admin_task {
-        task.await.map_err(std::io::Error::other)??;
+        task.await.map_err(std::io::Error::other)?;
     }
     edge.connections.close();
     // The grace period for calls in flight, then time to write the closes.

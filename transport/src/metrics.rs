@@ -17,6 +17,7 @@ type Labels = Vec<(&'static str, String)>;
 /// The edge's metrics.
 #[derive(Default)]
 pub struct EdgeMetrics {
+    tcp_connections_open: Gauge,
     connections_open: Family<Labels, Gauge>,
     connections_opened: Family<Labels, Counter>,
     services_running: Gauge,
@@ -38,6 +39,11 @@ impl EdgeMetrics {
     /// The edge's metrics, registered into `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = EdgeMetrics::default();
+        registry.register(
+            "tcp_connections_open",
+            "TCP connections open now on the public listener, of any kind (at most EXAI_MAX_CONNECTIONS)",
+            m.tcp_connections_open.clone(),
+        );
         registry.register(
             "connections_open",
             "Connections open now, by transport",
@@ -84,6 +90,14 @@ impl EdgeMetrics {
             m.refusals.clone(),
         );
         m
+    }
+
+    pub(crate) fn tcp_opened(&self) {
+        self.tcp_connections_open.inc();
+    }
+
+    pub(crate) fn tcp_closed(&self) {
+        self.tcp_connections_open.dec();
     }
 
     pub(crate) fn connection_opened(&self, transport: &'static str) {

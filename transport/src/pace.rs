@@ -23,15 +23,19 @@ pub const MAX_PAUSE: Duration = Duration::from_millis(250);
 #[derive(Clone, Debug, Default)]
 pub struct Pace(Arc<State>);
 
+/// Two words per connection: an idle connection's cost is counted in
+/// bytes (ARCHITECTURE.md).
 #[derive(Debug, Default)]
 struct State {
     /// Refusals in a row.
     refused: AtomicU32,
-    /// Until when reading waits, in microseconds after `origin`; 0: it
+    /// Until when reading waits, in microseconds after [`ORIGIN`]; 0: it
     /// does not.
     until_micros: AtomicU64,
-    origin: std::sync::OnceLock<Instant>,
 }
+
+/// The instant pauses are counted from, for every connection.
+static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 impl Pace {
     /// A request was refused for a limit: reading waits a little longer.
@@ -62,7 +66,7 @@ impl Pace {
     }
 
     fn origin(&self) -> Instant {
-        *self.0.origin.get_or_init(Instant::now)
+        *ORIGIN.get_or_init(Instant::now)
     }
 
     fn elapsed(&self) -> Duration {

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use axum::response::Response;
 use exai_auth::UserId;
 use exai_sessions::StoreError;
@@ -100,8 +100,11 @@ pub(crate) async fn handle<F: ServiceFactory>(
     peer: SocketAddr,
     request: Request<Body>,
 ) -> Result<Response, EdgeError> {
-    check_origin_and_host(&edge.config, request.headers())?;
+    admission::check_origin_and_host(&edge.config, request.headers())?;
     let principal = admission::authenticate_request(edge, request.headers()).await?;
+    // A stream outlives its request: it ends when the credential does, as
+    // a WebSocket is closed then (the client reconnects with a fresh one).
+    let expires_at = principal.expires_at;
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, edge.config.max_message_bytes)
         .await
@@ -142,6 +145,12 @@ pub(crate) async fn handle<F: ServiceFactory>(
             ));
         }
         match framing::decode(text) {
+            // The edge's own method: over HTTP every request brings its own
+            // credential, so there is nothing to refresh, and its token
+            // must not reach the MCP server (which logs it).
+            Decoded::Message(message) if framing::is_refresh(&message) => {
+                return Ok(refresh_over_http(&message));
+            }
             Decoded::Message(message) => {
                 initialize = protocol_of_initialize(&message);
                 answering = matches!(*message, ClientJsonRpcMessage::Request(_));
@@ -179,6 +188,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
     };
     let scope = Arc::new(scope);
     let deleting = parts.method == Method::DELETE;
+    let streaming = parts.method == Method::GET;
     let request = Request::from_parts(parts, Body::from(body));
     let response = REQUEST
         .scope(scope.clone(), edge.http.handle(request))
@@ -190,6 +200,9 @@ pub(crate) async fn handle<F: ServiceFactory>(
         opened.guard.close().await;
     }
     let mut response = response.map(Body::new);
+    if streaming && let Some(deadline) = crate::deadline(expires_at) {
+        response = until(response, deadline);
+    }
     if let Some(counted) = counted {
         response = counted_until_sent(response, counted);
     }
@@ -226,7 +239,8 @@ async fn batch<F: ServiceFactory>(
     scope: Arc<RequestScope>,
 ) -> Response {
     use axum::response::IntoResponse;
-    let batch = match framing::split_batch(text, &["initialize"]) {
+    let alone = ["initialize", framing::REFRESH];
+    let batch = match framing::split_batch(text, &alone, edge.config.max_batch_members) {
         Ok(batch) => batch,
         Err(error) => return invalid(Some(&error)),
     };
@@ -258,6 +272,17 @@ async fn batch<F: ServiceFactory>(
         serde_json::Value::Array(answers).to_string(),
     )
         .into_response()
+}
+
+/// `response`, its body ended at `deadline`.
+fn until(response: Response, deadline: tokio::time::Instant) -> Response {
+    use futures::StreamExt as _;
+    response.map(|body| {
+        Body::from_stream(
+            body.into_data_stream()
+                .take_until(tokio::time::sleep_until(deadline)),
+        )
+    })
 }
 
 /// `response`, holding `counted` until its body was sent (or the client
@@ -303,6 +328,26 @@ async fn answer_in(
     serde_json::from_slice(&body).ok().filter(is_answer)
 }
 
+/// The answer to `auth/refresh` over HTTP: -32601 to a request, 202 to a
+/// notification.
+fn refresh_over_http(message: &ClientJsonRpcMessage) -> Response {
+    use axum::response::IntoResponse;
+    let ClientJsonRpcMessage::Request(request) = message else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let error = rmcp::model::ErrorData::new(
+        rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+        "auth/refresh is for WebSocket connections; over HTTP every request carries its own credential",
+        None,
+    );
+    let body = ServerJsonRpcMessage::error(error, Some(request.id.clone()));
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
 /// 400, with the JSON-RPC error when there is one to send.
 fn invalid(error: Option<&ServerJsonRpcMessage>) -> Response {
     use axum::response::IntoResponse;
@@ -315,43 +360,6 @@ fn invalid(error: Option<&ServerJsonRpcMessage>) -> Response {
             .into_response(),
         None => (StatusCode::BAD_REQUEST, "malformed notification\n").into_response(),
     }
-}
-
-/// `Origin` must be one of `EXAI_ALLOWED_ORIGINS` when present (browsers
-/// always send it; other clients never need to), and on a loopback listener
-/// `Host` must name the loopback, so a DNS-rebound page cannot reach a
-/// local daemon.
-fn check_origin_and_host(config: &EdgeConfig, headers: &HeaderMap) -> Result<(), EdgeError> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().map_err(|_| EdgeError::OriginNotAllowed)?;
-        let origin = origin.trim_end_matches('/');
-        let allowed = config
-            .allowed_origins
-            .iter()
-            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
-        if !allowed {
-            return Err(EdgeError::OriginNotAllowed);
-        }
-    }
-    if let Some(hosts) = &config.allowed_hosts {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(host_name)
-            .ok_or(EdgeError::HostNotAllowed)?;
-        if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
-            return Err(EdgeError::HostNotAllowed);
-        }
-    }
-    Ok(())
-}
-
-/// The name in a `Host` header, without its port: `[::1]:80` → `::1`.
-fn host_name(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -555,49 +563,6 @@ mod tests {
         assert!(!check(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
         assert!(!check(
             r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
-        ));
-    }
-
-    #[test]
-    fn host_names_lose_their_port() {
-        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
-        assert_eq!(host_name("localhost"), "localhost");
-        assert_eq!(host_name("[::1]:80"), "::1");
-        assert_eq!(host_name("[::1]"), "::1");
-    }
-
-    #[test]
-    fn origin_and_host_rules() {
-        let mut config = EdgeConfig {
-            allowed_origins: vec!["http://localhost:6274".into()],
-            allowed_hosts: Some(vec!["localhost".into(), "127.0.0.1".into()]),
-            ..EdgeConfig::default()
-        };
-        let headers = |pairs: &[(&'static str, &'static str)]| {
-            let mut h = HeaderMap::new();
-            for (k, v) in pairs {
-                h.insert(*k, v.parse().unwrap());
-            }
-            h
-        };
-        let ok = |c: &EdgeConfig, h: HeaderMap| check_origin_and_host(c, &h).is_ok();
-        assert!(ok(&config, headers(&[("host", "127.0.0.1:9")])));
-        assert!(ok(
-            &config,
-            headers(&[("host", "localhost:9"), ("origin", "http://LOCALHOST:6274")])
-        ));
-        assert!(!ok(
-            &config,
-            headers(&[("host", "localhost:9"), ("origin", "http://evil.example")])
-        ));
-        assert!(!ok(&config, headers(&[("host", "evil.example:9")])));
-        assert!(!ok(&config, headers(&[])));
-        config.allowed_hosts = None;
-        assert!(ok(&config, headers(&[("host", "evil.example")])));
-        config.allowed_origins.clear();
-        assert!(!ok(
-            &config,
-            headers(&[("origin", "http://localhost:6274")])
         ));
     }
 }

@@ -36,6 +36,9 @@ pub(crate) async fn websocket<F: ServiceFactory>(
     headers: &HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, EdgeError> {
+    // Browsers can open a WebSocket to any address: the page's origin and
+    // the name it used are checked first, as for every HTTP request.
+    admission::check_origin_and_host(&edge.config, headers)?;
     let principal = match admission::authenticate(&edge, admission::credential(headers)?).await {
         Ok(principal) => principal,
         Err(AuthError::Missing) if !offers_mcp(headers) => {
@@ -134,6 +137,7 @@ async fn admit<F: ServiceFactory>(
         shutdown_grace: config.shutdown_grace,
         service_idle: config.service_idle,
         pace,
+        max_batch_members: config.max_batch_members,
     };
     Ok(Box::new(Admitted {
         service,

@@ -52,6 +52,17 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_ADMIN_LISTEN", value_name = "HOST:PORT")]
     pub(crate) admin_listen: Option<String>,
 
+    /// TCP connections the public listener holds open at once, of any kind;
+    /// more wait in the kernel's backlog until one closes
+    #[arg(long, env = "EXAI_MAX_CONNECTIONS", default_value = "10000")]
+    pub(crate) max_connections: String,
+
+    /// Seconds a request's headers (or the next request on an idle
+    /// keep-alive connection) may take to arrive before the connection is
+    /// closed
+    #[arg(long, env = "EXAI_HEADER_READ_TIMEOUT_SECS", default_value = "10")]
+    pub(crate) header_read_timeout: String,
+
     /// Concurrent connections one user may hold
     #[arg(long, env = "MCP_MAX_CONNECTIONS_PER_USER", default_value = "5")]
     pub(crate) max_connections_per_user: String,
@@ -65,6 +76,11 @@ pub struct DaemonArgs {
     /// connection with 1009)
     #[arg(long, env = "EXAI_WS_MAX_BYTES", default_value = "33554432")]
     pub(crate) ws_max_bytes: String,
+
+    /// The most messages one JSON-RPC batch may hold (protocol version
+    /// 2025-03-26); a larger batch is refused whole with -32600
+    #[arg(long, env = "EXAI_MAX_BATCH_MESSAGES", default_value = "64")]
+    pub(crate) max_batch_messages: String,
 
     /// Seconds between the server's WebSocket pings
     #[arg(long, env = "EXAI_WS_PING_INTERVAL", default_value = "30")]

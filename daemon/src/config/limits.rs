@@ -109,6 +109,18 @@ pub(super) fn tools(args: &DaemonArgs, problems: &mut Problems) -> Option<(ToolL
 /// fields the caller fills in.
 pub(super) fn edge(args: &DaemonArgs, problems: &mut Problems) -> Option<EdgeConfig> {
     let seconds = "a whole number of seconds, at least 1";
+    let open_connections = problems.check(parse(
+        "EXAI_MAX_CONNECTIONS",
+        &args.max_connections,
+        "a whole number from 1 to 1000000",
+        |v: &usize| (1..=1_000_000).contains(v),
+    ));
+    let header_read = problems.check(parse(
+        "EXAI_HEADER_READ_TIMEOUT_SECS",
+        &args.header_read_timeout,
+        "a whole number of seconds from 1 to 3600",
+        |v: &u64| (1..=3600).contains(v),
+    ));
     let max_connections = problems.check(parse(
         "MCP_MAX_CONNECTIONS_PER_USER",
         &args.max_connections_per_user,
@@ -126,6 +138,12 @@ pub(super) fn edge(args: &DaemonArgs, problems: &mut Problems) -> Option<EdgeCon
         &args.ws_max_bytes,
         "a whole number of bytes, at least 1024",
         |v: &usize| *v >= 1024,
+    ));
+    let max_batch = problems.check(parse(
+        "EXAI_MAX_BATCH_MESSAGES",
+        &args.max_batch_messages,
+        "a whole number from 1 to 10000",
+        |v: &usize| (1..=10_000).contains(v),
     ));
     let ping_interval = problems.check(parse(
         "EXAI_WS_PING_INTERVAL",
@@ -146,8 +164,11 @@ pub(super) fn edge(args: &DaemonArgs, problems: &mut Problems) -> Option<EdgeCon
         |_: &u64| true,
     ));
     let mut edge = EdgeConfig::default();
+    edge.max_connections = open_connections?;
+    edge.header_read_timeout = Duration::from_secs(header_read?);
     edge.max_connections_per_user = max_connections?;
     edge.max_message_bytes = max_bytes?;
+    edge.max_batch_members = max_batch?;
     edge.ping_interval = Duration::from_secs(ping_interval?);
     edge.ping_timeout = Duration::from_secs(ping_timeout?);
     edge.session_timeout = Duration::from_secs(timeout?);

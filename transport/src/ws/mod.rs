@@ -39,7 +39,6 @@ use futures::SinkExt as _;
 use futures::StreamExt as _;
 use futures::stream::SplitSink;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::SessionGuard;
@@ -122,6 +121,8 @@ pub(crate) struct Connection {
     pub(crate) service_idle: Duration,
     /// Slows reading while the handler keeps refusing requests.
     pub(crate) pace: crate::Pace,
+    /// The most messages one batch may hold.
+    pub(crate) max_batch_members: usize,
 }
 
 /// Serves one connection. `hello_received`: the legacy protocol's `hello`
@@ -153,6 +154,7 @@ pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
         shutdown_grace,
         service_idle,
         pace,
+        max_batch_members,
     } = connection;
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(outbound_queue.max(1));
@@ -168,12 +170,13 @@ pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
         ping_interval,
         ping_timeout,
         service_idle,
-        deadline: deadline(principal.expires_at),
+        deadline: crate::deadline(principal.expires_at),
         session_id,
         protocol: None,
         decided: false,
         lifecycle_started: false,
         pace,
+        max_batch_members,
     };
     async move {
         let _counted = counted;
@@ -250,16 +253,6 @@ pub(super) fn read_error(error: axum::Error) -> End {
             End::SocketError
         }
     }
-}
-
-/// The instant a credential expiring at `expires_at` (Unix seconds) expires.
-pub(super) fn deadline(expires_at: Option<u64>) -> Option<Instant> {
-    let expires_at = expires_at?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    Some(Instant::now() + Duration::from_secs(expires_at.saturating_sub(now)))
 }
 
 async fn write_loop(

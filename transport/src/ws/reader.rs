@@ -19,7 +19,8 @@ use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ErrorCode, ErrorData, Req
 use tokio::time::Instant;
 
 use super::service::{Mcp, starts_lifecycle};
-use super::{End, deadline, read_error};
+use super::{End, read_error};
+use crate::deadline;
 use crate::error::jsonrpc;
 use crate::framing::{self, Decoded};
 use crate::legacy::{self, Hello, Legacy};
@@ -70,16 +71,16 @@ pub(super) fn classify<'a>(text: &'a str, seen: Seen<'_>) -> Frame<'a> {
         return Frame::Batch(text);
     }
     match framing::decode(text) {
-        Decoded::Message(message) if is_refresh(&message) => Frame::Refresh(message),
+        Decoded::Message(message) if framing::is_refresh(&message) => match &*message {
+            ClientJsonRpcMessage::Request(_) => Frame::Refresh(message),
+            // A refresh sent as a notification has no answer to carry, and
+            // its token must not reach the MCP server (which logs it).
+            _ => Frame::Drop("auth/refresh sent as a notification"),
+        },
         Decoded::Message(message) => Frame::Mcp(message),
         Decoded::Reply(reply) => Frame::Reply(reply),
         Decoded::Drop(why) => Frame::Drop(why),
     }
-}
-
-fn is_refresh(message: &ClientJsonRpcMessage) -> bool {
-    matches!(message, ClientJsonRpcMessage::Request(request)
-        if matches!(&request.request, ClientRequest::CustomRequest(custom) if custom.method == "auth/refresh"))
 }
 
 /// Reads frames until the connection ends, and says why it ended.
@@ -110,6 +111,8 @@ pub(super) struct Reader<S> {
     /// While the handler keeps refusing this connection's requests, the
     /// next frame is read only after a pause (see [`crate::Pace`]).
     pub(super) pace: crate::Pace,
+    /// The most messages one batch may hold.
+    pub(super) max_batch_members: usize,
 }
 
 /// After a frame: keep reading, or end the connection.
@@ -368,7 +371,11 @@ impl<S: rmcp::ServerHandler + Clone> Reader<S> {
     /// ones are answered in the batch's reply; the reply is one array, sent
     /// when the last request is answered.
     async fn batch(&mut self, text: &str) -> Step {
-        let batch = match framing::split_batch(text, &["initialize", "auth/refresh"]) {
+        let batch = match framing::split_batch(
+            text,
+            &["initialize", framing::REFRESH],
+            self.max_batch_members,
+        ) {
             Ok(batch) => batch,
             Err(error) => return self.send(&error).await,
         };
@@ -486,6 +493,12 @@ mod tests {
         assert_eq!(kind(&classify(refresh, first())), "refresh");
         let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
         assert_eq!(kind(&classify(call, Seen::default())), "mcp");
+        let note = r#"{"jsonrpc":"2.0","method":"auth/refresh","params":{"token":"x"}}"#;
+        assert_eq!(
+            kind(&classify(note, Seen::default())),
+            "drop",
+            "a refresh notification never reaches the MCP server"
+        );
     }
 
     #[test]
