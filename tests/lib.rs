@@ -288,6 +288,27 @@ fn tool_python(variable: &str, venv: &str) -> std::path::PathBuf {
     python
 }
 
+/// Runs `tests/tools/<script>` with the MCP Python SDK 2.x, `args` and
+/// `env`, for at most a minute; it must succeed, and print one JSON
+/// document, which is returned.
+pub async fn run_python_mcp2(script: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let output = tokio::process::Command::new(python_mcp2())
+        .arg(python_script(script))
+        .args(args)
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the client finished in time")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script} {args:?}: {stderr}");
+    assert!(!stderr.contains("failed"), "{script} {args:?}: {stderr}");
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stderr}"))
+}
+
 /// `tests/tools/<script>`.
 pub fn python_script(script: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -658,19 +679,25 @@ impl Client {
 
     /// The MCP handshake.
     pub async fn initialize(&mut self) {
+        self.initialize_as("2025-06-18").await;
+    }
+
+    /// The MCP handshake asking for protocol `version`, which the daemon
+    /// must accept.
+    pub async fn initialize_as(&mut self, version: &str) {
         let response = self
             .request(
                 json!(0),
                 "initialize",
                 json!({
-                    "protocolVersion": "2025-06-18",
+                    "protocolVersion": version,
                     "capabilities": {},
                     "clientInfo": {"name": "exai-tests", "version": "0"}
                 }),
             )
             .await;
-        assert!(
-            response.get("result").is_some(),
+        assert_eq!(
+            response["result"]["protocolVersion"], version,
             "initialize failed: {response}"
         );
         self.send_text(

@@ -11,21 +11,6 @@ use exai_tests::{TestDaemon, claims, sign, token, try_connect_with};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-async fn initialize_as(client: &mut exai_tests::Client, version: &str) {
-    let response = client
-        .request(
-            json!(0),
-            "initialize",
-            json!({"protocolVersion": version, "capabilities": {},
-                   "clientInfo": {"name": "abuse", "version": "1"}}),
-        )
-        .await;
-    assert_eq!(response["result"]["protocolVersion"], version, "{response}");
-    client
-        .send_text(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
-        .await;
-}
-
 fn pings(ids: impl IntoIterator<Item = u64>) -> Value {
     Value::Array(
         ids.into_iter()
@@ -42,7 +27,7 @@ fn pings(ids: impl IntoIterator<Item = u64>) -> Value {
 async fn batches_are_bounded_and_repeated_ids_are_answered() {
     let daemon = TestDaemon::start().await;
     let mut client = daemon.connect(&token("batcher@example.com")).await;
-    initialize_as(&mut client, "2025-03-26").await;
+    client.initialize_as("2025-03-26").await;
 
     client.send_text(pings(1..=65).to_string()).await;
     let refused = client.recv_json().await;

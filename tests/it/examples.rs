@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use exai_auth::{Secret, UserId, mint_hs256};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::AsyncBufReadExt as _;
 
 /// A secret for the examples' tokens (32 bytes or more, as HS256 wants).
@@ -145,19 +145,9 @@ async fn custom_tools_serves_its_own_tool_behind_the_edge() {
     let url = format!("http://{}/mcp", example.addr);
 
     // The official SDK, with a token: the caller's tool, served.
-    let output = tokio::process::Command::new(exai_tests::python_mcp2())
-        .arg(exai_tests::python_script("mcp_add_client.py"))
-        .arg(&url)
-        .env("EXAI_TOKEN", token("ana@example.com", "authenticated"))
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("the client finished in time")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ana = token("ana@example.com", "authenticated");
+    let report =
+        exai_tests::run_python_mcp2("mcp_add_client.py", &[&url], &[("EXAI_TOKEN", &ana)]).await;
     for (mode, protocol) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
         let run = &report[mode];
         assert_eq!(run["protocol"], protocol, "{report}");

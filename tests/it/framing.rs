@@ -102,21 +102,6 @@ async fn an_unanswered_ping_closes_with_1011() {
     daemon.stop().await;
 }
 
-async fn initialize_as(client: &mut exai_tests::Client, version: &str) {
-    let response = client
-        .request(
-            json!(0),
-            "initialize",
-            json!({"protocolVersion": version, "capabilities": {},
-                   "clientInfo": {"name": "batch-test", "version": "1"}}),
-        )
-        .await;
-    assert_eq!(response["result"]["protocolVersion"], version, "{response}");
-    client
-        .send_text(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
-        .await;
-}
-
 /// Batches exist in protocol version 2025-03-26 only: one array in, one
 /// array of answers out (invalid members answered in it, notifications
 /// not); under other versions a batch is refused as one invalid request.
@@ -124,7 +109,7 @@ async fn initialize_as(client: &mut exai_tests::Client, version: &str) {
 async fn batches_are_served_under_2025_03_26_only() {
     let daemon = TestDaemon::start().await;
     let mut client = daemon.connect(&token("batch@example.com")).await;
-    initialize_as(&mut client, "2025-03-26").await;
+    client.initialize_as("2025-03-26").await;
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
          "params": {"name": "whoami", "arguments": {}}},
@@ -167,7 +152,7 @@ async fn batches_are_served_under_2025_03_26_only() {
     assert_eq!(client.whoami(10).await["email"], "batch@example.com");
 
     let mut later = daemon.connect(&token("batch@example.com")).await;
-    initialize_as(&mut later, "2025-06-18").await;
+    later.initialize_as("2025-06-18").await;
     later
         .send_text(json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]).to_string())
         .await;

@@ -593,21 +593,13 @@ async fn the_python_sdk_2_speaks_streamable_http() {
         .unwrap();
     let tokens = format!("{},{}", token("ana@example.com"), key.key);
     for (mode, protocol) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
-        let output = tokio::process::Command::new(exai_tests::python_mcp2())
-            .arg(exai_tests::python_script("mcp_http_client.py"))
-            .arg(format!("{}/mcp", daemon.http))
-            .arg(mode)
-            .env("EXAI_TOKENS", &tokens)
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(60), output)
-            .await
-            .expect("the client finished in time")
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{mode}: {stderr}");
-        assert!(!stderr.contains("failed"), "{mode}: {stderr}");
-        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let url = format!("{}/mcp", daemon.http);
+        let report = exai_tests::run_python_mcp2(
+            "mcp_http_client.py",
+            &[&url, mode],
+            &[("EXAI_TOKENS", &tokens)],
+        )
+        .await;
         let clients = report["clients"].as_array().unwrap();
         assert_eq!(clients.len(), 2);
         for (client, email) in clients.iter().zip(["ana@example.com", "bo@example.com"]) {
