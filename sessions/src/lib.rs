@@ -87,6 +87,13 @@ pub enum StoreError {
         /// `MAX_CONVERSATION_TURNS`.
         max: usize,
     },
+    /// The exchange alone is larger than a user's conversations may be
+    /// (`ConversationLimits::max_bytes_per_user`).
+    #[error("the exchange is larger than a user's conversations may be ({max} bytes)")]
+    ConversationTooLarge {
+        /// The bound, in bytes.
+        max: usize,
+    },
     /// The operation conflicts with the session's state (e.g. it is closed).
     #[error("session is {0}")]
     Conflict(SessionStatus),

@@ -93,6 +93,14 @@ pub struct ConversationLimits {
     /// `CONVERSATION_TIMEOUT_HOURS` (default 3): a conversation untouched
     /// for this long is gone.
     pub timeout: std::time::Duration,
+    /// The memory store's bound on the text one user's conversations hold
+    /// together (`EXAI_USER_CONVERSATION_BYTES`, default 64 MiB): past it
+    /// the user's oldest conversations are dropped.
+    pub max_bytes_per_user: usize,
+    /// The memory store's bound on the text of all conversations
+    /// (`EXAI_CONVERSATION_MEMORY_BYTES`, default 1 GiB): past it the
+    /// oldest conversations, whoever's, are dropped.
+    pub max_bytes_total: usize,
 }
 
 impl Default for ConversationLimits {
@@ -100,6 +108,8 @@ impl Default for ConversationLimits {
         ConversationLimits {
             max_turns: 20,
             timeout: std::time::Duration::from_secs(3 * 3600),
+            max_bytes_per_user: 64 << 20,
+            max_bytes_total: 1 << 30,
         }
     }
 }

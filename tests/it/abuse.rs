@@ -235,3 +235,78 @@ async fn half_open_requests_are_closed_and_bounded() {
     client.close().await;
     daemon.stop().await;
 }
+
+/// Attack 5: one user sends `chat` prompts of many MiB to the `echo`
+/// model, which the memory store used to keep (question and answer) for
+/// hours, bounded by count only. A prompt over `EXAI_MAX_ARGUMENT_BYTES`
+/// is a tool error naming the limit (no model asked, nothing stored); what
+/// a user's conversations hold is bounded in bytes, the oldest dropped
+/// first; an exchange larger than that bound alone is answered, not saved,
+/// and the answer says so.
+#[tokio::test]
+async fn what_one_user_can_make_the_store_hold_is_bounded_in_bytes() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.tools.max_argument_bytes = 100_000;
+        c.tools.conversations.max_bytes_per_user = 500_000;
+    })
+    .await;
+    let mut client = daemon.connect_initialized(&token("big@example.com")).await;
+    let huge = "x".repeat(8 << 20);
+    let refused = client.call_tool(1, "chat", json!({"prompt": huge})).await;
+    assert_eq!(refused["result"]["isError"], true, "{refused:.300}");
+    let text = refused["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("'prompt'") && text.contains("EXAI_MAX_ARGUMENT_BYTES"),
+        "{text}"
+    );
+
+    // Exchanges of ~180 KB (the echo model repeats the prompt): the third
+    // passes 500 KB, and the first conversation is dropped for it.
+    let prompt = "y".repeat(90_000);
+    let mut ids = Vec::new();
+    for id in 2..5 {
+        let answer = client
+            .call_tool(id, "chat", json!({"prompt": prompt}))
+            .await;
+        let continuation = answer["result"]["structuredContent"]["continuation_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{answer:.300}"))
+            .to_owned();
+        ids.push(continuation);
+    }
+    let first = client
+        .call_tool(
+            5,
+            "chat",
+            json!({"prompt": "more", "continuation_id": ids[0]}),
+        )
+        .await;
+    let text = first["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("unknown continuation_id"), "{text:.300}");
+    let last = client
+        .call_tool(
+            6,
+            "chat",
+            json!({"prompt": "more", "continuation_id": ids[2]}),
+        )
+        .await;
+    assert_eq!(last["result"]["isError"], false, "{last:.300}");
+
+    // An exchange over the whole bound on its own: answered, not saved.
+    let daemon2 = TestDaemon::start_with(|c| {
+        c.tools.max_argument_bytes = 100_000;
+        c.tools.conversations.max_bytes_per_user = 100_000;
+    })
+    .await;
+    let mut other = daemon2.connect_initialized(&token("big@example.com")).await;
+    let answer = other.call_tool(7, "chat", json!({"prompt": prompt})).await;
+    assert_eq!(answer["result"]["isError"], false, "{answer:.300}");
+    let note = answer["result"]["content"][1]["text"].as_str().unwrap();
+    assert!(
+        note.contains("not saved") && note.contains("EXAI_USER_CONVERSATION_BYTES"),
+        "{note}"
+    );
+    assert!(answer["result"]["structuredContent"]["continuation_id"].is_null());
+    daemon2.stop().await;
+    daemon.stop().await;
+}

@@ -116,6 +116,11 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_USER_MAX_INFLIGHT", default_value = "8")]
     pub(crate) user_max_inflight: String,
 
+    /// The largest one argument of a tool call may be, in bytes; a larger
+    /// one is a tool error naming the limit
+    #[arg(long, env = "EXAI_MAX_ARGUMENT_BYTES", default_value = "1048576")]
+    pub(crate) max_argument_bytes: String,
+
     /// The most provider calls one tool call may make
     #[arg(long, env = "EXAI_MAX_PROVIDER_CALLS_PER_TOOL", default_value = "8")]
     pub(crate) max_provider_calls: String,
@@ -124,6 +129,20 @@ pub struct DaemonArgs {
     /// may hold
     #[arg(long, env = "MAX_CONVERSATION_TURNS", default_value = "20")]
     pub(crate) max_conversation_turns: String,
+
+    /// Bytes of text one user's conversations may hold together in the
+    /// memory store; past it that user's oldest conversations are dropped
+    #[arg(long, env = "EXAI_USER_CONVERSATION_BYTES", default_value = "67108864")]
+    pub(crate) user_conversation_bytes: String,
+
+    /// Bytes of text all conversations may hold together in the memory
+    /// store; past it the oldest conversations are dropped
+    #[arg(
+        long,
+        env = "EXAI_CONVERSATION_MEMORY_BYTES",
+        default_value = "1073741824"
+    )]
+    pub(crate) conversation_memory_bytes: String,
 
     /// Hours after its last turn that a conversation is gone
     #[arg(long, env = "CONVERSATION_TIMEOUT_HOURS", default_value = "3")]

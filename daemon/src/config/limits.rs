@@ -51,11 +51,29 @@ pub(super) fn tools(args: &DaemonArgs, problems: &mut Problems) -> Option<(ToolL
         "a whole number from 1 to 100",
         |v: &usize| (1..=100).contains(v),
     ));
+    let argument_bytes = problems.check(parse(
+        "EXAI_MAX_ARGUMENT_BYTES",
+        &args.max_argument_bytes,
+        "a whole number of bytes from 1024 to 1073741824",
+        |v: &usize| (1024..=1 << 30).contains(v),
+    ));
     let turns = problems.check(parse(
         "MAX_CONVERSATION_TURNS",
         &args.max_conversation_turns,
         "a whole number from 2 to 10000",
         |v: &usize| (2..=10_000).contains(v),
+    ));
+    let user_bytes = problems.check(parse(
+        "EXAI_USER_CONVERSATION_BYTES",
+        &args.user_conversation_bytes,
+        "a whole number of bytes, at least 65536",
+        |v: &usize| *v >= 65_536,
+    ));
+    let memory_bytes = problems.check(parse(
+        "EXAI_CONVERSATION_MEMORY_BYTES",
+        &args.conversation_memory_bytes,
+        "a whole number of bytes, at least 65536",
+        |v: &usize| *v >= 65_536,
     ));
     let hours = problems.check(parse(
         "CONVERSATION_TIMEOUT_HOURS",
@@ -92,12 +110,15 @@ pub(super) fn tools(args: &DaemonArgs, problems: &mut Problems) -> Option<(ToolL
     let mut conversations = ConversationLimits::default();
     conversations.max_turns = turns?;
     conversations.timeout = Duration::from_secs_f64(hours? * 3600.0);
+    conversations.max_bytes_per_user = user_bytes?;
+    conversations.max_bytes_total = memory_bytes?;
     let limits = ToolLimits {
         timeout: Duration::from_secs(timeout?),
         progress_interval: Duration::from_secs(progress?),
         max_in_flight: in_flight?,
         per_user,
         max_provider_calls: provider_calls?,
+        max_argument_bytes: argument_bytes?,
         conversations,
         selection,
         ..ToolLimits::default()

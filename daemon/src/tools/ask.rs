@@ -247,6 +247,15 @@ impl ExaiServer {
                 Some(id),
                 Some(turns),
             ),
+            Err(StoreError::ConversationTooLarge { max }) => (
+                format!(
+                    "this exchange was not saved, so no continuation_id is offered: it is larger \
+                     than all of a user's conversations may be ({max} bytes, \
+                     EXAI_USER_CONVERSATION_BYTES)"
+                ),
+                None,
+                None,
+            ),
             Err(error) => {
                 tracing::warn!(error = %error, "could not save a conversation turn");
                 (

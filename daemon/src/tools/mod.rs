@@ -65,6 +65,9 @@ pub struct ToolLimits {
     /// The most provider calls one tool call may make
     /// (`EXAI_MAX_PROVIDER_CALLS_PER_TOOL`).
     pub max_provider_calls: usize,
+    /// The largest one argument of a tool call may be, in bytes
+    /// (`EXAI_MAX_ARGUMENT_BYTES`): a larger one is a tool error.
+    pub max_argument_bytes: usize,
     /// How long and how far conversations go (`MAX_CONVERSATION_TURNS`,
     /// `CONVERSATION_TIMEOUT_HOURS`).
     pub conversations: ConversationLimits,
@@ -82,6 +85,7 @@ impl Default for ToolLimits {
             timeout: Duration::from_secs(300),
             progress_interval: Duration::from_secs(8),
             max_provider_calls: 8,
+            max_argument_bytes: 1024 * 1024,
             conversations: ConversationLimits::default(),
             page_size: 50,
             selection: ToolSelection::default(),
@@ -212,6 +216,13 @@ impl ExaiServer {
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let name = tool.name;
+        let max = self.limits().max_argument_bytes;
+        if let Some((argument, size)) = oversized(arguments, max) {
+            return Ok(tool_error(format!(
+                "argument '{argument}' is {size} bytes; a tool call's arguments may be at most \
+                 {max} bytes each (EXAI_MAX_ARGUMENT_BYTES)"
+            )));
+        }
         let _slot = self.in_flight.try_acquire().map_err(|_| {
             McpError::new(
                 ErrorCode(jsonrpc::TOO_MANY_IN_FLIGHT),
@@ -522,6 +533,19 @@ impl ServerHandler for ExaiServer {
             .tool_call(&request.name, outcome, start.elapsed());
         Ok(result?.into())
     }
+}
+
+/// The first argument larger than `max` bytes (a string's own bytes, any
+/// other value's JSON), with its size. Its name is clipped: it came from
+/// the client.
+fn oversized(arguments: &Map<String, Value>, max: usize) -> Option<(String, usize)> {
+    arguments.iter().find_map(|(name, value)| {
+        let size = match value {
+            Value::String(text) => text.len(),
+            other => serde_json::to_vec(other).map_or(usize::MAX, |json| json.len()),
+        };
+        (size > max).then(|| (name.chars().take(64).collect(), size))
+    })
 }
 
 /// MCP's log levels, ranked; a local copy of `rmcp`'s, which the 2026-07-28
