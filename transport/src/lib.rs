@@ -166,12 +166,12 @@ pub struct EdgeConfig {
     pub hello_timeout: Duration,
     /// How many such connections may wait for their `hello` at once.
     pub max_pending_hellos: usize,
-    /// Browser origins allowed to call `/mcp` over HTTP
-    /// (`EXAI_ALLOWED_ORIGINS`; `*` for any). A request with an `Origin`
-    /// not listed is refused with 403; requests without one (editors,
-    /// scripts) are not affected.
+    /// Browser origins allowed to use `/mcp`, over HTTP and WebSocket
+    /// (`EXAI_ALLOWED_ORIGINS`; `*` for any). A request or upgrade with an
+    /// `Origin` not listed, and not the loopback daemon's own, is refused
+    /// with 403; requests without one (editors, scripts) are not affected.
     pub allowed_origins: Vec<String>,
-    /// Host names `/mcp` answers to over HTTP; `None` for any. The daemon
+    /// Host names `/mcp` answers to, over HTTP and WebSocket; `None` for any. The daemon
     /// sets the loopback names when it listens on a loopback address, so a
     /// page whose DNS name was rebound to 127.0.0.1 is refused (403).
     pub allowed_hosts: Option<Vec<String>>,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 #[command(
     name = "exai-daemon",
     version,
-    about = "Multi-user MCP daemon: authenticated MCP over WebSocket at /mcp",
+    about = "Multi-user MCP daemon: authenticated MCP over WebSocket and Streamable HTTP at /mcp",
     after_help = "Tokens are verified with SUPABASE_JWT_SECRET (HS256) and/or the project's \
                   signing keys (SUPABASE_URL or EXAI_JWKS_URL). With neither, a development \
                   secret is created in the data directory (for development only). \
@@ -221,13 +221,14 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_ECHO_DELAY_MS", default_value = "0")]
     pub(crate) echo_delay_ms: String,
 
-    /// Browser origins allowed to call /mcp over HTTP, comma-separated
-    /// (`https://app.example.com`, `http://localhost:6274`, or `*`); a
-    /// request from any other origin is refused with 403
+    /// Browser origins allowed to use /mcp (HTTP and WebSocket),
+    /// comma-separated (`https://app.example.com`, `http://localhost:6274`,
+    /// or `*`); a loopback daemon's own origin always is; a request from
+    /// any other origin is refused with 403
     #[arg(long, env = "EXAI_ALLOWED_ORIGINS", default_value = "")]
     pub(crate) allowed_origins: String,
 
-    /// Host names /mcp answers to over HTTP besides the loopback ones,
+    /// Host names /mcp answers to (HTTP and WebSocket) besides the loopback ones,
     /// comma-separated (a proxy's public name, when the daemon listens on
     /// loopback behind it); when set, other names get 403
     #[arg(long, env = "EXAI_ALLOWED_HOSTS", default_value = "")]
