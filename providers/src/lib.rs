@@ -30,12 +30,14 @@
 //! exai-providers --example chat -- --base-url URL --model M PROMPT`).
 
 mod echo;
+mod fair;
 mod openai;
 mod registry;
 
 use async_trait::async_trait;
 
 pub use echo::EchoProvider;
+pub use fair::Party;
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use registry::{
     GLM_DEFAULT_MODEL, GLM_MODELS, GLM_URL, KIMI_MODELS, KIMI_URL, Providers, UnservedDefault,
@@ -81,6 +83,10 @@ pub struct ChatRequest {
     pub model: String,
     /// The conversation so far, oldest first.
     pub messages: Vec<ChatMessage>,
+    /// Who the call is made for: a provider's slots are shared fairly
+    /// between parties (the daemon passes the user). `None`: a party of
+    /// its own.
+    pub party: Option<Party>,
 }
 
 impl ChatRequest {
@@ -89,7 +95,14 @@ impl ChatRequest {
         ChatRequest {
             model: model.into(),
             messages,
+            party: None,
         }
+    }
+
+    /// The same request, made for `party`.
+    pub fn for_party(mut self, party: Party) -> Self {
+        self.party = Some(party);
+        self
     }
 }
 

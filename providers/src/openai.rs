@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use exai_auth::Secret;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use crate::{ChatRequest, ChatResponse, Provider, ProviderError, Role, Usage};
 
@@ -78,7 +77,9 @@ impl OpenAiConfig {
 pub struct OpenAiProvider {
     config: OpenAiConfig,
     http: reqwest::Client,
-    slots: Arc<Semaphore>,
+    /// Calls in flight, at most `max_concurrency`, shared fairly between
+    /// the parties asking.
+    slots: Arc<crate::fair::FairSlots>,
 }
 
 impl OpenAiProvider {
@@ -89,7 +90,7 @@ impl OpenAiProvider {
             .build()
             .map_err(|_| ProviderError::Unavailable("could not build the HTTP client".into()))?;
         Ok(OpenAiProvider {
-            slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            slots: Arc::new(crate::fair::FairSlots::new(config.max_concurrency)),
             config,
             http,
         })
@@ -105,11 +106,8 @@ impl OpenAiProvider {
         if !self.config.models.contains(&request.model) {
             return Err(ProviderError::UnknownModel(request.model.clone()));
         }
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| ProviderError::Unavailable("provider closed".into()))?;
+        let party = request.party.unwrap_or_else(crate::fair::anonymous);
+        let _slot = self.slots.acquire(party).await;
         let mut attempt = 1;
         loop {
             let outcome =

@@ -328,3 +328,41 @@ async fn calls_beyond_the_concurrency_cap_wait_their_turn() {
     assert_eq!(upstream.calls("queue"), 5);
     assert_eq!(upstream.most_in_flight.load(Ordering::SeqCst), 2);
 }
+
+/// A provider's slots are shared fairly between users: with one slot and
+/// user A's four calls already waiting, user B's call is served as soon as
+/// A's running call is done, not after all of A's (the queue used to be
+/// first come, first served, so one user could hold every slot).
+#[tokio::test]
+async fn a_providers_slots_are_shared_fairly_between_users() {
+    let (upstream, url) = upstream().await;
+    let provider = Arc::new(provider(&url, |c| c.max_concurrency = 1));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let call = |party: u128, name: &'static str| {
+        let (provider, order) = (provider.clone(), order.clone());
+        tokio::spawn(async move {
+            let answer = provider
+                .chat(ask("queue", "hi").for_party(party))
+                .await
+                .unwrap();
+            assert_eq!(answer.content, "served");
+            order.lock().unwrap().push(name);
+        })
+    };
+    let mut calls = Vec::new();
+    for name in ["a1", "a2", "a3", "a4"] {
+        calls.push(call(1, name));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    calls.push(call(2, "b1"));
+    for call in calls {
+        call.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order[0], "a1", "{order:?}");
+    assert_eq!(
+        order[1], "b1",
+        "B did not wait for all of A's calls: {order:?}"
+    );
+    assert_eq!(upstream.most_in_flight.load(Ordering::SeqCst), 1);
+}

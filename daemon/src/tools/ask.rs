@@ -97,6 +97,8 @@ impl ExaiServer {
         request: ChatRequest,
         stream: bool,
     ) -> Result<ChatResponse, ProviderError> {
+        // A provider's slots are shared fairly between the users asking.
+        let request = request.for_party(self.connection.principal.user_id.as_uuid().as_u128());
         let max = self.limits().max_provider_calls;
         if call
             .budget
