@@ -42,6 +42,36 @@ async fn calls_per_minute_are_limited_per_user() {
     daemon.stop().await;
 }
 
+/// `retry_after_ms` is true: a call refused for the rate succeeds once
+/// that long has passed (and not much before: the next one is refused
+/// again while the bucket is empty).
+#[tokio::test]
+async fn a_refused_call_succeeds_after_retry_after_ms() {
+    let daemon = TestDaemon::start_with(|c| c.tools.per_user.rpm = NonZeroU32::new(120)).await;
+    let mut ana = daemon.connect_initialized(&token("ana@example.com")).await;
+    let mut id = 0;
+    let refused = loop {
+        id += 1;
+        let answer = ana.call_tool(id, "whoami", json!({})).await;
+        if answer.get("error").is_some() {
+            break answer;
+        }
+        assert!(id <= 121, "the rate was never reached");
+    };
+    assert_eq!(refused["error"]["code"], -32005, "{refused}");
+    let retry = refused["error"]["data"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=500).contains(&retry), "one call every 500 ms: {retry}");
+    tokio::time::sleep(Duration::from_millis(retry + 20)).await;
+    let ok = ana.call_tool(id + 1, "whoami", json!({})).await;
+    assert!(ok.get("result").is_some(), "after retry_after_ms: {ok}");
+    let again = ana.call_tool(id + 2, "whoami", json!({})).await;
+    assert_eq!(
+        again["error"]["code"], -32005,
+        "the bucket is empty again: {again}"
+    );
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn calls_running_are_limited_per_user() {
     let daemon = TestDaemon::start_with(|c| {

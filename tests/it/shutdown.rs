@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use exai_tests::{TestDaemon, token};
+use exai_tests::{TestDaemon, TestPostgres, token};
 use serde_json::json;
 
 fn slow_chat(id: u64) -> String {
@@ -30,22 +30,58 @@ async fn a_call_in_flight_finishes_within_the_grace_period() {
     stopping.await.unwrap();
 }
 
+/// Past the grace period a call still running is cancelled: the client
+/// gets the cancellation (-32800) and the 1001 close, the provider call is recorded in the
+/// user's usage as `cancelled`, the session as disconnected, and `stop`
+/// returns within the grace period and the time to write the closes.
 #[tokio::test]
 async fn a_call_past_the_grace_period_is_cancelled() {
+    let (server, db) = TestPostgres::migrated(&["a@example.com"]).await;
     let daemon = TestDaemon::start_with(|c| {
         c.echo_delay = Duration::from_secs(60);
         c.edge.shutdown_grace = Duration::from_millis(300);
+        c.store = server.store_config(Duration::from_secs(2));
     })
     .await;
     let mut client = daemon.connect_initialized(&token("a@example.com")).await;
+    let session = client.whoami(9).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     client.send_text(slow_chat(1)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     let stopping = tokio::spawn(daemon.stop());
+    // The call is answered as cancelled (-32800), never with a result,
+    // then the socket is closed with 1001.
+    let cancelled = client.recv_json().await;
+    assert_eq!(cancelled["id"], 1, "{cancelled}");
+    assert_eq!(cancelled["error"]["code"], -32800, "{cancelled}");
     let frame = client.recv_close().await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1001);
-    assert!(started.elapsed() < Duration::from_secs(5));
-    stopping.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(6), stopping)
+        .await
+        .expect("stop returns within the grace and the closes")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(6));
+    let usage = db
+        .query(
+            "SELECT tool, outcome FROM public.mcp_usage WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap();
+    let usage: Vec<(String, String)> = usage.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(usage, [("chat".to_owned(), "cancelled".to_owned())]);
+    let status: String = db
+        .query_one(
+            "SELECT connection_status FROM public.mcp_sessions WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "disconnected");
 }
 
 #[tokio::test]
