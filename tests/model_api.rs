@@ -8,6 +8,17 @@
 //! `"{model} #{n}: heard {k} messages; last: {prompt}"`, where `n` counts
 //! the server's requests. Usage is reported as `k` prompt tokens and 3
 //! completion tokens.
+//!
+//! Streams are shaped as the real APIs shape them (OpenAI's chat
+//! completions, and Kimi's and GLM's compatible ones): a first delta with
+//! only the role, `finish_reason` on the last content delta, usage only
+//! when the request asked for it (`stream_options.include_usage`), and
+//! events split across reads. A model whose name contains `thinking`
+//! streams `reasoning_content` first, as Kimi's and GLM's thinking models
+//! do; the model `broken-stream` fails midway with an error event, as
+//! servers do when generation fails after the headers went out. A server
+//! made [`ModelApi::with_key`] refuses any other key with 401 and the
+//! error body OpenAI sends.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +40,8 @@ struct State {
     requests: Arc<Mutex<Vec<Value>>>,
     keys: Arc<Mutex<Vec<Option<String>>>>,
     delay: Duration,
+    /// The one key accepted, if the server checks keys.
+    key: Option<String>,
 }
 
 impl ModelApi {
@@ -40,12 +53,22 @@ impl ModelApi {
     /// A server that takes `delay` before each answer (between each piece
     /// of a streamed one).
     pub async fn with_delay(delay: Duration) -> ModelApi {
+        ModelApi::serve(delay, None).await
+    }
+
+    /// A server answering at once, to requests bearing `key` only.
+    pub async fn with_key(key: &str) -> ModelApi {
+        ModelApi::serve(Duration::ZERO, Some(key.to_owned())).await
+    }
+
+    async fn serve(delay: Duration, key: Option<String>) -> ModelApi {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let keys = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(State {
             requests: requests.clone(),
             keys: keys.clone(),
             delay,
+            key,
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(answer))
@@ -90,7 +113,21 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    state.keys.lock().unwrap().push(key);
+    state.keys.lock().unwrap().push(key.clone());
+    if let Some(expected) = &state.key
+        && key.as_deref() != Some(expected.as_str())
+    {
+        // What OpenAI answers a wrong key (Kimi and GLM alike, in shape).
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": {
+                "message": "Incorrect API key provided",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key"
+            }})),
+        )
+            .into_response();
+    }
     let n = {
         let mut requests = state.requests.lock().unwrap();
         requests.push(request.clone());
@@ -111,28 +148,65 @@ async fn answer(
         tokio::time::sleep(state.delay).await;
         return axum::Json(json!({
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
             "usage": usage,
         }))
         .into_response();
     }
-    // The answer in pieces of a few words, then the usage, then [DONE].
-    let mut events: Vec<String> = Vec::new();
-    let words: Vec<&str> = content.split_inclusive(' ').collect();
-    for piece in words.chunks(3) {
-        let delta = json!({"choices": [{"index": 0, "delta": {"content": piece.concat()}}]});
-        events.push(format!("data: {delta}\n\n"));
+    let chunk = |delta: Value, finish: Option<&str>| {
+        json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    // The role alone, (reasoning,) the answer in pieces of a few words,
+    // the last with its finish_reason, the usage if asked for, [DONE].
+    let mut events: Vec<Value> = vec![chunk(json!({"role": "assistant"}), None)];
+    if model.contains("thinking") {
+        for thought in ["Let me think. ", "The user wants an answer. "] {
+            events.push(chunk(json!({"reasoning_content": thought}), None));
+        }
     }
-    events.push(format!(
-        "data: {}\n\n",
-        json!({"choices": [], "usage": usage})
-    ));
-    events.push("data: [DONE]\n\n".to_owned());
+    let words: Vec<&str> = content.split_inclusive(' ').collect();
+    let pieces: Vec<String> = words.chunks(3).map(|piece| piece.concat()).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let finish = (i + 1 == pieces.len()).then_some("stop");
+        events.push(chunk(json!({"content": piece}), finish));
+    }
+    if model == "broken-stream" {
+        events.truncate(2);
+        events.push(json!({"error": {"message": "generation failed", "type": "server_error"}}));
+    }
+    let mut texts: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    if request["stream_options"]["include_usage"] == json!(true) && model != "broken-stream" {
+        texts.push(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-local", "object": "chat.completion.chunk",
+                   "model": model, "choices": [], "usage": usage})
+        ));
+    }
+    if model != "broken-stream" {
+        texts.push("data: [DONE]\n\n".to_owned());
+    }
+    // Each event split in two reads, as networks deliver them.
+    let reads: Vec<String> = texts
+        .iter()
+        .flat_map(|text| {
+            let cut = text.len() / 2;
+            let cut = (0..=cut)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            [text[..cut].to_owned(), text[cut..].to_owned()]
+        })
+        .collect();
     let delay = state.delay;
-    let stream = futures::stream::iter(events).then(move |event| async move {
-        tokio::time::sleep(delay).await;
-        Ok::<_, std::convert::Infallible>(event)
-    });
+    let stream =
+        futures::stream::iter(reads.into_iter().enumerate()).then(move |(i, read)| async move {
+            if i % 2 == 0 {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, std::convert::Infallible>(read)
+        });
     axum::response::Response::builder()
         .header("content-type", "text/event-stream")
         .body(axum::body::Body::from_stream(stream))

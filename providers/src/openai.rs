@@ -275,6 +275,17 @@ impl OpenAiProvider {
             let event: Value = serde_json::from_str(&data).map_err(|_| {
                 Failure::final_error(self.malformed("an event of the answer stream is not JSON"))
             })?;
+            // A server whose generation fails after the headers went out
+            // says so in an event of its own; what came before is not the
+            // whole answer.
+            if let Some(error) = event.get("error") {
+                let message = error["message"].as_str().unwrap_or("no message");
+                return Err(Failure::final_error(ProviderError::Unavailable(format!(
+                    "{}: the answer stream failed: {}",
+                    self.config.name,
+                    self.clean(message)
+                ))));
+            }
             if let Some(delta) = event["choices"][0]["delta"]["content"].as_str()
                 && !delta.is_empty()
             {

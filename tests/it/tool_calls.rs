@@ -319,3 +319,87 @@ async fn a_streamed_answer_arrives_as_progress_and_cancelled_calls_count() {
     }
     daemon.stop().await;
 }
+
+/// What real model APIs send, through the daemon (the local model API
+/// streams as they do): a role-only first delta, `reasoning_content` of a
+/// thinking model (never part of the answer), `finish_reason`, events split
+/// across reads, usage only because exai asks for it (`stream_options`);
+/// an error event midway is a tool error, not a half answer; a refused key
+/// is a tool error naming the status and never the key.
+#[tokio::test]
+async fn answers_are_read_as_real_model_apis_stream_them() {
+    let api = exai_tests::ModelApi::start().await;
+    let url = api.url.clone();
+    let daemon = TestDaemon::start_with(|c| {
+        c.providers = vec![exai_providers::OpenAiConfig::new(
+            "openai",
+            url,
+            vec!["kimi-k2-thinking".into(), "broken-stream".into()],
+        )];
+        c.default_model = "kimi-k2-thinking".into();
+    })
+    .await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "chat", "arguments": {"prompt": "think first"},
+                                 "_meta": {"progressToken": "t-1"}}});
+    client.send_text(call.to_string()).await;
+    let seen = until_response(&mut client, 1).await;
+    let result = &seen.last().unwrap()["result"];
+    let answer = result["content"][0]["text"].as_str().unwrap();
+    assert_eq!(
+        answer, "kimi-k2-thinking #1: heard 1 messages; last: think first",
+        "reasoning is not the answer: {result}"
+    );
+    let pieces: String = seen
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| m["params"]["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(pieces, answer);
+    assert_eq!(
+        api.requests()[0]["stream_options"]["include_usage"],
+        true,
+        "exai asks for the usage of a stream"
+    );
+    assert_eq!(
+        result["structuredContent"]["usage"]["completion_tokens"], 3,
+        "{result}"
+    );
+
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "chat",
+                                 "arguments": {"prompt": "x", "model": "broken-stream"},
+                                 "_meta": {"progressToken": "t-2"}}});
+    client.send_text(call.to_string()).await;
+    let seen = until_response(&mut client, 2).await;
+    let result = &seen.last().unwrap()["result"];
+    assert_eq!(result["isError"], true, "{result}");
+    let text = result["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("the answer stream failed: generation failed"),
+        "{text}"
+    );
+    daemon.stop().await;
+
+    let keyed = exai_tests::ModelApi::with_key("sk-right-key-0123456789").await;
+    let url = keyed.url.clone();
+    let daemon = TestDaemon::start_with(|c| {
+        c.providers = vec![
+            exai_providers::OpenAiConfig::new("openai", url, vec!["local-a".into()])
+                .with_api_key(exai_auth::Secret::new(b"sk-wrong-key-9876543210".to_vec())),
+        ];
+        c.default_model = "local-a".into();
+    })
+    .await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    let refused = client.call_tool(1, "chat", json!({"prompt": "x"})).await;
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    let text = refused["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("401") && text.contains("Incorrect API key"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-wrong-key"), "{text}");
+    daemon.stop().await;
+}
