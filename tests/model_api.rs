@@ -100,6 +100,20 @@ impl ModelApi {
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
+
+    /// Waits until `n` requests have come (a call has reached the model:
+    /// the signal tests wait for, rather than a guessed sleep).
+    pub async fn wait_for(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.count() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} requests never came (got {})",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 async fn answer(

@@ -74,9 +74,12 @@ async fn a_refused_call_succeeds_after_retry_after_ms() {
 
 #[tokio::test]
 async fn calls_running_are_limited_per_user() {
+    let api = ModelApi::with_delay(Duration::from_millis(1500)).await;
+    let url = api.url.clone();
     let daemon = TestDaemon::start_with(|c| {
         c.tools.per_user.max_in_flight = 2;
-        c.echo_delay = Duration::from_millis(1500);
+        c.providers = vec![OpenAiConfig::new("openai", url, vec!["slow".into()])];
+        c.default_model = "slow".into();
     })
     .await;
     let mut first = daemon.connect_initialized(&token("ana@example.com")).await;
@@ -89,8 +92,8 @@ async fn calls_running_are_limited_per_user() {
     };
     first.send_text(slow(1)).await;
     second.send_text(slow(1)).await;
-    // Let both start.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both have reached the model: two calls of Ana's are running.
+    api.wait_for(2).await;
     let start = Instant::now();
     let refused = third.call_tool(1, "whoami", json!({})).await;
     assert!(
@@ -100,7 +103,13 @@ async fn calls_running_are_limited_per_user() {
     assert_eq!(refused["error"]["code"], -32005, "{refused}");
     assert!(refused["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0);
     let done = first.response_to(&json!(1)).await;
-    assert_eq!(done["result"]["content"][0]["text"], "[echo] slow");
+    assert!(
+        done["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("last: slow"),
+        "{done}"
+    );
     second.response_to(&json!(1)).await;
     let ok = third.call_tool(2, "whoami", json!({})).await;
     assert!(ok.get("result").is_some(), "a slot is free again: {ok}");

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use exai_tests::{TestDaemon, TestPostgres, token};
+use exai_tests::{ModelApi, TestDaemon, TestPostgres, token};
 use serde_json::json;
 
 fn slow_chat(id: u64) -> String {
@@ -12,19 +12,34 @@ fn slow_chat(id: u64) -> String {
     .to_string()
 }
 
+/// A daemon whose one model, `slow`, is the local model API `api`.
+fn with_model(config: &mut exai_daemon::Config, api: &ModelApi) {
+    config.providers = vec![exai_providers::OpenAiConfig::new(
+        "openai",
+        api.url.clone(),
+        vec!["slow".into()],
+    )];
+    config.default_model = "slow".into();
+}
+
 #[tokio::test]
 async fn a_call_in_flight_finishes_within_the_grace_period() {
+    let api = ModelApi::with_delay(Duration::from_millis(800)).await;
     let daemon = TestDaemon::start_with(|c| {
-        c.echo_delay = Duration::from_millis(800);
+        with_model(c, &api);
         c.edge.shutdown_grace = Duration::from_secs(10);
     })
     .await;
     let mut client = daemon.connect_initialized(&token("a@example.com")).await;
     client.send_text(slow_chat(1)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The call has reached the model: it is in flight.
+    api.wait_for(1).await;
     let stopping = tokio::spawn(daemon.stop());
     let answer = client.response_to(&json!(1)).await;
-    assert_eq!(answer["result"]["content"][0]["text"], "[echo] finish me");
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "slow #1: heard 1 messages; last: finish me"
+    );
     let frame = client.recv_close().await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1001);
     stopping.await.unwrap();
@@ -37,8 +52,9 @@ async fn a_call_in_flight_finishes_within_the_grace_period() {
 #[tokio::test]
 async fn a_call_past_the_grace_period_is_cancelled() {
     let (server, db) = TestPostgres::migrated(&["a@example.com"]).await;
+    let api = ModelApi::with_delay(Duration::from_secs(60)).await;
     let daemon = TestDaemon::start_with(|c| {
-        c.echo_delay = Duration::from_secs(60);
+        with_model(c, &api);
         c.edge.shutdown_grace = Duration::from_millis(300);
         c.store = server.store_config(Duration::from_secs(2));
     })
@@ -49,7 +65,7 @@ async fn a_call_past_the_grace_period_is_cancelled() {
         .unwrap()
         .to_owned();
     client.send_text(slow_chat(1)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    api.wait_for(1).await;
     let started = Instant::now();
     let stopping = tokio::spawn(daemon.stop());
     // The call is answered as cancelled (-32800), never with a result,
@@ -102,8 +118,9 @@ async fn stop_closes_every_socket_with_1001() {
 /// within the grace period, and the session is then recorded as closed.
 #[tokio::test]
 async fn an_http_call_in_flight_finishes_within_the_grace_period() {
+    let api = ModelApi::with_delay(Duration::from_millis(800)).await;
     let daemon = TestDaemon::start_with(|c| {
-        c.echo_delay = Duration::from_millis(800);
+        with_model(c, &api);
         c.edge.shutdown_grace = Duration::from_secs(10);
     })
     .await;
@@ -147,8 +164,11 @@ async fn an_http_call_in_flight_finishes_within_the_grace_period() {
                "params": {"name": "chat", "arguments": {"prompt": "finish me"}}}),
     );
     let call = tokio::spawn(async move { call.await.unwrap().text().await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.wait_for(1).await;
     daemon.stop().await;
     let body = call.await.unwrap();
-    assert!(body.contains("[echo] finish me"), "{body}");
+    assert!(
+        body.contains("slow #1: heard 1 messages; last: finish me"),
+        "{body}"
+    );
 }

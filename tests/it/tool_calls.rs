@@ -87,11 +87,22 @@ async fn a_call_past_its_deadline_is_a_tool_error() {
 
 #[tokio::test]
 async fn a_cancelled_call_stops_and_the_session_goes_on() {
-    let daemon = TestDaemon::start_with(|c| c.echo_delay = Duration::from_secs(30)).await;
+    let api = exai_tests::ModelApi::with_delay(Duration::from_secs(30)).await;
+    let url = api.url.clone();
+    let daemon = TestDaemon::start_with(|c| {
+        c.providers = vec![exai_providers::OpenAiConfig::new(
+            "openai",
+            url,
+            vec!["slow".into()],
+        )];
+        c.default_model = "slow".into();
+    })
+    .await;
     let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
     let started = Instant::now();
     client.send_text(chat(7, None)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The call has reached the model before it is cancelled.
+    api.wait_for(1).await;
     client
         .send_text(
             json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
@@ -114,7 +125,7 @@ async fn a_cancelled_call_stops_and_the_session_goes_on() {
         seen[0]["result"]["structuredContent"]["email"],
         "ana@example.com"
     );
-    // The call stopped at once (the echo would have taken 30 s).
+    // The call stopped at once (the model would have taken 30 s).
     let cancelled = r#"exai_tool_calls_total{tool="chat",outcome="cancelled"} 1"#;
     exai_tests::wait_for_metric(&daemon, cancelled).await;
     assert!(started.elapsed() < Duration::from_secs(10));
