@@ -310,3 +310,81 @@ async fn what_one_user_can_make_the_store_hold_is_bounded_in_bytes() {
     daemon2.stop().await;
     daemon.stop().await;
 }
+
+/// Attack 1, from one address: connections that never authenticate count
+/// against that address's share (`EXAI_MAX_UNAUTHENTICATED_PER_ADDRESS`);
+/// past it, its next connection is closed at once, while authenticated
+/// connections do not count and another address is served as usual.
+#[tokio::test]
+async fn one_address_cannot_hold_more_than_its_share_of_strangers() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let daemon = TestDaemon::start_with(|c| {
+        c.edge.max_unauthenticated_per_address = 4;
+        c.edge.header_read_timeout = Duration::from_secs(30);
+        c.edge.shutdown_grace = Duration::from_millis(500);
+    })
+    .await;
+    let addr: std::net::SocketAddr = daemon.http.trim_start_matches("http://").parse().unwrap();
+    // Authenticated connections of the same address do not count.
+    let mut known = Vec::new();
+    for user in ["k1", "k2", "k3", "k4", "k5"] {
+        known.push(
+            daemon
+                .connect_initialized(&token(&format!("{user}@example.com")))
+                .await,
+        );
+    }
+    let mut strangers = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /mcp HT").await.unwrap();
+        strangers.push(tcp);
+    }
+    // The fifth stranger of 127.0.0.1 is closed without a word.
+    let mut fifth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The held ones are still open (the header timeout is 30 s).
+    let still = tokio::time::timeout(Duration::from_millis(300), strangers[0].read(&mut buf)).await;
+    assert!(still.is_err(), "a stranger within the share stays");
+    // Another address is served.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(addr).await.unwrap();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "other", "version": "1"}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        token("other@example.com"),
+        body.len()
+    );
+    other.write_all(request.as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), other.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // The known connections were never disturbed.
+    for (i, client) in known.iter_mut().enumerate() {
+        assert!(client.whoami(10 + i as u64).await["user_id"].is_string());
+    }
+    // A stop is not held up by strangers still sending their headers.
+    let started = std::time::Instant::now();
+    daemon.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}

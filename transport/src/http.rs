@@ -14,6 +14,7 @@ use axum::{Json, Router};
 
 use crate::admission::{self, METADATA_PATH};
 use crate::error::EdgeError;
+use crate::listener::Standing;
 use crate::{Edge, ServiceFactory, streamable, upgrade};
 
 /// The public router; with `operations`, also `/metrics` and `/readyz`.
@@ -95,7 +96,10 @@ async fn mcp<F: ServiceFactory>(
     request: Request,
 ) -> Result<Response, EdgeError> {
     match upgrade {
-        Ok(upgrade) => upgrade::websocket(edge, peer, request.headers(), upgrade).await,
+        Ok(upgrade) => {
+            let standing = request.extensions().get::<Standing>().cloned();
+            upgrade::websocket(edge, peer, request.headers(), upgrade, standing).await
+        }
         Err(_) if is_upgrade_attempt(request.headers()) => Err(EdgeError::UpgradeRequired),
         Err(_) => streamable::handle(&edge, peer, request).await,
     }

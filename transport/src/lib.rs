@@ -161,6 +161,9 @@ pub struct EdgeConfig {
     /// keep-alive connection, may take to arrive before the connection is
     /// closed (`EXAI_HEADER_READ_TIMEOUT_SECS`).
     pub header_read_timeout: Duration,
+    /// Connections one address may hold that have not authenticated yet
+    /// (`EXAI_MAX_UNAUTHENTICATED_PER_ADDRESS`); more are closed at once.
+    pub max_unauthenticated_per_address: usize,
     /// How long a connection that authenticates in the legacy protocol's
     /// `hello` may take to send it.
     pub hello_timeout: Duration,
@@ -206,6 +209,7 @@ impl Default for EdgeConfig {
             ping_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            max_unauthenticated_per_address: 64,
             hello_timeout: Duration::from_secs(10),
             max_pending_hellos: 256,
             allowed_origins: Vec::new(),
@@ -360,6 +364,8 @@ pub async fn serve<F: ServiceFactory>(
         let bounds = listener::Bounds {
             max_connections: 64,
             header_read_timeout: edge.config.header_read_timeout,
+            max_unauthenticated_per_address: 64,
+            drain: edge.config.shutdown_grace,
         };
         let metrics = Arc::new(EdgeMetrics::default());
         tokio::spawn(listener::serve(admin, app, bounds, metrics, shutdown))
@@ -368,6 +374,8 @@ pub async fn serve<F: ServiceFactory>(
     let bounds = listener::Bounds {
         max_connections: edge.config.max_connections,
         header_read_timeout: edge.config.header_read_timeout,
+        max_unauthenticated_per_address: edge.config.max_unauthenticated_per_address,
+        drain: edge.config.shutdown_grace,
     };
     listener::serve(
         listener,

@@ -1,6 +1,10 @@
 //! Accepting connections within bounds: at most
 //! [`EdgeConfig::max_connections`](crate::EdgeConfig) open at once (the
-//! next waits in the kernel's backlog until one closes), `TCP_NODELAY` on
+//! next waits in the kernel's backlog until one closes), at most
+//! [`EdgeConfig::max_unauthenticated_per_address`](crate::EdgeConfig) from
+//! one address that have not authenticated yet (more are closed at once;
+//! a connection leaves that count when admission authenticates it, through
+//! its [`Standing`]), `TCP_NODELAY` on
 //! each, and HTTP/1 served by hyper with a header-read timeout, so that a
 //! connection that sends half a request line (or sits idle between
 //! requests) is closed after [`EdgeConfig::header_read_timeout`](crate::EdgeConfig)
@@ -9,9 +13,12 @@
 //! This is axum's own serve loop (`axum::serve`) with those bounds added:
 //! axum offers no way to set a timer, a header timeout or a cap.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -33,6 +40,75 @@ pub(crate) struct Bounds {
     /// How long a request's headers (or the next request on an idle
     /// keep-alive connection) may take to arrive.
     pub(crate) header_read_timeout: Duration,
+    /// Connections of one address not yet authenticated.
+    pub(crate) max_unauthenticated_per_address: usize,
+    /// At shutdown, how long connections may take to finish the request
+    /// they are on; then they are dropped (one still sending its headers
+    /// would otherwise hold the stop for the header-read timeout).
+    pub(crate) drain: Duration,
+}
+
+/// How many connections of each address have not authenticated yet.
+#[derive(Debug)]
+struct Strangers {
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+    max: usize,
+}
+
+impl Strangers {
+    /// Counts one more connection of `address`, unless it has as many as
+    /// it may.
+    fn enter(&self, address: IpAddr) -> bool {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let count = by_address.entry(address).or_default();
+        if *count >= self.max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn leave(&self, address: IpAddr) {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = by_address.get_mut(&address) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&address);
+            }
+        }
+    }
+}
+
+/// One connection's standing, in each of its requests' extensions: a
+/// stranger until admission authenticates it
+/// ([`Standing::authenticated`]); a stranger's place is given back when
+/// the connection, and whatever holds a clone (a socket waiting for its
+/// legacy `hello`), is gone.
+#[derive(Clone, Debug)]
+pub(crate) struct Standing(Arc<StandingOf>);
+
+#[derive(Debug)]
+struct StandingOf {
+    address: IpAddr,
+    strangers: Arc<Strangers>,
+    known: AtomicBool,
+}
+
+impl Standing {
+    /// The connection has authenticated: it is no stranger any more.
+    pub(crate) fn authenticated(&self) {
+        if !self.0.known.swap(true, Ordering::AcqRel) {
+            self.0.strangers.leave(self.0.address);
+        }
+    }
+}
+
+impl Drop for StandingOf {
+    fn drop(&mut self) {
+        if !self.known.load(Ordering::Acquire) {
+            self.strangers.leave(self.address);
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets the requests
@@ -46,7 +122,13 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(bounds.max_connections.max(1)));
+    let strangers = Arc::new(Strangers {
+        by_address: Mutex::default(),
+        max: bounds.max_unauthenticated_per_address.max(1),
+    });
     let connections = TaskTracker::new();
+    // Cancelled once the drain is over: what is still open is dropped.
+    let hard_stop = CancellationToken::new();
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -64,8 +146,24 @@ pub(crate) async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        let service = router.clone().layer(axum::Extension(ConnectInfo(peer)));
+        // One address may not hold more than its share of connections
+        // that have not shown a credential: refused by closing at once.
+        if !strangers.enter(peer.ip()) {
+            metrics.refused("unauthenticated_per_address");
+            tracing::debug!(address = %peer.ip(), "too many unauthenticated connections");
+            continue;
+        }
+        let standing = Standing(Arc::new(StandingOf {
+            address: peer.ip(),
+            strangers: strangers.clone(),
+            known: AtomicBool::new(false),
+        }));
+        let service = router
+            .clone()
+            .layer(axum::Extension(ConnectInfo(peer)))
+            .layer(axum::Extension(standing));
         let shutdown = shutdown.clone();
+        let hard_stop = hard_stop.clone();
         let metrics = metrics.clone();
         connections.spawn(async move {
             let _permit = permit;
@@ -88,13 +186,24 @@ pub(crate) async fn serve(
                 }
                 () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
             }
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended");
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended");
+                    }
+                }
+                () = hard_stop.cancelled() => {}
             }
         });
     }
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(bounds.drain, connections.wait())
+        .await
+        .is_err()
+    {
+        hard_stop.cancel();
+        connections.wait().await;
+    }
 }
 
 /// Runs `f` when dropped, however the task ends.

@@ -102,6 +102,9 @@ pub(crate) async fn handle<F: ServiceFactory>(
 ) -> Result<Response, EdgeError> {
     admission::check_origin_and_host(&edge.config, request.headers())?;
     let principal = admission::authenticate_request(edge, request.headers()).await?;
+    if let Some(standing) = request.extensions().get::<crate::listener::Standing>() {
+        standing.authenticated();
+    }
     // A stream outlives its request: it ends when the credential does, as
     // a WebSocket is closed then (the client reconnects with a fresh one).
     let expires_at = principal.expires_at;

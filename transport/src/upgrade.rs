@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::admission::{self, Opened};
 use crate::error::{EdgeError, close};
+use crate::listener::Standing;
 use crate::{Edge, ServiceFactory, legacy, ws};
 
 /// Initial size of the per-connection read buffer (it grows for a larger
@@ -35,6 +36,7 @@ pub(crate) async fn websocket<F: ServiceFactory>(
     peer: SocketAddr,
     headers: &HeaderMap,
     upgrade: WebSocketUpgrade,
+    standing: Option<Standing>,
 ) -> Result<Response, EdgeError> {
     // Browsers can open a WebSocket to any address: the page's origin and
     // the name it used are checked first, as for every HTTP request.
@@ -42,10 +44,13 @@ pub(crate) async fn websocket<F: ServiceFactory>(
     let principal = match admission::authenticate(&edge, admission::credential(headers)?).await {
         Ok(principal) => principal,
         Err(AuthError::Missing) if !offers_mcp(headers) => {
-            return legacy_upgrade(edge, peer, upgrade);
+            return legacy_upgrade(edge, peer, upgrade, standing);
         }
         Err(error) => return Err(admission::refused(&edge, error, Some(headers))),
     };
+    if let Some(standing) = &standing {
+        standing.authenticated();
+    }
     let resume = match headers.get("mcp-session-id") {
         Some(id) => Some(SessionId::from_client(
             id.to_str().map_err(|_| StoreError::NotFound)?,
@@ -166,6 +171,7 @@ fn legacy_upgrade<F: ServiceFactory>(
     edge: Arc<Edge<F>>,
     peer: SocketAddr,
     upgrade: WebSocketUpgrade,
+    standing: Option<Standing>,
 ) -> Result<Response, EdgeError> {
     let permit = edge
         .pending_hellos
@@ -181,7 +187,7 @@ fn legacy_upgrade<F: ServiceFactory>(
         .on_upgrade(move |socket| async move {
             let _counted = tracker_token;
             // Boxed, and done with before the connection is served.
-            let hello = Box::pin(legacy_hello(edge, peer, socket, permit)).await;
+            let hello = Box::pin(legacy_hello(edge, peer, socket, permit, standing)).await;
             if let Some((admitted, socket)) = hello {
                 admitted.serve(socket, true).await;
             }
@@ -196,6 +202,7 @@ async fn legacy_hello<F: ServiceFactory>(
     peer: SocketAddr,
     mut socket: WebSocket,
     permit: tokio::sync::OwnedSemaphorePermit,
+    standing: Option<Standing>,
 ) -> Option<(Box<Admitted<F::Service>>, WebSocket)> {
     use axum::extract::ws::{CloseFrame, Message};
     let first = tokio::select! {
@@ -242,6 +249,9 @@ async fn legacy_hello<F: ServiceFactory>(
             return None;
         }
     };
+    if let Some(standing) = standing {
+        standing.authenticated();
+    }
     let admitted = match admit(&edge, principal, None, peer, "legacy").await {
         Ok(admitted) => admitted,
         Err(EdgeError::Store(StoreError::LimitReached { .. })) => {

@@ -63,6 +63,15 @@ pub struct DaemonArgs {
     #[arg(long, env = "EXAI_HEADER_READ_TIMEOUT_SECS", default_value = "10")]
     pub(crate) header_read_timeout: String,
 
+    /// Connections one address may hold that have not authenticated yet;
+    /// more are closed at once
+    #[arg(
+        long,
+        env = "EXAI_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        default_value = "64"
+    )]
+    pub(crate) max_unauthenticated_per_address: String,
+
     /// Concurrent connections one user may hold
     #[arg(long, env = "MCP_MAX_CONNECTIONS_PER_USER", default_value = "5")]
     pub(crate) max_connections_per_user: String,

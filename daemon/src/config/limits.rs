@@ -136,6 +136,12 @@ pub(super) fn edge(args: &DaemonArgs, problems: &mut Problems) -> Option<EdgeCon
         "a whole number from 1 to 1000000",
         |v: &usize| (1..=1_000_000).contains(v),
     ));
+    let strangers = problems.check(parse(
+        "EXAI_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        &args.max_unauthenticated_per_address,
+        "a whole number from 1 to 1000000",
+        |v: &usize| (1..=1_000_000).contains(v),
+    ));
     let header_read = problems.check(parse(
         "EXAI_HEADER_READ_TIMEOUT_SECS",
         &args.header_read_timeout,
@@ -187,6 +193,7 @@ pub(super) fn edge(args: &DaemonArgs, problems: &mut Problems) -> Option<EdgeCon
     let mut edge = EdgeConfig::default();
     edge.max_connections = open_connections?;
     edge.header_read_timeout = Duration::from_secs(header_read?);
+    edge.max_unauthenticated_per_address = strangers?;
     edge.max_connections_per_user = max_connections?;
     edge.max_message_bytes = max_bytes?;
     edge.max_batch_members = max_batch?;
