@@ -65,3 +65,41 @@ impl TokenCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{AuthError, JwtConfig, JwtVerifier, Secret, mint_hs256};
+
+    const SECRET: &[u8] = b"test-secret-with-at-least-32-bytes!!";
+
+    /// A token verified once is remembered (a reconnecting client's costs
+    /// a hash), but never past its `exp`: the cached verdict expires with
+    /// the token.
+    #[tokio::test]
+    async fn a_cached_token_stops_working_at_its_exp() {
+        let mut config = JwtConfig::new().with_hs256(Secret::new(SECRET.to_vec()));
+        config.leeway = Duration::ZERO;
+        let verifier = JwtVerifier::new(config).unwrap();
+        let exp = unix_now() + 2;
+        let token = mint_hs256(
+            &json!({"sub": "1fb4fe69-33d1-456c-9b18-fe580006aaf7", "aud": "authenticated",
+                    "role": "authenticated", "exp": exp}),
+            &Secret::new(SECRET.to_vec()),
+        )
+        .unwrap();
+        assert!(verifier.verify(&token).await.is_ok());
+        assert!(verifier.verify(&token).await.is_ok(), "the cached verdict");
+        while unix_now() <= exp {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            verifier.verify(&token).await.map(|_| ()),
+            Err(AuthError::Expired)
+        );
+    }
+}

@@ -1,21 +1,15 @@
-//! The in-memory store: no IO, one process. The embedded default.
+//! Conversations in memory: each bound to its user, kept for
+//! `CONVERSATION_TIMEOUT_HOURS` after their last turn, and bounded — in
+//! count per user, in the bytes of text per user, and in all.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
+use exai_auth::{Principal, UserId};
 
-use crate::{
-    ConversationId, ConversationLimits, ConversationStore, ModelUsage, OpenSession, SessionAdmin,
-    SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError,
-    Turn, UsageRecord, UsageStore, is_admin,
-};
-
-/// How many ended sessions a user keeps in memory (for `list` and resume);
-/// older ones are dropped when the user opens a new session.
-const ENDED_SESSIONS_KEPT_PER_USER: usize = 64;
+use super::MemoryStore;
+use crate::{ConversationId, ConversationLimits, ConversationStore, StoreError, Turn};
 
 /// How many live conversations a user keeps in memory; starting one more
 /// drops that user's oldest one. Bounds what one user can make
@@ -25,19 +19,8 @@ const CONVERSATIONS_KEPT_PER_USER: usize = 1024;
 /// How often expired conversations are swept out (at the next start of one).
 const CONVERSATION_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// Sessions in a `Mutex<HashMap>`, indexed by user; API keys by id;
-/// conversations by handle; usage as per-user, per-model totals (nothing in
-/// the daemon reads single calls back, and totals stay small).
 #[derive(Debug, Default)]
-pub struct MemoryStore {
-    users: Mutex<HashMap<UserId, Vec<SessionRecord>>>,
-    api_keys: Mutex<HashMap<String, ApiKeyRecord>>,
-    conversations: Mutex<Conversations>,
-    usage: Mutex<HashMap<UserId, BTreeMap<String, ModelUsage>>>,
-}
-
-#[derive(Debug, Default)]
-struct Conversations {
+pub(super) struct Conversations {
     by_id: HashMap<ConversationId, Conversation>,
     /// Each user's conversations, oldest first.
     per_user: HashMap<UserId, VecDeque<ConversationId>>,
@@ -176,26 +159,7 @@ impl Conversation {
     }
 }
 
-/// Whether `count` live sessions leave room for one more.
-fn check_limit(count: usize, max_connections: u32) -> Result<(), StoreError> {
-    if count >= max_connections as usize {
-        return Err(StoreError::LimitReached {
-            limit: max_connections,
-        });
-    }
-    Ok(())
-}
-
 impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        MemoryStore::default()
-    }
-
-    fn api_keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, ApiKeyRecord>> {
-        self.api_keys.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn conversation<T>(
         &self,
         principal: &Principal,
@@ -212,210 +176,6 @@ impl MemoryStore {
             }
             _ => Err(StoreError::NotFound),
         }
-    }
-
-    fn with_session<T>(
-        &self,
-        principal: &Principal,
-        session: &SessionId,
-        f: impl FnOnce(&mut SessionRecord) -> T,
-    ) -> Result<T, StoreError> {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        users
-            .get_mut(&principal.user_id)
-            .and_then(|sessions| sessions.iter_mut().find(|s| s.session_id == *session))
-            .map(f)
-            .ok_or(StoreError::NotFound)
-    }
-}
-
-#[async_trait]
-impl Sessions for MemoryStore {
-    async fn open(
-        &self,
-        principal: &Principal,
-        request: OpenSession,
-    ) -> Result<SessionRecord, StoreError> {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let sessions = users.entry(principal.user_id).or_default();
-        let live = sessions
-            .iter()
-            .filter(|s| s.status == SessionStatus::Connected)
-            .count();
-        if live >= request.max_connections as usize {
-            return Err(StoreError::LimitReached {
-                limit: request.max_connections,
-            });
-        }
-        let ended = sessions.len() - live;
-        if ended >= ENDED_SESSIONS_KEPT_PER_USER {
-            // Sessions are appended in creation order: drop the oldest ended ones.
-            let mut to_drop = ended + 1 - ENDED_SESSIONS_KEPT_PER_USER;
-            sessions.retain(|s| {
-                let drop = to_drop > 0 && s.status != SessionStatus::Connected;
-                to_drop -= usize::from(drop);
-                !drop
-            });
-        }
-        let now = SystemTime::now();
-        let record = SessionRecord {
-            session_id: SessionId::generate(),
-            user_id: principal.user_id,
-            status: SessionStatus::Connected,
-            created_at: now,
-            last_active: now,
-            metadata: request.metadata,
-        };
-        sessions.push(record.clone());
-        Ok(record)
-    }
-
-    async fn touch(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
-        self.with_session(principal, session, |s| match s.status {
-            SessionStatus::Connected => {
-                s.last_active = SystemTime::now();
-                Ok(())
-            }
-            other => Err(StoreError::Conflict(other)),
-        })?
-    }
-
-    async fn close(&self, principal: &Principal, session: &SessionId) -> Result<(), StoreError> {
-        self.with_session(principal, session, |s| {
-            if s.status == SessionStatus::Connected {
-                s.status = SessionStatus::Disconnected;
-                s.last_active = SystemTime::now();
-            }
-        })
-    }
-
-    async fn get(
-        &self,
-        principal: &Principal,
-        session: &SessionId,
-    ) -> Result<SessionRecord, StoreError> {
-        self.with_session(principal, session, |s| s.clone())
-    }
-
-    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let mut sessions = users.get(&principal.user_id).cloned().unwrap_or_default();
-        sessions.reverse();
-        Ok(sessions)
-    }
-
-    async fn resume(
-        &self,
-        principal: &Principal,
-        session: &SessionId,
-        max_connections: u32,
-    ) -> Result<SessionRecord, StoreError> {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let sessions = users
-            .get_mut(&principal.user_id)
-            .ok_or(StoreError::NotFound)?;
-        let live = sessions
-            .iter()
-            .filter(|s| s.status == SessionStatus::Connected)
-            .count();
-        let record = sessions
-            .iter_mut()
-            .find(|s| s.session_id == *session)
-            .ok_or(StoreError::NotFound)?;
-        match record.status {
-            SessionStatus::Disconnected => {}
-            SessionStatus::Connected => return Err(StoreError::Conflict(SessionStatus::Connected)),
-            _ => return Err(StoreError::NotFound),
-        }
-        check_limit(live, max_connections)?;
-        record.status = SessionStatus::Connected;
-        record.last_active = SystemTime::now();
-        Ok(record.clone())
-    }
-}
-
-#[async_trait]
-impl SessionLifecycle for MemoryStore {
-    async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
-        let now = SystemTime::now();
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        for (user, id) in sessions {
-            if let Some(record) = users
-                .get_mut(user)
-                .and_then(|all| all.iter_mut().find(|s| s.session_id == *id))
-                && record.status == SessionStatus::Connected
-            {
-                record.last_active = now;
-            }
-        }
-        Ok(())
-    }
-
-    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(users
-            .values()
-            .flatten()
-            .filter(|s| s.status == SessionStatus::Killed && sessions.contains(&s.session_id))
-            .map(|s| s.session_id.clone())
-            .collect())
-    }
-
-    async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let mut expired = Vec::new();
-        for record in users.values_mut().flatten() {
-            let idle_for = record.last_active.elapsed().unwrap_or_default();
-            if matches!(
-                record.status,
-                SessionStatus::Connected | SessionStatus::Disconnected
-            ) && idle_for > idle
-            {
-                record.status = SessionStatus::Expired;
-                expired.push(record.clone());
-            }
-        }
-        Ok(expired)
-    }
-}
-
-#[async_trait]
-impl SessionAdmin for MemoryStore {
-    async fn admin_list(
-        &self,
-        admin: &Principal,
-        filter: SessionFilter,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
-        if !is_admin(admin) {
-            return Err(StoreError::Forbidden);
-        }
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<SessionRecord> = users
-            .values()
-            .flatten()
-            .filter(|s| filter.matches(s))
-            .cloned()
-            .collect();
-        all.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        Ok(all)
-    }
-
-    async fn admin_kill(
-        &self,
-        admin: &Principal,
-        session: &SessionId,
-    ) -> Result<SessionRecord, StoreError> {
-        if !is_admin(admin) {
-            return Err(StoreError::Forbidden);
-        }
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let record = users
-            .values_mut()
-            .flatten()
-            .find(|s| s.session_id == *session)
-            .ok_or(StoreError::NotFound)?;
-        record.status = SessionStatus::Killed;
-        Ok(record.clone())
     }
 }
 
@@ -502,72 +262,6 @@ impl ConversationStore for MemoryStore {
         limits: &ConversationLimits,
     ) -> Result<Vec<Turn>, StoreError> {
         self.conversation(principal, conversation, limits, |c| c.turns.clone())
-    }
-}
-
-#[async_trait]
-impl UsageStore for MemoryStore {
-    async fn record_usage(
-        &self,
-        principal: &Principal,
-        record: UsageRecord,
-    ) -> Result<(), StoreError> {
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        usage
-            .entry(principal.user_id)
-            .or_default()
-            .entry(record.model.clone())
-            .or_insert_with(|| ModelUsage::new(record.model.clone()))
-            .add(&record);
-        Ok(())
-    }
-
-    async fn usage(&self, principal: &Principal) -> Result<Vec<ModelUsage>, StoreError> {
-        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(usage
-            .get(&principal.user_id)
-            .map(|models| models.values().cloned().collect())
-            .unwrap_or_default())
-    }
-}
-
-#[async_trait]
-impl ApiKeyStore for MemoryStore {
-    async fn insert_api_key(&self, record: ApiKeyRecord) -> Result<(), KeyStoreError> {
-        self.api_keys().insert(record.key_id.clone(), record);
-        Ok(())
-    }
-
-    async fn find_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreError> {
-        Ok(self.api_keys().get(key_id).cloned())
-    }
-
-    async fn revoke_api_key(&self, key_id: &str, at: SystemTime) -> Result<bool, KeyStoreError> {
-        Ok(self
-            .api_keys()
-            .get_mut(key_id)
-            .map(|key| {
-                key.revoked_at.get_or_insert(at);
-            })
-            .is_some())
-    }
-
-    async fn record_api_key_use(&self, key_id: &str, at: SystemTime) -> Result<(), KeyStoreError> {
-        if let Some(key) = self.api_keys().get_mut(key_id) {
-            key.last_used_at = Some(at);
-        }
-        Ok(())
-    }
-
-    async fn list_api_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
-        let mut keys: Vec<ApiKeyRecord> = self
-            .api_keys()
-            .values()
-            .filter(|key| key.user_id == user_id)
-            .cloned()
-            .collect();
-        keys.sort_by_key(|key| std::cmp::Reverse(key.created_at));
-        Ok(keys)
     }
 }
 
