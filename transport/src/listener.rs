@@ -168,7 +168,8 @@ pub(crate) async fn serve(
         connections.spawn(async move {
             let _permit = permit;
             metrics.tcp_opened();
-            let _closed = scopeguard(move || metrics.tcp_closed());
+            // However the task ends (done, dropped at the hard stop).
+            let _closed = scopeguard::guard((), move |()| metrics.tcp_closed());
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -204,19 +205,6 @@ pub(crate) async fn serve(
         hard_stop.cancel();
         connections.wait().await;
     }
-}
-
-/// Runs `f` when dropped, however the task ends.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// The next connection. Errors that concern one connection are skipped;
