@@ -388,3 +388,26 @@ async fn one_address_cannot_hold_more_than_its_share_of_strangers() {
         started.elapsed()
     );
 }
+
+/// Attack 11: a client sending a message over `EXAI_WS_MAX_BYTES` must
+/// receive the 1009 close frame. The daemon stops reading at the frame's
+/// header while the client is still sending; closing the socket then
+/// would reset it, and the reset discards the close frame. It reads and
+/// discards what the client still sends (bounded) first. Several times,
+/// since a reset loses the frame only most of the time.
+#[tokio::test]
+async fn a_client_sending_too_much_receives_its_1009() {
+    let daemon = TestDaemon::start_with(|c| c.edge.max_message_bytes = 64 << 10).await;
+    let too_big = "x".repeat(4 << 20);
+    for attempt in 0..5 {
+        let mut client = daemon.connect_initialized(&token("big@example.com")).await;
+        client.send_text(too_big.clone()).await;
+        let frame = client
+            .recv_close()
+            .await
+            .unwrap_or_else(|| panic!("attempt {attempt}: no close frame"));
+        assert_eq!(u16::from(frame.code), 1009, "attempt {attempt}");
+        assert_eq!(frame.reason.as_str(), "message too big");
+    }
+    daemon.stop().await;
+}

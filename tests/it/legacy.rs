@@ -355,3 +355,51 @@ async fn an_idle_shim_is_served_as_before() {
     exai_tests::wait_for_metric(&daemon, "exai_mcp_services_started_total 3").await;
     daemon.stop().await;
 }
+
+/// Attack 2: strangers open legacy sockets and send a frame of many MiB
+/// before any `hello`. The message cap before authentication is
+/// `max_hello_bytes` (16 KiB), read and no more: each is refused with
+/// `hello too large` and 1009 (which it receives: the daemon reads what
+/// it is still sending before closing), nothing else is kept of it, and a
+/// real shim is served meanwhile. A shim whose hello authenticated may
+/// then send messages up to the usual cap.
+#[tokio::test]
+async fn a_stranger_cannot_send_more_than_a_hello_before_authenticating() {
+    let daemon = TestDaemon::start().await;
+    let huge = format!(r#"{{"op": "hello", "jwt": "{}"}}"#, "x".repeat(4 << 20));
+    let mut strangers = Vec::new();
+    for _ in 0..8 {
+        let mut socket = shim(&daemon).await;
+        let frame = huge.clone();
+        strangers.push(tokio::spawn(async move {
+            socket
+                .send(Message::Text(frame.into()))
+                .await
+                .expect("the whole frame is read (and discarded)");
+            let ack = next(&mut socket).await.expect("hello_ack");
+            let close = next(&mut socket).await.expect_err("then the close");
+            (ack, close.map(|f| u16::from(f.code)))
+        }));
+    }
+    let mut real = shim(&daemon).await;
+    let ack = hello(&mut real, json!({"jwt": token("shim@example.com")})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    // Past the hello, the usual cap (32 MiB) applies.
+    let big = "y".repeat(64 << 10);
+    let echoed = call(
+        &mut real,
+        "big",
+        "chat",
+        json!({"prompt": big, "model": "echo"}),
+    )
+    .await;
+    assert_eq!(echoed["op"], "call_tool_res", "{echoed}");
+    assert!(echoed.to_string().contains(&big[..1024]), "{echoed}");
+    for stranger in strangers {
+        let (ack, close) = stranger.await.unwrap();
+        assert_eq!(ack["ok"], false);
+        assert_eq!(ack["error"], "hello too large");
+        assert_eq!(close, Some(1009));
+    }
+    daemon.stop().await;
+}

@@ -5,8 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,6 +14,7 @@ use axum::{Json, Router};
 use crate::admission::{self, METADATA_PATH};
 use crate::error::EdgeError;
 use crate::listener::Standing;
+use crate::websocket::Upgrade;
 use crate::{Edge, ServiceFactory, streamable, upgrade};
 
 /// The public router; with `operations`, also `/metrics` and `/readyz`.
@@ -92,27 +92,18 @@ async fn healthz() -> &'static str {
 async fn mcp<F: ServiceFactory>(
     State(edge): State<Arc<Edge<F>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    request: Request,
+    mut request: Request,
 ) -> Result<Response, EdgeError> {
-    match upgrade {
-        Ok(upgrade) => {
+    match Upgrade::of(&mut request) {
+        Upgrade::Valid(handshake) => {
             let standing = request.extensions().get::<Standing>().cloned();
-            upgrade::websocket(edge, peer, request.headers(), upgrade, standing).await
+            upgrade::websocket(edge, peer, request.headers(), handshake, standing).await
         }
-        Err(_) if is_upgrade_attempt(request.headers()) => Err(EdgeError::UpgradeRequired),
-        Err(_) => streamable::handle(&edge, peer, request).await,
+        // It asks for a WebSocket but is not a valid upgrade (a missing
+        // key or version): told what a valid one needs, not served as HTTP.
+        Upgrade::Invalid => Err(EdgeError::UpgradeRequired),
+        Upgrade::No => streamable::handle(&edge, peer, request).await,
     }
-}
-
-/// A request that asks for a WebSocket but is not a valid upgrade (a
-/// missing key or version): told what a valid one needs, not served as
-/// HTTP.
-fn is_upgrade_attempt(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// RFC 9728 protected-resource metadata: what this resource is and which

@@ -61,6 +61,8 @@
 //! - `admission` is the one way in for all of them: the credential,
 //!   authentication (and the challenge when it fails), the user's session
 //!   opened within the limit;
+//! - `websocket` is the handshake and the socket under every WebSocket:
+//!   read within a budget before authentication, drained when it closes;
 //! - `ws` runs one WebSocket connection as one task tree;
 //! - `framing` turns text frames into JSON-RPC messages (or precise errors);
 //! - `lifecycle` batches activity, expires idle sessions, closes killed
@@ -79,6 +81,7 @@ mod metrics;
 mod pace;
 mod streamable;
 mod upgrade;
+mod websocket;
 mod ws;
 
 use std::sync::Arc;
@@ -169,6 +172,11 @@ pub struct EdgeConfig {
     pub hello_timeout: Duration,
     /// How many such connections may wait for their `hello` at once.
     pub max_pending_hellos: usize,
+    /// How many bytes may be read from such a connection before its
+    /// `hello` has authenticated it; past them it is refused (`hello_ack
+    /// {"ok": false, "error": "hello too large"}`, close 1009) and nothing
+    /// more is kept of it. `max_message_bytes` applies once it has.
+    pub max_hello_bytes: usize,
     /// Browser origins allowed to use `/mcp`, over HTTP and WebSocket
     /// (`EXAI_ALLOWED_ORIGINS`; `*` for any). A request or upgrade with an
     /// `Origin` not listed, and not the loopback daemon's own, is refused
@@ -212,6 +220,7 @@ impl Default for EdgeConfig {
             max_unauthenticated_per_address: 64,
             hello_timeout: Duration::from_secs(10),
             max_pending_hellos: 256,
+            max_hello_bytes: 16 * 1024,
             allowed_origins: Vec::new(),
             allowed_hosts: None,
             shutdown_grace: Duration::from_secs(10),

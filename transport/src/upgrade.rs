@@ -5,8 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::WebSocketUpgrade;
-use axum::extract::ws::WebSocket;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use exai_auth::{AuthError, Credential, Principal};
@@ -16,13 +14,8 @@ use tracing::Instrument;
 use crate::admission::{self, Opened};
 use crate::error::{EdgeError, close};
 use crate::listener::Standing;
+use crate::websocket::{self, Handshake, Limits, ReadBudget, Socket};
 use crate::{Edge, ServiceFactory, legacy, ws};
-
-/// Initial size of the per-connection read buffer (it grows for a larger
-/// message); tungstenite's default (128 KiB) would dominate the memory of an
-/// idle connection. MCP requests are mostly well under 1 KiB; a larger one
-/// takes a few more reads.
-const READ_BUFFER_BYTES: usize = 1024;
 
 /// A WebSocket upgrade of `/mcp`: authenticate, open the session (within
 /// the user's limit), then upgrade. Nothing is upgraded before all three have succeeded, with
@@ -35,7 +28,7 @@ pub(crate) async fn websocket<F: ServiceFactory>(
     edge: Arc<Edge<F>>,
     peer: SocketAddr,
     headers: &HeaderMap,
-    upgrade: WebSocketUpgrade,
+    handshake: Handshake,
     standing: Option<Standing>,
 ) -> Result<Response, EdgeError> {
     // Browsers can open a WebSocket to any address: the page's origin and
@@ -44,7 +37,7 @@ pub(crate) async fn websocket<F: ServiceFactory>(
     let principal = match admission::authenticate(&edge, admission::credential(headers)?).await {
         Ok(principal) => principal,
         Err(AuthError::Missing) if !offers_mcp(headers) => {
-            return legacy_upgrade(edge, peer, upgrade, standing);
+            return legacy_upgrade(edge, peer, handshake, standing);
         }
         Err(error) => return Err(admission::refused(&edge, error, Some(headers))),
     };
@@ -59,15 +52,13 @@ pub(crate) async fn websocket<F: ServiceFactory>(
     };
     let admitted = admit(&edge, principal, resume, peer, "websocket").await?;
     let session_id = admitted.connection.session_id.clone();
-    let config = &edge.config;
-    let mut response = upgrade
-        .protocols(["mcp"])
-        .max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_message_bytes)
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| admitted.serve(socket, false));
-    // (`admitted` is boxed: axum keeps the callback for as long as the
-    // connection lives.)
+    let limits = Limits {
+        max_message_bytes: edge.config.max_message_bytes,
+        budget: ReadBudget::unlimited(),
+    };
+    let mut response = handshake.accept(offers_mcp(headers), limits, move |socket| {
+        admitted.serve(socket, false)
+    });
     if let Ok(id) = HeaderValue::from_str(session_id.as_str()) {
         response.headers_mut().insert("mcp-session-id", id);
     }
@@ -88,11 +79,11 @@ impl<S: rmcp::ServerHandler + Clone> Admitted<S> {
     /// and the connection's own future carries nothing twice.
     #[allow(
         clippy::boxed_local,
-        reason = "admitted boxed, so axum's upgrade callback holds a pointer for the connection's life"
+        reason = "admitted boxed, so the upgrade's task holds a pointer for the connection's life"
     )]
     fn serve(
         self: Box<Self>,
-        socket: WebSocket,
+        socket: Socket,
         hello_received: bool,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         let Admitted {
@@ -166,11 +157,13 @@ fn offers_mcp(headers: &HeaderMap) -> bool {
 
 /// Upgrades a connection that will authenticate in the legacy protocol's
 /// `hello`. At most [`crate::EdgeConfig::max_pending_hellos`] such sockets
-/// wait at once (503 beyond), each for at most `hello_timeout`.
+/// wait at once (503 beyond), each for at most `hello_timeout`, and what
+/// is read from each before its `hello` has authenticated is at most
+/// [`crate::EdgeConfig::max_hello_bytes`].
 fn legacy_upgrade<F: ServiceFactory>(
     edge: Arc<Edge<F>>,
     peer: SocketAddr,
-    upgrade: WebSocketUpgrade,
+    handshake: Handshake,
     standing: Option<Standing>,
 ) -> Result<Response, EdgeError> {
     let permit = edge
@@ -178,55 +171,59 @@ fn legacy_upgrade<F: ServiceFactory>(
         .clone()
         .try_acquire_owned()
         .map_err(|_| EdgeError::Busy)?;
-    let config = &edge.config;
     let tracker_token = edge.connections.token();
-    Ok(upgrade
-        .max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_message_bytes)
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| async move {
-            let _counted = tracker_token;
-            // Boxed, and done with before the connection is served.
-            let hello = Box::pin(legacy_hello(edge, peer, socket, permit, standing)).await;
-            if let Some((admitted, socket)) = hello {
-                admitted.serve(socket, true).await;
-            }
-        }))
+    let budget = ReadBudget::limited(edge.config.max_hello_bytes);
+    let limits = Limits {
+        max_message_bytes: edge.config.max_message_bytes,
+        budget: budget.clone(),
+    };
+    Ok(handshake.accept(false, limits, move |socket| async move {
+        let _counted = tracker_token;
+        // Boxed, and done with before the connection is served.
+        let hello = Box::pin(legacy_hello(edge, peer, socket, budget, permit, standing)).await;
+        if let Some((admitted, socket)) = hello {
+            admitted.serve(socket, true).await;
+        }
+    }))
 }
 
 /// The legacy protocol's opening: the first frame must be a `hello` whose
 /// `jwt` or `token` authenticates the user; otherwise `hello_ack {ok:
-/// false}` and close 4003. Then the session opens as for any connection.
+/// false}` and close 4003 (1009 when more than the budget came first).
+/// Then the budget is lifted and the session opens as for any connection.
 async fn legacy_hello<F: ServiceFactory>(
     edge: Arc<Edge<F>>,
     peer: SocketAddr,
-    mut socket: WebSocket,
+    mut socket: Socket,
+    budget: ReadBudget,
     permit: tokio::sync::OwnedSemaphorePermit,
     standing: Option<Standing>,
-) -> Option<(Box<Admitted<F::Service>>, WebSocket)> {
-    use axum::extract::ws::{CloseFrame, Message};
+) -> Option<(Box<Admitted<F::Service>>, Socket)> {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
     let first = tokio::select! {
-        frame = tokio::time::timeout(edge.config.hello_timeout, socket.recv()) => frame,
+        frame = tokio::time::timeout(edge.config.hello_timeout, socket.next()) => frame,
         () = edge.shutdown.cancelled() => return None,
     };
     let hello = match first {
         Ok(Some(Ok(Message::Text(text)))) => legacy::Hello::parse(text.as_str()),
+        _ if budget.spent() => {
+            refuse(
+                socket,
+                "hello too large",
+                close::MESSAGE_TOO_BIG,
+                "hello too large",
+            )
+            .await;
+            return None;
+        }
         _ => None,
     };
-    async fn refuse(socket: &mut WebSocket, error: &str, code: u16, reason: &'static str) {
-        let ack = legacy::hello_refused(error).to_string();
-        let _ = socket.send(Message::Text(ack.into())).await;
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = socket.send(Message::Close(Some(frame))).await;
-    }
     let Some(hello) = hello else {
         // No hello (an MCP message, garbage, or nothing in time): this
         // socket has no credential, and gets nothing else.
         refuse(
-            &mut socket,
+            socket,
             "missing_hello",
             close::LEGACY_UNAUTHORIZED,
             "unauthorized",
@@ -240,7 +237,7 @@ async fn legacy_hello<F: ServiceFactory>(
         Err(error) => {
             admission::refused(&edge, error, None);
             refuse(
-                &mut socket,
+                socket,
                 "unauthorized",
                 close::LEGACY_UNAUTHORIZED,
                 "unauthorized",
@@ -256,7 +253,7 @@ async fn legacy_hello<F: ServiceFactory>(
         Ok(admitted) => admitted,
         Err(EdgeError::Store(StoreError::LimitReached { .. })) => {
             refuse(
-                &mut socket,
+                socket,
                 "connection limit reached",
                 close::TRY_AGAIN_LATER,
                 "connection limit reached",
@@ -266,7 +263,7 @@ async fn legacy_hello<F: ServiceFactory>(
         }
         Err(_) => {
             refuse(
-                &mut socket,
+                socket,
                 "session store unavailable",
                 close::TRY_AGAIN_LATER,
                 "session store unavailable",
@@ -275,6 +272,20 @@ async fn legacy_hello<F: ServiceFactory>(
             return None;
         }
     };
+    budget.lift();
     drop(permit);
     Some((admitted, socket))
+}
+
+/// Refuses a legacy socket: `hello_ack {ok: false, error}`, the close
+/// frame, then the close that lets the client read them.
+async fn refuse(mut socket: Socket, error: &str, code: u16, reason: &'static str) {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let ack = legacy::hello_refused(error).to_string();
+    let _ = socket.feed(Message::Text(ack.into())).await;
+    let _ = socket
+        .feed(Message::Close(Some(websocket::close_frame(code, reason))))
+        .await;
+    websocket::close(socket).await;
 }

@@ -32,19 +32,21 @@ mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use exai_auth::{Authenticator, Principal};
 use exai_sessions::SessionId;
 use futures::SinkExt as _;
 use futures::StreamExt as _;
 use futures::stream::SplitSink;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::SessionGuard;
 use crate::error::close;
 use crate::lifecycle::{Ended, LiveSession};
 use crate::metrics::EdgeMetrics;
+use crate::websocket::{self, Socket};
 use reader::Reader;
 use service::Mcp;
 
@@ -91,10 +93,7 @@ impl End {
             End::LegacyUnauthorized => (close::LEGACY_UNAUTHORIZED, "unauthorized"),
             End::ClientClosed | End::SocketError => return None,
         };
-        Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })
+        Some(websocket::close_frame(code, reason))
     }
 }
 
@@ -134,7 +133,7 @@ pub(crate) struct Connection {
 /// it is open, so it is kept small: everything is set up before it starts,
 /// and the end, which needs more, is boxed when it comes.
 pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
-    socket: WebSocket,
+    socket: Socket,
     handler: S,
     connection: Connection,
     hello_received: bool,
@@ -189,20 +188,20 @@ pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
                 Some(Ended::KeyRevoked) => End::KeyRevoked,
             },
         };
-        // The reader's socket half goes now, so the socket closes once the
-        // writer is done, not after the session's close is recorded.
-        let mcp = reader.into_mcp();
-        Box::pin(finish(end, mcp, writer, guard, shutdown_grace)).await;
+        let (mcp, stream) = reader.into_parts();
+        Box::pin(finish(end, mcp, stream, writer, guard, shutdown_grace)).await;
     }
 }
 
 /// Ends a connection: at shutdown, calls in flight get `shutdown_grace` to
 /// answer; then the service stops, the close frame goes out, the writer
-/// drains and the session is recorded as closed.
+/// drains; the session is recorded as closed while the socket is closed
+/// ([`websocket::close`]).
 async fn finish<S: rmcp::ServerHandler + Clone>(
     end: End,
     mut mcp: Mcp<S>,
-    mut writer: tokio::task::JoinHandle<()>,
+    stream: futures::stream::SplitStream<Socket>,
+    mut writer: tokio::task::JoinHandle<SplitSink<Socket, Message>>,
     guard: SessionGuard,
     shutdown_grace: Duration,
 ) {
@@ -228,44 +227,49 @@ async fn finish<S: rmcp::ServerHandler + Clone>(
     }
     // The last sender: the writer ends once it has written what is queued.
     drop(mcp);
-    if tokio::time::timeout(WRITER_DRAIN, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+    let socket = match tokio::time::timeout(WRITER_DRAIN, &mut writer).await {
+        Ok(Ok(sink)) => stream.reunite(sink).ok(),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            writer.abort();
+            None
+        }
+    };
+    match socket {
+        Some(socket) => {
+            tokio::join!(guard.close(), websocket::close(socket));
+        }
+        None => guard.close().await,
     }
-    guard.close().await;
 }
 
 /// A frame that could not be read: too large (1009), a text frame that is
 /// not UTF-8 (1007), or a broken socket (no close frame to send).
-pub(super) fn read_error(error: axum::Error) -> End {
+pub(super) fn read_error(error: tokio_tungstenite::tungstenite::Error) -> End {
     use tokio_tungstenite::tungstenite::Error;
-    match error.into_inner().downcast::<Error>().map(|e| *e) {
-        Ok(Error::Capacity(_)) => End::TooBig,
-        Ok(Error::Utf8(_)) => End::InvalidUtf8,
-        Ok(error) => {
-            tracing::debug!(%error, "socket error");
-            End::SocketError
-        }
-        Err(error) => {
+    match error {
+        Error::Capacity(_) => End::TooBig,
+        Error::Utf8(_) => End::InvalidUtf8,
+        error => {
             tracing::debug!(%error, "socket error");
             End::SocketError
         }
     }
 }
 
+/// Writes what is queued until the queue closes or a close frame went
+/// out, and hands the sink back for the close.
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<Socket, Message>,
     mut outbound: mpsc::Receiver<Box<Message>>,
-) {
+) -> SplitSink<Socket, Message> {
     while let Some(message) = outbound.recv().await {
         let closing = matches!(*message, Message::Close(_));
         if sink.send(*message).await.is_err() || closing {
             break;
         }
     }
-    let _ = sink.close().await;
+    sink
 }
 
 /// Counts a connection as open, in the metrics and for the shutdown that

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use exai_auth::{Access, AuthError, Authenticator, Credential, UserId};
 use exai_sessions::SessionId;
 use futures::StreamExt as _;
@@ -17,6 +16,7 @@ use futures::stream::SplitStream;
 use rmcp::model::ServerJsonRpcMessage;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ErrorCode, ErrorData, RequestId};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::service::{Mcp, starts_lifecycle};
 use super::{End, read_error};
@@ -25,6 +25,7 @@ use crate::error::jsonrpc;
 use crate::framing::{self, Decoded};
 use crate::legacy::{self, Hello, Legacy};
 use crate::lifecycle::LiveSession;
+use crate::websocket::Socket;
 
 /// What a text frame is, given what the connection has seen so far.
 #[derive(Debug)]
@@ -87,7 +88,7 @@ pub(super) fn classify<'a>(text: &'a str, seen: Seen<'_>) -> Frame<'a> {
 pub(super) struct Reader<S> {
     pub(super) live: LiveSession,
     pub(super) mcp: Mcp<S>,
-    pub(super) stream: SplitStream<WebSocket>,
+    pub(super) stream: SplitStream<Socket>,
     /// For in-band `auth/refresh` and a `hello` with a credential.
     pub(super) auth: Arc<Authenticator>,
     /// Who opened the connection.
@@ -119,9 +120,10 @@ pub(super) struct Reader<S> {
 type Step = Result<(), End>;
 
 impl<S: rmcp::ServerHandler + Clone> Reader<S> {
-    /// The service, once reading is over; the rest is dropped.
-    pub(super) fn into_mcp(self) -> Mcp<S> {
-        self.mcp
+    /// The service and the socket's reading half, once reading is over;
+    /// the rest is dropped.
+    pub(super) fn into_parts(self) -> (Mcp<S>, SplitStream<Socket>) {
+        (self.mcp, self.stream)
     }
 
     /// Reads until the connection ends. `hello_received`: the legacy
@@ -183,7 +185,9 @@ impl<S: rmcp::ServerHandler + Clone> Reader<S> {
                     }
                     continue;
                 }
-                Some(Ok(Message::Ping(_))) => continue,
+                // Pings are answered by tungstenite; raw frames are only
+                // ever written.
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
                 Some(Err(error)) => return read_error(error),
             };
             let deadline = self.deadline;

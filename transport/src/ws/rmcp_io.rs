@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Message;
 use rmcp::model::{ClientJsonRpcMessage, RequestId, ServerJsonRpcMessage};
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::Outbound;
 use super::batch::{Batches, Held};
