@@ -5,7 +5,10 @@
 //! when a frame is not a message `rmcp` can take.
 
 use rmcp::model::{ClientJsonRpcMessage, ErrorData, RequestId, ServerJsonRpcMessage};
+use serde::de::{Deserializer as _, IgnoredAny, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
+use std::fmt;
 
 /// The outcome of decoding one frame.
 #[derive(Debug)]
@@ -103,18 +106,18 @@ pub(crate) fn split_batch(
     alone: &[&str],
     max_members: usize,
 ) -> Result<Batch, Box<ServerJsonRpcMessage>> {
-    let items = match serde_json::from_str::<Vec<Value>>(text) {
-        Ok(items) if items.len() > max_members => {
+    let items = match members(text, max_members) {
+        Ok(members) if members.count > max_members => {
             let error = ErrorData::invalid_request(
                 format!(
                     "Invalid Request: a batch may hold at most {max_members} messages, this one has {}",
-                    items.len()
+                    members.count
                 ),
                 None,
             );
             return Err(Box::new(ServerJsonRpcMessage::error(error, None)));
         }
-        Ok(items) if !items.is_empty() => items,
+        Ok(members) if members.count > 0 => members.kept,
         Ok(_) => {
             let error = ErrorData::invalid_request("Invalid Request: empty batch", None);
             return Err(Box::new(ServerJsonRpcMessage::error(error, None)));
@@ -130,7 +133,7 @@ pub(crate) fn split_batch(
     };
     let mut ids = std::collections::HashSet::new();
     for item in items {
-        match decode(&item.to_string()) {
+        match decode(item.get()) {
             Decoded::Message(message) => {
                 let refusal = match &*message {
                     ClientJsonRpcMessage::Request(request) => {
@@ -167,6 +170,47 @@ pub(crate) fn split_batch(
         }
     }
     Ok(batch)
+}
+
+/// A batch's members as raw JSON: the first `keep` kept, the rest only
+/// counted, so a batch far over the cap costs a parse but no memory.
+struct Members<'a> {
+    kept: Vec<&'a RawValue>,
+    count: usize,
+}
+
+/// Reads the JSON array `text` into [`Members`], keeping at most `keep`.
+fn members(text: &str, keep: usize) -> serde_json::Result<Members<'_>> {
+    struct Bounded(usize);
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Members<'de>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON array")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Members<'de>, A::Error> {
+            let mut members = Members {
+                kept: Vec::new(),
+                count: 0,
+            };
+            while members.count < self.0 {
+                match seq.next_element::<&RawValue>()? {
+                    Some(member) => members.kept.push(member),
+                    None => return Ok(members),
+                }
+                members.count += 1;
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                members.count += 1;
+            }
+            Ok(members)
+        }
+    }
+    let mut input = serde_json::Deserializer::from_str(text);
+    let members = input.deserialize_seq(Bounded(keep))?;
+    input.end()?;
+    Ok(members)
 }
 
 /// The request `message` answers, if it is a response or an error to one.
@@ -283,5 +327,44 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":{"x":1}}"#,
             err(Value::Null, -32600, "Invalid Request"),
         );
+    }
+
+    /// The error `split_batch` gives `text` instead of a batch.
+    fn refusal(text: &str, max: usize) -> String {
+        match split_batch(text, &["initialize"], max) {
+            Ok(_) => "a batch".into(),
+            Err(error) => serde_json::to_value(&*error).unwrap()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        }
+    }
+
+    #[test]
+    fn batches() {
+        let ping = |id: usize| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+        let of = |n: usize| format!("[{}]", (0..n).map(ping).collect::<Vec<_>>().join(","));
+        let batch = split_batch(&of(3), &[], 3).unwrap();
+        assert_eq!((batch.messages.len(), batch.answers.len()), (3, 0));
+        assert_eq!(
+            refusal(&of(100_000), 64),
+            "Invalid Request: a batch may hold at most 64 messages, this one has 100000"
+        );
+        assert_eq!(refusal("[]", 64), "Invalid Request: empty batch");
+        // Past the cap the rest is still read as JSON, not trusted.
+        assert_eq!(
+            refusal(&format!("[{},{}", ping(1), ping(2)), 1),
+            "Parse error: not valid JSON"
+        );
+        assert_eq!(
+            refusal(&format!("{} x", of(2)), 64),
+            "Parse error: not valid JSON"
+        );
+        let repeated = format!("[{},{},{}]", ping(1), ping(1), ping(2));
+        let batch = split_batch(&repeated, &[], 64).unwrap();
+        assert_eq!((batch.messages.len(), batch.answers.len()), (2, 1));
+        let initialize = r#"[{"jsonrpc":"2.0","id":9,"method":"initialize","params":{}}]"#;
+        let batch = split_batch(initialize, &["initialize"], 64).unwrap();
+        assert_eq!((batch.messages.len(), batch.answers.len()), (0, 1));
     }
 }
