@@ -32,6 +32,9 @@ pub mod close {
 pub mod client;
 mod commands;
 mod doctor;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod signin;
 
 use std::io::Write as _;

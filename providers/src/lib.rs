@@ -31,6 +31,9 @@
 
 mod echo;
 mod fair;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod openai;
 mod registry;
 

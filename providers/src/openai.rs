@@ -214,8 +214,12 @@ impl OpenAiProvider {
             });
         }
         if streaming {
-            self.read_stream(response, request, on_delta.unwrap_or(&|_| {}))
-                .await
+            self.read_stream(
+                response.bytes_stream(),
+                request,
+                on_delta.unwrap_or(&|_| {}),
+            )
+            .await
         } else {
             let text = response
                 .text()
@@ -247,17 +251,17 @@ impl OpenAiProvider {
     }
 
     /// Reads a server-sent event stream of deltas (parsed by `sse-stream`)
-    /// until `data: [DONE]`.
-    async fn read_stream(
+    /// from the body's chunks until `data: [DONE]`.
+    pub(crate) async fn read_stream<E: std::error::Error + Send + Sync + 'static>(
         &self,
-        response: reqwest::Response,
+        body: impl futures::Stream<Item = Result<bytes::Bytes, E>>,
         request: &ChatRequest,
         on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
     ) -> Result<ChatResponse, Failure> {
         // The stream ending (or breaking) before `[DONE]` means what came is
         // not the whole answer; retrying would repeat what was streamed.
         let cut_off = || Failure::final_error(self.malformed("the answer stream was cut off"));
-        let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        let mut events = std::pin::pin!(sse_stream::SseStream::from_bytes_stream(body));
         let mut content = String::new();
         let mut usage_seen = None;
         let mut model = None;
@@ -320,7 +324,7 @@ impl OpenAiProvider {
 }
 
 /// Why an attempt failed, and whether another may succeed.
-struct Failure {
+pub(crate) struct Failure {
     error: ProviderError,
     retry: bool,
     retry_after: Option<Duration>,

@@ -73,6 +73,9 @@
 mod admission;
 mod error;
 mod framing;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod legacy;
 mod lifecycle;

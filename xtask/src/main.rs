@@ -11,12 +11,16 @@
 //!   `tests/tools/requirements.txt` and `requirements-mcp2.txt`, and the
 //!   Node packages of `tests/tools/node/`; PostgreSQL's server binaries,
 //!   which it finds and names to the tests),
-//!   and every test in the workspace.
+//!   every test in the workspace, and a smoke run of every fuzz target.
+//! - `cargo xtask fuzz [--secs N] [--runs R] [target…]`: the fuzz targets of `fuzz/`
+//!   ([`fuzz`]), their figures written to `RELIABILITY.md`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, bail};
+
+mod fuzz;
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -33,9 +37,10 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
+        Some("fuzz") => fuzz::run(&root, &args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprintln!(
-                "usage: cargo xtask test [<extra cargo test args>]\n       cargo xtask bench [auth|sessions|transport|fairness]..."
+                "usage: cargo xtask test [<extra cargo test args>]\n       cargo xtask bench [auth|sessions|transport|fairness|soak|abuse]...\n       cargo xtask fuzz [--secs N] [--runs R] [target]..."
             );
             Ok(())
         }
@@ -85,6 +90,7 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         ],
     )
     .context("tests failed")?;
+    fuzz::smoke(root, 4000)?;
     Ok(())
 }
 
@@ -110,13 +116,19 @@ fn postgres_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the benchmarks in release mode and writes `BENCHMARKS.md`, with
-/// the machine and the date.
+/// the machine and the date; the reliability runs, only when named, write
+/// `RELIABILITY.md`.
 fn bench(root: &Path, only: &[String]) -> anyhow::Result<()> {
     const SECTIONS: [&str; 4] = ["auth", "sessions", "transport", "fairness"];
-    if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+    const RELIABILITY: [&str; 2] = ["soak", "abuse"];
+    if let Some(unknown) = only
+        .iter()
+        .find(|s| !SECTIONS.contains(&s.as_str()) && !RELIABILITY.contains(&s.as_str()))
+    {
         bail!(
-            "unknown benchmark section '{unknown}': {}",
-            SECTIONS.join(", ")
+            "unknown benchmark section '{unknown}': {}, {}",
+            SECTIONS.join(", "),
+            RELIABILITY.join(", ")
         );
     }
     let tools = test_tools(root)?;
@@ -153,6 +165,36 @@ fn bench(root: &Path, only: &[String]) -> anyhow::Result<()> {
         }
         String::from_utf8(output.stdout).context("exai-bench output")
     };
+    let machine = machine();
+    let runs = [
+        ("BENCHMARKS.md", &SECTIONS[..], only.is_empty()),
+        ("RELIABILITY.md", &RELIABILITY[..], false),
+    ];
+    for (file, sections, all) in runs {
+        let path = root.join(file);
+        let mut document = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut wrote = false;
+        for name in sections {
+            if !all && !only.iter().any(|s| s == name) {
+                continue;
+            }
+            let table = section(name)?;
+            let generated = format!("- {machine}\n\n{table}");
+            eprintln!("{generated}");
+            document = splice(&document, &format!("bench:{name}"), &generated);
+            wrote = true;
+        }
+        if wrote {
+            std::fs::write(&path, document)?;
+            eprintln!("xtask: wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// When and where figures were taken: the date, the CPU and its cores,
+/// the kernel and the toolchain.
+fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -166,32 +208,14 @@ fn bench(root: &Path, only: &[String]) -> anyhow::Result<()> {
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let kernel = command_output("uname", &["-sr"]);
     let rustc = command_output("rustc", &["--version"]);
-    let path = root.join("BENCHMARKS.md");
-    let mut document = std::fs::read_to_string(&path).unwrap_or_default();
-    for name in SECTIONS {
-        if !only.is_empty() && !only.iter().any(|s| s == name) {
-            continue;
-        }
-        let table = section(name)?;
-        let generated = format!(
-            "- date: {date}\n- machine: {cpu}, {cores} cores, {kernel}\n- toolchain: {rustc}\n\n{table}"
-        );
-        eprintln!("{generated}");
-        document = splice(&document, name, &generated);
-    }
-    std::fs::write(&path, document)?;
-    eprintln!("xtask: wrote {}", path.display());
-    Ok(())
+    format!("{date}, {cpu}, {cores} cores, {kernel}, {rustc}")
 }
 
-/// Replaces what stands between `<!-- bench:NAME -->` and
-/// `<!-- /bench:NAME -->` in `document` (appending the section if missing),
+/// Replaces what stands between `<!-- NAME -->` and `<!-- /NAME -->` in
+/// `document` (appending the section if missing),
 /// so the prose around the figures is kept.
 fn splice(document: &str, name: &str, generated: &str) -> String {
-    let (open, close) = (
-        format!("<!-- bench:{name} -->"),
-        format!("<!-- /bench:{name} -->"),
-    );
+    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
     let section = format!("{open}\n{generated}{close}");
     match (document.find(&open), document.find(&close)) {
         (Some(start), Some(end)) if start < end => {

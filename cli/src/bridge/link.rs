@@ -14,7 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use super::credential::{Credential, Token};
-use super::{BACKOFF_BASE, BACKOFF_CAP, OWN_ID_PREFIX, REFRESH_BEFORE, REPLAY_TIMEOUT};
+use super::ledger::OWN_ID_PREFIX;
+use super::{BACKOFF_BASE, BACKOFF_CAP, REFRESH_BEFORE, REPLAY_TIMEOUT};
 use crate::CommandError;
 use crate::client::{self, ClientError, Socket};
 

@@ -22,7 +22,7 @@
 //! administrator killed the session (4410), or the daemon refuses the
 //! credential on reconnect (401/403).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,10 +38,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use crate::{CommandError, close, jsonrpc};
 
 mod credential;
+mod ledger;
 mod link;
 
 pub(crate) use credential::Credential;
 use credential::Token;
+use ledger::each;
+pub(crate) use ledger::{FromDaemon, Ledger};
 use link::{
     Established, Failure, Link, LinkEvent, Replay, backoff, establish, join_some, next_event,
     sleep_until_some,
@@ -64,8 +67,6 @@ const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// After this many "session is connected" refusals in a row (the daemon has
 /// not yet noticed the old socket is gone), start a new session instead.
 const MAX_CONFLICTS: u32 = 3;
-/// The JSON-RPC ids of the bridge's own requests start with this.
-const OWN_ID_PREFIX: &str = "exai-connect:";
 
 /// How `exai connect` behaves.
 pub(crate) struct Options {
@@ -85,12 +86,8 @@ pub(crate) async fn run(options: Options, credential: Credential) -> Result<(), 
         credential: Arc::new(credential),
         out: tokio::io::stdout(),
         session: None,
-        initialize: None,
-        initialized: false,
-        in_flight: HashMap::new(),
+        ledger: Ledger::default(),
         queued: VecDeque::new(),
-        own_requests: HashSet::new(),
-        next_own_id: 0,
         attempt: 0,
         conflicts: 0,
         up_since: None,
@@ -124,17 +121,10 @@ struct Bridge {
     out: tokio::io::Stdout,
     /// The daemon's session id, for resuming.
     session: Option<String>,
-    /// The client's `initialize` request, replayed on every new connection.
-    initialize: Option<Value>,
-    /// Whether the client sent `notifications/initialized`.
-    initialized: bool,
-    /// Requests sent to the daemon and not yet answered, by id.
-    in_flight: HashMap<String, Value>,
+    /// What the relayed messages left to remember.
+    ledger: Ledger,
     /// Messages waiting for a connection, with when they arrived.
     queued: VecDeque<(Instant, String)>,
-    /// Ids of the bridge's own requests (`auth/refresh`).
-    own_requests: HashSet<String>,
-    next_own_id: u64,
     /// Failed attempts since the last stable connection.
     attempt: u32,
     conflicts: u32,
@@ -172,9 +162,9 @@ impl Bridge {
 
     /// Starts an attempt to connect now.
     fn connect_now(&mut self) {
-        let replay = self.initialize.clone().map(|initialize| Replay {
+        let replay = self.ledger.initialize.clone().map(|initialize| Replay {
             initialize,
-            initialized: self.initialized,
+            initialized: self.ledger.initialized,
         });
         self.link = Link::Connecting(tokio::spawn(establish(
             self.url.clone(),
@@ -278,11 +268,10 @@ impl Bridge {
             "the connection to the exai daemon was lost ({reason}) before the answer arrived; \
              the request may or may not have run"
         );
-        for (_, id) in std::mem::take(&mut self.in_flight) {
+        for id in self.ledger.unanswered() {
             self.write(&error_response(id, jsonrpc::CONNECTION_LOST, &message))
                 .await?;
         }
-        self.own_requests.clear();
         let fatal = match code {
             Some(close::SESSION_KILLED) => Some("an administrator ended this session"),
             Some(close::OTHER_USER) => {
@@ -325,11 +314,7 @@ impl Bridge {
     /// Sends a client message; if the socket is gone it will be answered by
     /// [`Bridge::lost`] like any other request in flight.
     async fn send_to_daemon(&mut self, line: String) -> Result<(), CommandError> {
-        if let Ok(message) = serde_json::from_str::<Value>(&line) {
-            for message in each(&message) {
-                self.track_outgoing(message);
-            }
-        }
+        self.ledger.sending(&line);
         let Link::Up(socket) = &mut self.link else {
             self.queued.push_back((Instant::now(), line));
             return Ok(());
@@ -340,61 +325,30 @@ impl Bridge {
         Ok(())
     }
 
-    fn track_outgoing(&mut self, message: &Value) {
-        let method = message.get("method").and_then(Value::as_str);
-        match (method, message.get("id")) {
-            (Some(method), Some(id)) => {
-                if method == "initialize" {
-                    self.initialize = Some(message.clone());
-                }
-                self.in_flight.insert(id_key(id), id.clone());
-            }
-            (Some("notifications/initialized"), None) => self.initialized = true,
-            (Some("notifications/cancelled"), None) => {
-                // The daemon need not answer a cancelled request.
-                if let Some(id) = message.pointer("/params/requestId") {
-                    self.in_flight.remove(&id_key(id));
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// A frame from the daemon: to the client, unless it answers one of the
     /// bridge's own requests.
     async fn on_daemon_frame(&mut self, text: String) -> Result<(), CommandError> {
-        let Ok(message) = serde_json::from_str::<Value>(&text) else {
-            tracing::warn!("the daemon sent a frame that is not JSON; passed on as is");
-            return self.write_raw(&text).await;
-        };
-        let mut own = false;
-        for message in each(&message) {
-            if message.get("method").is_some() {
-                continue;
+        match self.ledger.received(&text) {
+            FromDaemon::NotJson => {
+                tracing::warn!("the daemon sent a frame that is not JSON; passed on as is");
+                self.write_raw(&text).await
             }
-            let Some(id) = message.get("id") else {
-                continue;
-            };
-            let key = id_key(id);
-            if self.own_requests.remove(&key) {
-                own = true;
-                match message.pointer("/error/message").and_then(Value::as_str) {
-                    Some(error) => {
-                        tracing::warn!("the daemon refused the refreshed token: {error}")
+            FromDaemon::Own(answers) => {
+                for refused in answers {
+                    match refused {
+                        Some(error) => {
+                            tracing::warn!("the daemon refused the refreshed token: {error}")
+                        }
+                        None => tracing::info!("token refreshed"),
                     }
-                    None => tracing::info!("token refreshed"),
                 }
-            } else {
-                self.in_flight.remove(&key);
+                Ok(())
             }
+            // One line per message: a frame with a line break is written
+            // again without it.
+            FromDaemon::ForClient(message) if text.contains('\n') => self.write(&message).await,
+            FromDaemon::ForClient(_) => self.write_raw(&text).await,
         }
-        if own {
-            return Ok(());
-        }
-        if text.contains('\n') {
-            return self.write(&message).await;
-        }
-        self.write_raw(&text).await
     }
 
     /// Answers requests that waited too long for a connection.
@@ -446,7 +400,7 @@ impl Bridge {
         for (_, line) in std::mem::take(&mut self.queued) {
             self.refuse(&line, &why).await?;
         }
-        for (_, id) in std::mem::take(&mut self.in_flight) {
+        for id in self.ledger.unanswered() {
             let answer = error_response(id, jsonrpc::CONNECTION_LOST, &why);
             self.write(&answer).await?;
         }
@@ -491,15 +445,9 @@ impl Bridge {
         let Link::Up(socket) = &mut self.link else {
             return Ok(());
         };
-        self.next_own_id += 1;
-        let id = format!("{OWN_ID_PREFIX}refresh:{}", self.next_own_id);
-        let request = json!({
-            "jsonrpc": "2.0",
-            "id": id,
-            "method": "auth/refresh",
-            "params": { "token": token.value },
-        });
-        self.own_requests.insert(id_key(&Value::String(id)));
+        let request = self
+            .ledger
+            .own_request("auth/refresh", json!({ "token": token.value }));
         if let Err(error) = socket
             .sink
             .send(Message::Text(request.to_string().into()))
@@ -533,37 +481,6 @@ impl Bridge {
     }
 }
 
-/// The messages of a frame: the elements of a batch, or the one message.
-fn each(message: &Value) -> &[Value] {
-    match message {
-        Value::Array(batch) => batch,
-        one => std::slice::from_ref(one),
-    }
-}
-
-/// A JSON-RPC id as a map key: `1` and `"1"` are different ids.
-fn id_key(id: &Value) -> String {
-    id.to_string()
-}
-
 fn error_response(id: Value, code: i32, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_of_different_types_are_different_keys() {
-        assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
-        assert_eq!(id_key(&json!("a")), id_key(&json!("a")));
-    }
-
-    #[test]
-    fn batches_are_seen_message_by_message() {
-        let batch = json!([{"id": 1}, {"id": 2}]);
-        assert_eq!(each(&batch).len(), 2);
-        assert_eq!(each(&json!({"id": 1})).len(), 1);
-    }
 }

@@ -46,9 +46,16 @@ pub fn read(file: &Path) -> Result<HashMap<String, String>, ConfigError> {
         path: file.to_owned(),
         reason,
     };
+    let text = std::fs::read(file).map_err(|e| error(e.to_string()))?;
+    parse(&text).map_err(error)
+}
+
+/// The `NAME=value` lines of an env file's `text` (dotenv syntax: quotes,
+/// escapes, `export`, comments), or why they are not.
+pub fn parse(text: &[u8]) -> Result<HashMap<String, String>, String> {
     let mut values = HashMap::new();
-    for item in dotenvy::from_path_iter(file).map_err(|e| error(e.to_string()))? {
-        let (name, value) = item.map_err(|e| error(e.to_string()))?;
+    for item in dotenvy::from_read_iter(text) {
+        let (name, value) = item.map_err(|e| e.to_string())?;
         values.insert(name, value);
     }
     Ok(values)
