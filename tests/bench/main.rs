@@ -41,18 +41,32 @@ fn main() {
             .build()
             .expect("runtime")
             .block_on(fairness::run()),
+        "abuse" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(abuse::run()),
+        "soak" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(soak::run()),
         // Only the memory figure, for working on it.
         "transport-memory" => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("runtime")
             .block_on(transport::memory()),
-        other => panic!("unknown section {other}: auth, sessions, transport or fairness"),
+        other => {
+            panic!("unknown section {other}: auth, sessions, transport, fairness, soak or abuse")
+        }
     }
 }
 
+mod abuse;
 mod fairness;
 mod sessions;
+mod soak;
 mod transport;
 
 /// Average time per call of `f`, run repeatedly for [`RUN`].

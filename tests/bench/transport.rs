@@ -34,7 +34,7 @@ fn call(id: u64) -> String {
 
 /// A token no other connection uses (so every connection is verified in
 /// full, never a cache hit).
-fn fresh_token(user: usize, n: usize) -> String {
+pub(crate) fn fresh_token(user: usize, n: usize) -> String {
     let mut claims = claims(&format!("bench{user}@example.com"));
     claims["session_id"] = json!(format!("00000000-0000-4000-8000-{n:012}"));
     sign(&claims)
@@ -77,7 +77,7 @@ async fn echo_server() -> String {
     format!("ws://{addr}/mcp")
 }
 
-async fn connect(url: &str, token: &str, initialize: bool) -> Client {
+pub(crate) async fn connect(url: &str, token: &str, initialize: bool) -> Client {
     let bearer = format!("Bearer {token}");
     let mut client = try_connect_with(url, &[("authorization", &bearer)])
         .await
@@ -259,7 +259,7 @@ async fn post(
 }
 
 /// The resident size of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -268,55 +268,101 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// A release `exai-daemon` in a process of its own (`EXAI_BENCH_DAEMON`),
+/// memory store, on `127.0.0.1:0`.
+pub(crate) struct DaemonProcess {
+    child: tokio::process::Child,
+    pub(crate) pid: u32,
+    pub(crate) url: String,
+    pub(crate) metrics: String,
+    /// Everything it logged.
+    log: Arc<std::sync::Mutex<String>>,
+    _data: tempfile::TempDir,
+}
+
+impl DaemonProcess {
+    pub(crate) async fn start(env: &[(&str, &str)]) -> DaemonProcess {
+        let binary = std::env::var_os("EXAI_BENCH_DAEMON")
+            .expect("EXAI_BENCH_DAEMON: the exai-daemon binary (cargo xtask bench sets it)");
+        let data = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(binary)
+            .args(["--port", "0", "--data-dir"])
+            .arg(data.path())
+            .env(
+                "SUPABASE_JWT_SECRET",
+                std::str::from_utf8(TEST_SECRET).unwrap(),
+            )
+            .env("EXAI_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn,exai_daemon=info")
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stderr.take().unwrap(),
+        ));
+        let url = loop {
+            let line = lines.next_line().await.unwrap().expect("the daemon starts");
+            if let Some(rest) = line.split("url=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = kept.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let metrics = format!(
+            "{}/metrics",
+            url.replacen("ws://", "http://", 1).trim_end_matches("/mcp")
+        );
+        DaemonProcess {
+            child,
+            pid,
+            url,
+            metrics,
+            log,
+            _data: data,
+        }
+    }
+
+    /// What it has logged so far.
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
 /// KiB of daemon memory per idle authenticated WebSocket, with `IDLE` open:
 /// a separate `exai-daemon` process, memory store.
 async fn memory_per_idle_connection() -> (f64, u64) {
-    let binary = std::env::var_os("EXAI_BENCH_DAEMON")
-        .expect("EXAI_BENCH_DAEMON: the exai-daemon binary (cargo xtask bench sets it)");
-    let data = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(binary)
-        .args(["--port", "0", "--data-dir"])
-        .arg(data.path())
-        .env(
-            "SUPABASE_JWT_SECRET",
-            std::str::from_utf8(TEST_SECRET).unwrap(),
-        )
-        .env("EXAI_LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn,exai_daemon=info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
-    let url = loop {
-        let line = lines.next_line().await.unwrap().expect("the daemon starts");
-        if let Some(rest) = line.split("url=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let metrics = format!(
-        "{}/metrics",
-        url.replacen("ws://", "http://", 1).trim_end_matches("/mcp")
-    );
+    let daemon = DaemonProcess::start(&[]).await;
+    let (url, pid) = (&daemon.url, daemon.pid);
     // Warm up: the first connections allocate what every later one reuses.
     let mut clients = Vec::with_capacity(IDLE + 100);
     for user in 0..100 {
-        clients.push(connect(&url, &fresh_token(1_000_000 + user, user), true).await);
+        clients.push(connect(url, &fresh_token(1_000_000 + user, user), true).await);
     }
-    all_services_suspended(&metrics).await;
+    all_services_suspended(&daemon.metrics).await;
     let before = rss_kib(pid);
     for n in 100..IDLE + 100 {
         // Five connections per user: the default per-user limit.
-        clients.push(connect(&url, &fresh_token(n / 5, n), true).await);
+        clients.push(connect(url, &fresh_token(n / 5, n), true).await);
     }
     // Idle: once their MCP services are suspended (`EdgeConfig::service_idle`).
-    all_services_suspended(&metrics).await;
+    all_services_suspended(&daemon.metrics).await;
     let after = rss_kib(pid);
     drop(clients);
-    let _ = child.kill().await;
+    daemon.stop().await;
     ((after - before) as f64 / IDLE as f64, after)
 }
 
@@ -350,7 +396,7 @@ fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}×", a / b)
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
