@@ -138,6 +138,26 @@ fn template() -> &'static Path {
     })
 }
 
+/// What every Supabase project's database has before exai first migrates
+/// it: the API roles, and default privileges granting them everything on
+/// each new table, sequence and function in `public` (Supabase's own
+/// initial schema does this), so that a table exai creates is open to
+/// `anon` and `authenticated` until exai's migrations revoke it, exactly
+/// as on a hosted project. `auth.users` and `auth.uid()` come from the
+/// bootstrap migration, which Supabase projects skip.
+const SUPABASE_DEFAULTS: &str = "
+    CREATE ROLE anon NOLOGIN NOINHERIT;
+    CREATE ROLE authenticated NOLOGIN NOINHERIT;
+    CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+    GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+    ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+      GRANT ALL ON TABLES TO anon, authenticated, service_role;
+    ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+      GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+    ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+      GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+";
+
 /// One PostgreSQL server, stopped and removed on drop.
 pub struct TestPostgres {
     dir: tempfile::TempDir,
@@ -164,7 +184,25 @@ impl TestPostgres {
             port,
         };
         server.resume();
+        server.psql(SUPABASE_DEFAULTS);
         server
+    }
+
+    /// Runs `sql` as the `postgres` superuser, through `psql`.
+    fn psql(&self, sql: &str) {
+        let mut psql = pg("psql");
+        psql.args(["-v", "ON_ERROR_STOP=1", "-q", "-h"])
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", sql]);
+        run(psql, "psql");
     }
 
     fn data(&self) -> PathBuf {

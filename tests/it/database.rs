@@ -76,6 +76,126 @@ async fn migrations_apply_over_the_plans_hand_made_table() {
         .unwrap()
         .get(0);
     assert_eq!(policies, 3, "the hand-made policies are kept, not doubled");
+    // The plan's policies let a user write their own rows; migrated, they
+    // admit nothing, and the plan's grants are gone.
+    let user = UserId::from_email("plan@example.com");
+    db.execute(
+        "INSERT INTO auth.users (id, email) VALUES ($1, 'plan@example.com')",
+        &[&user.as_uuid()],
+    )
+    .await
+    .unwrap();
+    let mut db = db;
+    assert_user_writes_are_refused(&mut db, user).await;
+    for role in ["authenticated", "anon"] {
+        let sub = (role == "authenticated").then_some(user);
+        assert_eq!(
+            as_role(&mut db, role, sub, "SELECT name FROM exai_migrations")
+                .await
+                .err()
+                .as_deref(),
+            Some("42501"),
+            "{role} cannot read the migration ledger"
+        );
+    }
+}
+
+/// Every way `user` (as `authenticated`, with their own claims, as
+/// PostgREST runs a request) or `anon` might write what the daemon
+/// enforces is refused with 42501, while `user` still reads their rows.
+async fn assert_user_writes_are_refused(db: &mut Client, user: UserId) {
+    db.execute(
+        "INSERT INTO mcp_sessions (user_id, session_id, connection_status)
+         VALUES ($1, 'own-live', 'connected'), ($1, 'own-killed', 'killed')",
+        &[&user.as_uuid()],
+    )
+    .await
+    .unwrap();
+    let own = as_role(
+        db,
+        "authenticated",
+        Some(user),
+        "SELECT session_id FROM mcp_sessions ORDER BY session_id",
+    )
+    .await
+    .unwrap();
+    let own: Vec<String> = own.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        own,
+        ["own-killed", "own-live"],
+        "a user reads their own rows"
+    );
+    for (role, forbidden) in [
+        // Freeing one's own slots under the cap, or reviving a killed session.
+        (
+            "authenticated",
+            "UPDATE mcp_sessions SET connection_status = 'disconnected' RETURNING 1",
+        ),
+        (
+            "authenticated",
+            "UPDATE mcp_sessions SET connection_status = 'disconnected' \
+                           WHERE session_id = 'own-killed' RETURNING 1",
+        ),
+        (
+            "authenticated",
+            "UPDATE mcp_sessions SET metadata = '{\"x\": 1}' RETURNING 1",
+        ),
+        // Rows of one's own making (and an oracle for others' session ids).
+        (
+            "authenticated",
+            "INSERT INTO mcp_sessions (user_id, session_id) \
+                           VALUES (auth.uid(), 'forged') RETURNING 1",
+        ),
+        (
+            "authenticated",
+            "INSERT INTO mcp_sessions (user_id, session_id) \
+                           VALUES (auth.uid(), 'own-live') RETURNING 1",
+        ),
+        ("authenticated", "DELETE FROM mcp_sessions RETURNING 1"),
+        ("authenticated", "TRUNCATE mcp_sessions"),
+        ("authenticated", "DELETE FROM mcp_api_keys RETURNING 1"),
+        ("authenticated", "DELETE FROM mcp_conversations RETURNING 1"),
+        ("authenticated", "DELETE FROM mcp_usage RETURNING 1"),
+        ("authenticated", "SELECT nextval('mcp_usage_id_seq')"),
+        // The migration ledger: deleting a row stopped every daemon,
+        // inserting a future name skipped that migration.
+        (
+            "authenticated",
+            "INSERT INTO exai_migrations (name) VALUES ('9999_future') RETURNING 1",
+        ),
+        ("anon", "DELETE FROM exai_migrations RETURNING 1"),
+        (
+            "anon",
+            "INSERT INTO exai_migrations (name) VALUES ('9999_future') RETURNING 1",
+        ),
+        (
+            "anon",
+            "UPDATE mcp_sessions SET connection_status = 'disconnected' RETURNING 1",
+        ),
+    ] {
+        let sub = (role == "authenticated").then_some(user);
+        assert_eq!(
+            as_role(db, role, sub, forbidden).await.err().as_deref(),
+            Some("42501"),
+            "{role}: {forbidden}"
+        );
+    }
+}
+
+/// A GRANT someone adds later (Supabase's dashboard offers it) does not
+/// give users their rows to write: the trigger refuses on its own.
+#[tokio::test]
+async fn a_later_grant_does_not_let_users_write_sessions() {
+    let (_server, mut db) = TestPostgres::migrated(&["granted@example.com"]).await;
+    let user = UserId::from_email("granted@example.com");
+    db.batch_execute(
+        "GRANT ALL ON mcp_sessions, exai_migrations TO authenticated, anon;
+         CREATE POLICY \"anything\" ON mcp_sessions FOR ALL USING (true) WITH CHECK (true);
+         CREATE POLICY \"anything\" ON exai_migrations FOR ALL USING (true) WITH CHECK (true);",
+    )
+    .await
+    .unwrap();
+    assert_user_writes_are_refused(&mut db, user).await;
 }
 
 /// Runs `sql` in a transaction as `role` with `sub` as the JWT subject,
@@ -158,10 +278,14 @@ async fn row_level_security_keeps_users_apart() {
     let update = format!(
         "UPDATE mcp_sessions SET connection_status = 'killed' WHERE user_id = '{a}' RETURNING 1"
     );
-    let updated = as_role(&mut db, "authenticated", Some(b), &update)
-        .await
-        .unwrap();
-    assert!(updated.is_empty(), "B's update of A's row changes nothing");
+    assert_eq!(
+        as_role(&mut db, "authenticated", Some(b), &update)
+            .await
+            .err()
+            .as_deref(),
+        Some("42501"),
+        "B cannot update A's row"
+    );
 
     assert_eq!(
         as_role(&mut db, "anon", None, "SELECT 1 FROM mcp_sessions")

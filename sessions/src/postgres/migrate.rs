@@ -40,6 +40,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0008_conversation_exchanges",
         include_str!("../../migrations/0008_conversation_exchanges.sql"),
     ),
+    (
+        "0009_daemon_only_writes",
+        include_str!("../../migrations/0009_daemon_only_writes.sql"),
+    ),
 ];
 
 /// What [`PostgresStore::migrate`] did with one migration.
