@@ -46,12 +46,18 @@ fn time(at: Option<SystemTime>) -> String {
     )
 }
 
-/// Columns padded to their widest cell.
+/// Columns padded to their widest cell. Every cell is [`printable`]: what
+/// users or their editors wrote (a client name, an email) cannot move the
+/// cursor, recolour or retitle the administrator's terminal.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| printable(cell)).collect())
+        .collect();
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             rows.iter()
-                .map(|r| r[i].len())
+                .map(|r| r[i].chars().count())
                 .chain([header[i].len()])
                 .max()
                 .unwrap_or(0)
@@ -74,6 +80,37 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         )
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `text` with every control character (C0, DEL, C1: escape sequences,
+/// carriage returns, bells) written as its `\u{…}` escape.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// JSON for a terminal: `serde_json` escapes C0 controls but writes DEL
+/// and the C1 controls (U+0080–U+009F, which some terminals obey) as they
+/// are; those are escaped too, so the output stays the same JSON.
+fn json_for_terminal(value: &Value) -> String {
+    value
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 pub(crate) async fn keys_create(
@@ -133,7 +170,7 @@ pub(crate) async fn keys_list(
                 })
             })
             .collect();
-        return Ok(Value::Array(rows).to_string());
+        return Ok(json_for_terminal(&Value::Array(rows)));
     }
     let rows: Vec<Vec<String>> = keys
         .iter()
@@ -233,7 +270,7 @@ pub(crate) async fn sessions_list(
                 })
             })
             .collect();
-        return Ok(Value::Array(rows).to_string());
+        return Ok(json_for_terminal(&Value::Array(rows)));
     }
     let rows: Vec<Vec<String>> = sessions
         .iter()
@@ -279,5 +316,30 @@ pub(crate) async fn sessions_kill(
             Err(CommandError::Usage(format!("no session {session}")))
         }
         Err(e) => Err(CommandError::Store(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_users_wrote_cannot_drive_the_terminal() {
+        let evil = "Cursor\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31m\u{7f}";
+        let shown = table(&["CLIENT"], &[vec![evil.to_owned()]]);
+        assert!(
+            shown
+                .lines()
+                .all(|line| !line.chars().any(char::is_control)),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown.lines().nth(1),
+            Some(r"Cursor\u{1b}]0;owned\u{7}\u{1b}[2J\u{d}\u{9b}31m\u{7f}")
+        );
+        let json = json_for_terminal(&json!([{ "client": evil }]));
+        assert!(!json.chars().any(char::is_control), "{json:?}");
+        let back: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back[0]["client"], evil, "still the same JSON");
     }
 }
