@@ -8,6 +8,7 @@
 mod model_api;
 mod pg;
 mod postgrest;
+mod process;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub use model_api::ModelApi;
 pub use pg::TestPostgres;
 pub use postgrest::TestPostgrest;
+pub use process::DaemonProcess;
 
 impl TestPostgres {
     /// A fresh server with exai's migrations applied and these users in

@@ -26,7 +26,10 @@ fn bin_dir() -> PathBuf {
         && output.status.success()
     {
         let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        if let Some(parent) = Path::new(&path).parent() {
+        // Through any symlink (`/usr/local/bin/pg_ctl`), to the directory
+        // that also holds `initdb` and `psql`.
+        let path = std::fs::canonicalize(&path).unwrap_or_else(|_| PathBuf::from(&path));
+        if let Some(parent) = path.parent() {
             return parent.to_owned();
         }
     }

@@ -20,7 +20,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::transport::{DaemonProcess, connect, rss_kib};
+use exai_tests::DaemonProcess;
+
+use crate::transport::{connect, daemon_binary, rss_kib};
 
 /// What one attack came to.
 struct Row {
@@ -337,7 +339,8 @@ async fn repeated_ids(daemon: &DaemonProcess) -> String {
 /// Attack 7: a page on another origin opens a WebSocket to a single-user
 /// daemon without a token.
 async fn other_origin() -> String {
-    let daemon = DaemonProcess::start(&[("MCP_ENABLE_MULTI_USER", "false")]).await;
+    let daemon =
+        DaemonProcess::start(&daemon_binary(), &[("MCP_ENABLE_MULTI_USER", "false")]).await;
     let refused = try_connect_with(&daemon.url, &[("origin", "http://evil.example")]).await;
     let own = format!("http://{}", address(&daemon.url));
     let same_origin = try_connect_with(&daemon.url, &[("origin", &own)]).await;
@@ -392,7 +395,7 @@ async fn stream_past_expiry(daemon: &DaemonProcess) -> String {
 /// Attack 9: `auth/refresh` as a WebSocket notification and as an HTTP
 /// request, with the daemon logging everything (`RUST_LOG=trace`).
 async fn refresh_in_logs() -> String {
-    let daemon = DaemonProcess::start(&[("RUST_LOG", "trace")]).await;
+    let daemon = DaemonProcess::start(&daemon_binary(), &[("RUST_LOG", "trace")]).await;
     let user = token("logged@example.com");
     let mut fresh = claims("logged@example.com");
     fresh["session_id"] = json!("11111111-2222-4333-8444-555555555555");
@@ -469,7 +472,7 @@ fn clip(text: &str) -> String {
 pub(crate) async fn run() {
     // Default settings but for the per-minute rate limit, which would
     // refuse the bystander's call every 20 ms after its first minute.
-    let daemon = DaemonProcess::start(&[("EXAI_USER_RPM", "0")]).await;
+    let daemon = DaemonProcess::start(&daemon_binary(), &[("EXAI_USER_RPM", "0")]).await;
     let mut rows = Vec::new();
     rows.push(
         measure(

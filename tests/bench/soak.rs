@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::transport::{DaemonProcess, connect, fresh_token, ms, rss_kib};
+use exai_tests::DaemonProcess;
+
+use crate::transport::{connect, daemon_binary, fresh_token, ms, rss_kib};
 
 /// Connections held for the whole run.
 const CONNECTIONS: usize = 10_000;
@@ -40,7 +42,7 @@ pub(crate) async fn run() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
     let duration = Duration::from_secs(secs);
-    let daemon = DaemonProcess::start(&[("EXAI_MAX_CONNECTIONS", "12000")]).await;
+    let daemon = DaemonProcess::start(&daemon_binary(), &[("EXAI_MAX_CONNECTIONS", "12000")]).await;
     let connect_started = Instant::now();
     let mut connections = Vec::with_capacity(CONNECTIONS);
     for n in 0..CONNECTIONS {

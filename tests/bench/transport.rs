@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exai_tests::{Client, TEST_SECRET, TestDaemon, claims, sign, try_connect_with};
+use exai_tests::{Client, DaemonProcess, TestDaemon, claims, sign, try_connect_with};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -268,84 +268,18 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// A release `exai-daemon` in a process of its own (`EXAI_BENCH_DAEMON`),
-/// memory store, on `127.0.0.1:0`.
-pub(crate) struct DaemonProcess {
-    child: tokio::process::Child,
-    pub(crate) pid: u32,
-    pub(crate) url: String,
-    pub(crate) metrics: String,
-    /// Everything it logged.
-    log: Arc<std::sync::Mutex<String>>,
-    _data: tempfile::TempDir,
-}
-
-impl DaemonProcess {
-    pub(crate) async fn start(env: &[(&str, &str)]) -> DaemonProcess {
-        let binary = std::env::var_os("EXAI_BENCH_DAEMON")
-            .expect("EXAI_BENCH_DAEMON: the exai-daemon binary (cargo xtask bench sets it)");
-        let data = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(binary)
-            .args(["--port", "0", "--data-dir"])
-            .arg(data.path())
-            .env(
-                "SUPABASE_JWT_SECRET",
-                std::str::from_utf8(TEST_SECRET).unwrap(),
-            )
-            .env("EXAI_LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn,exai_daemon=info")
-            .envs(env.iter().copied())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let pid = child.id().unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-            child.stderr.take().unwrap(),
-        ));
-        let url = loop {
-            let line = lines.next_line().await.unwrap().expect("the daemon starts");
-            if let Some(rest) = line.split("url=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        let log = Arc::new(std::sync::Mutex::new(String::new()));
-        let kept = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = kept.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let metrics = format!(
-            "{}/metrics",
-            url.replacen("ws://", "http://", 1).trim_end_matches("/mcp")
-        );
-        DaemonProcess {
-            child,
-            pid,
-            url,
-            metrics,
-            log,
-            _data: data,
-        }
-    }
-
-    /// What it has logged so far.
-    pub(crate) fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    pub(crate) async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
+/// The release `exai-daemon` that `cargo xtask bench` built
+/// (`EXAI_BENCH_DAEMON`), for benches that run it as a process.
+pub(crate) fn daemon_binary() -> std::path::PathBuf {
+    std::env::var_os("EXAI_BENCH_DAEMON")
+        .expect("EXAI_BENCH_DAEMON: the exai-daemon binary (cargo xtask bench sets it)")
+        .into()
 }
 
 /// KiB of daemon memory per idle authenticated WebSocket, with `IDLE` open:
 /// a separate `exai-daemon` process, memory store.
 async fn memory_per_idle_connection() -> (f64, u64) {
-    let daemon = DaemonProcess::start(&[]).await;
+    let daemon = DaemonProcess::start(&daemon_binary(), &[]).await;
     let (url, pid) = (&daemon.url, daemon.pid);
     // Warm up: the first connections allocate what every later one reuses.
     let mut clients = Vec::with_capacity(IDLE + 100);
