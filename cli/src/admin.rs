@@ -258,6 +258,13 @@ pub(crate) async fn sessions_list(
             })
             .unwrap_or_else(|| "-".into())
     };
+    // The first block of the node's id, as short commit ids are shown.
+    let node = |s: &exai_sessions::SessionRecord| {
+        s.node_id.map_or_else(
+            || "-".to_owned(),
+            |id| id.simple().to_string()[..8].to_owned(),
+        )
+    };
     if as_json {
         let rows: Vec<Value> = sessions
             .iter()
@@ -265,7 +272,7 @@ pub(crate) async fn sessions_list(
                 json!({
                     "user_id": s.user_id, "email": emails.get(&s.user_id),
                     "session_id": s.session_id, "status": s.status.as_str(),
-                    "transport": s.metadata.transport, "client": client(s),
+                    "transport": s.metadata.transport, "client": client(s), "node": s.node_id,
                     "created_at": time(Some(s.created_at)), "last_active": time(Some(s.last_active)),
                 })
             })
@@ -281,6 +288,7 @@ pub(crate) async fn sessions_list(
                 s.status.to_string(),
                 s.metadata.transport.clone(),
                 client(s),
+                node(s),
                 time(Some(s.created_at)),
                 time(Some(s.last_active)),
             ]
@@ -293,6 +301,7 @@ pub(crate) async fn sessions_list(
             "STATUS",
             "TRANSPORT",
             "CLIENT",
+            "NODE",
             "CREATED",
             "LAST ACTIVE",
         ],

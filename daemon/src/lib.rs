@@ -24,7 +24,7 @@ use std::sync::Arc;
 use exai_auth::{ApiKeyStore, Authenticator, JwksError, JwtVerifier};
 use exai_providers::{EchoProvider, OpenAiProvider, Provider, ProviderError, Providers};
 use exai_sessions::{
-    MemoryStore, PostgresStore, SessionStore, StoreError, SupabaseConfig, SupabaseStore,
+    MemoryStore, Node, PostgresStore, SessionStore, StoreError, SupabaseConfig, SupabaseStore,
 };
 use exai_transport::{ConnectionContext, Edge, Registry};
 use tokio::net::TcpListener;
@@ -211,6 +211,19 @@ fn providers(config: &Config) -> Result<Providers, StartError> {
         .map_err(|e| StartError::Provider(ProviderError::InvalidRequest(e.to_string())))
 }
 
+/// This daemon as a node of the cluster: a fresh id, the machine's name
+/// (the kernel's, as `hostname` prints it) and this version.
+fn node() -> Node {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let node = Node::new(host, env!("CARGO_PKG_VERSION"));
+    tracing::info!(node_id = %node.id, host = %node.host, "this daemon's node");
+    node
+}
+
 /// The configured store, checked: a database must answer and be migrated.
 async fn open_store(
     config: StoreConfig,
@@ -222,7 +235,8 @@ async fn open_store(
         }
         StoreConfig::Postgres { url, config } => {
             let url = String::from_utf8_lossy(url.expose()).into_owned();
-            let store = Arc::new(PostgresStore::new(&url, config).map_err(StartError::Store)?);
+            let store = PostgresStore::new(&url, config).map_err(StartError::Store)?;
+            let store = Arc::new(store.with_node(node()));
             let pending = store
                 .pending_migrations()
                 .await
@@ -236,11 +250,8 @@ async fn open_store(
             url,
             service_role_key,
         } => {
-            let store = Arc::new(SupabaseStore::new(
-                &url,
-                service_role_key,
-                SupabaseConfig::default(),
-            ));
+            let store = SupabaseStore::new(&url, service_role_key, SupabaseConfig::default());
+            let store = Arc::new(store.with_node(node()));
             store.check().await.map_err(StartError::Store)?;
             Ok((store.clone(), store))
         }

@@ -8,9 +8,9 @@ use crate::metrics::DaemonMetrics;
 use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 use exai_sessions::{
-    ConversationId, ConversationLimits, ConversationStore, ModelUsage, OpenSession, SessionAdmin,
-    SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStore, Sessions, StoreError,
-    Turn, UsageRecord, UsageStore,
+    ConversationId, ConversationLimits, ConversationStore, Heartbeat, ModelUsage, OpenSession,
+    SessionAdmin, SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStore,
+    Sessions, StoreError, Turn, UsageRecord, UsageStore,
 };
 
 /// Wraps a store; every call is observed as `store_operation_duration_seconds`
@@ -113,6 +113,29 @@ impl SessionLifecycle for MeteredStore {
 
     async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {
         self.timed("expire_idle", self.inner.expire_idle(idle))
+            .await
+    }
+
+    async fn register_node(&self) -> Result<(), StoreError> {
+        self.timed("register_node", self.inner.register_node())
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        node_timeout: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        self.timed("heartbeat", self.inner.heartbeat(sessions, node_timeout))
+            .await
+    }
+
+    async fn reassert(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        max_connections: u32,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.timed("reassert", self.inner.reassert(sessions, max_connections))
             .await
     }
 }

@@ -51,8 +51,8 @@ use exai_auth::Principal;
 
 pub use memory::MemoryStore;
 pub use model::{
-    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
-    SessionMetadata, SessionRecord, SessionStatus, Turn, UsageRecord,
+    ConversationId, ConversationLimits, Heartbeat, ModelUsage, Node, OpenSession, SessionFilter,
+    SessionId, SessionMetadata, SessionRecord, SessionStatus, Turn, UsageRecord,
 };
 pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
 pub use store::{
@@ -69,7 +69,11 @@ pub enum StoreError {
     #[error("session not found")]
     NotFound,
     /// The user already has the most live sessions allowed.
-    #[error("connection limit reached: at most {limit} concurrent connections per user")]
+    #[error(
+        "connection limit reached: this user already holds {limit} live connections, the most \
+         allowed (MCP_MAX_CONNECTIONS_PER_USER); the `sessions` tool lists them: close one, or \
+         retry once one has closed"
+    )]
     LimitReached {
         /// The per-user limit in force.
         limit: u32,

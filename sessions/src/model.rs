@@ -232,6 +232,48 @@ pub struct SessionRecord {
     pub last_active: SystemTime,
     /// What was recorded about the connection.
     pub metadata: SessionMetadata,
+    /// The daemon holding it (or that last held it), where the store
+    /// knows nodes.
+    pub node_id: Option<uuid::Uuid>,
+}
+
+/// A daemon as the cluster knows it: what holds sessions and heartbeats.
+/// A store given one (`with_node`) stamps it on every session it opens or
+/// resumes, and [`SessionLifecycle::heartbeat`] keeps it alive.
+///
+/// [`SessionLifecycle::heartbeat`]: crate::SessionLifecycle::heartbeat
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Fresh at every start.
+    pub id: uuid::Uuid,
+    /// The machine's host name, for people reading the table.
+    pub host: String,
+    /// The daemon's version.
+    pub version: String,
+}
+
+impl Node {
+    /// A node with a fresh id.
+    pub fn new(host: impl Into<String>, version: impl Into<String>) -> Self {
+        Node {
+            id: uuid::Uuid::new_v4(),
+            host: host.into(),
+            version: version.into(),
+        }
+    }
+}
+
+/// What one heartbeat found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// This node had been reaped (it was silent too long, a pause): it is
+    /// registered again, and must re-assert the sessions it still holds
+    /// ([`SessionLifecycle::reassert`]).
+    ///
+    /// [`SessionLifecycle::reassert`]: crate::SessionLifecycle::reassert
+    pub was_reaped: bool,
+    /// Live sessions of silent nodes this heartbeat freed.
+    pub reaped_sessions: u64,
 }
 
 /// One provider call, as `mcp_usage` records it.

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use exai_auth::{Principal, UserId};
 
 use crate::{
-    ConversationId, ConversationLimits, ModelUsage, OpenSession, SessionFilter, SessionId,
-    SessionRecord, StoreError, Turn, UsageRecord,
+    ConversationId, ConversationLimits, Heartbeat, ModelUsage, OpenSession, SessionFilter,
+    SessionId, SessionRecord, StoreError, Turn, UsageRecord,
 };
 
 /// One user's sessions: open (within the per-user limit, atomically),
@@ -83,6 +83,30 @@ pub trait SessionLifecycle: Send + Sync + std::fmt::Debug + 'static {
     /// Marks every session idle for longer than `idle` (live or
     /// disconnected) `expired`, and returns them.
     async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Registers this store's node (at start). A store without a node, or
+    /// one that is the only node (memory), has nothing to do.
+    async fn register_node(&self) -> Result<(), StoreError>;
+
+    /// This store's node is alive: its heartbeat and the activity of
+    /// `sessions` in one write; then the live sessions of every node
+    /// silent for longer than `node_timeout` become `disconnected`.
+    /// Without nodes, only the activity is written.
+    async fn heartbeat(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        node_timeout: Duration,
+    ) -> Result<Heartbeat, StoreError>;
+
+    /// After this node was reaped: claims `sessions` (which it still holds
+    /// open) again, each within its user's `max_connections`, in order;
+    /// returns the ones it may not keep (resumed elsewhere, killed,
+    /// expired, or over the cap), whose connections must end.
+    async fn reassert(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        max_connections: u32,
+    ) -> Result<Vec<SessionId>, StoreError>;
 }
 
 /// Administrators' operations (a `service_role` principal; anyone else is

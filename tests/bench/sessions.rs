@@ -1,6 +1,7 @@
 //! Session store figures, against a throwaway PostgreSQL started here: the
 //! in-memory store is the floor for open+close; opens per second with 64
-//! concurrent clients; and how many writes one busy session costs.
+//! concurrent clients; how many writes one busy session costs; and how
+//! soon a killed daemon's users are admitted by another.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use exai_daemon::StoreConfig;
 use exai_sessions::{
     MemoryStore, OpenSession, PostgresConfig, PostgresStore, SessionMetadata, SessionStore,
 };
-use exai_tests::{TestDaemon, TestPostgres, pg_client, token};
+use exai_tests::{DaemonProcess, TestDaemon, TestPostgres, connect, pg_client, token, try_connect};
 use serde_json::json;
 
 fn request() -> OpenSession {
@@ -130,7 +131,12 @@ pub(crate) async fn run() {
          CREATE FUNCTION bench_count() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN INSERT INTO bench_writes (query) VALUES (current_query()); RETURN NEW; END $$;
          CREATE TRIGGER bench_count AFTER UPDATE ON mcp_sessions FOR EACH ROW
-           WHEN (NEW.session_id = '{session}') EXECUTE FUNCTION bench_count();"
+           WHEN (NEW.session_id = '{session}') EXECUTE FUNCTION bench_count();
+         CREATE TABLE bench_beats (at timestamptz DEFAULT now());
+         CREATE FUNCTION bench_beat() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO bench_beats DEFAULT VALUES; RETURN NEW; END $$;
+         CREATE TRIGGER bench_beat AFTER UPDATE ON mcp_nodes FOR EACH ROW
+           EXECUTE FUNCTION bench_beat();"
     ))
     .await
     .unwrap();
@@ -150,11 +156,70 @@ pub(crate) async fn run() {
         .await
         .unwrap()
         .get(0);
+    let beats: i64 = db
+        .query_one("SELECT count(*) FROM bench_beats", &[])
+        .await
+        .unwrap()
+        .get(0);
     writeln!(
         out,
         "| row writes for one session in one minute at {:.0} requests/s | {writes} | — | ≤ 2 |",
         sent as f64 / start.elapsed().as_secs_f64()
     )
     .unwrap();
+    writeln!(
+        out,
+        "| the daemon's heartbeats in that minute (each one statement, carrying the due activity; per daemon, whatever its sessions) | {beats} | — | — |"
+    )
+    .unwrap();
     daemon.stop().await;
+
+    let (latency, timeout) = reap_latency(&server.url, &db).await;
+    writeln!(
+        out,
+        "| a user at the cap on a daemon killed with SIGKILL, admitted by another daemon after | {:.1} s (EXAI_NODE_TIMEOUT {timeout} s) | — | ≤ 60 s |",
+        latency.as_secs_f64()
+    )
+    .unwrap();
+}
+
+/// Two release daemons on `url`'s database with default settings; a user
+/// holds the cap (5) on the first, which is killed; how long until the
+/// second admits that user (polled every 100 ms, each refusal a 429).
+async fn reap_latency(url: &str, db: &tokio_postgres::Client) -> (Duration, u64) {
+    const EMAIL: &str = "reaped@example.com";
+    const TIMEOUT: u64 = 30;
+    db.execute(
+        "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
+        &[&UserId::from_email(EMAIL).as_uuid(), &EMAIL],
+    )
+    .await
+    .unwrap();
+    let env = [("EXAI_SESSION_STORE", "postgres"), ("DATABASE_URL", url)];
+    let binary = crate::transport::daemon_binary();
+    let first = DaemonProcess::start(&binary, &env).await;
+    let second = DaemonProcess::start(&binary, &env).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect(&first.url, &token(EMAIL)).await);
+    }
+    let refused = try_connect(&second.url, Some(&token(EMAIL))).await.err();
+    assert_eq!(refused.map(|r| r.status), Some(429), "at the cap");
+    first.signal("KILL");
+    let killed = Instant::now();
+    let admitted = loop {
+        match try_connect(&second.url, Some(&token(EMAIL))).await {
+            Ok(_) => break killed.elapsed(),
+            Err(refused) => assert_eq!(refused.status, 429, "{refused:?}"),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "never admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(held);
+    first.stop().await;
+    second.stop().await;
+    (admitted, TIMEOUT)
 }

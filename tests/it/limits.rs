@@ -21,7 +21,17 @@ async fn sixth_connection_of_a_user_is_refused_until_one_closes() {
     assert_eq!(refused.status, 429);
     assert_eq!(
         refused.body,
-        "connection limit reached: at most 5 concurrent connections per user\n"
+        "connection limit reached: this user already holds 5 live connections, the most \
+         allowed (MCP_MAX_CONNECTIONS_PER_USER); the `sessions` tool lists them: close one, or \
+         retry once one has closed\n"
+    );
+    assert_eq!(
+        refused
+            .headers
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("10"),
+        "a 429 says when to retry"
     );
 
     let mut michelle = daemon

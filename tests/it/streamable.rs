@@ -437,6 +437,19 @@ async fn the_per_user_limit_counts_http_sessions() {
     let session = http.open(&ana).await;
     let second = http.post(Some(&ana), None, initialize(1)).await;
     assert_eq!(second.status, 429, "{}", second.text);
+    assert_eq!(
+        second
+            .headers
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("10"),
+        "a 429 on initialize says when to retry"
+    );
+    assert!(
+        second.text.contains("the `sessions` tool lists them"),
+        "{}",
+        second.text
+    );
     assert!(second.session().is_none());
     // A WebSocket is a connection like any other.
     let refused = daemon.try_connect(Some(&ana)).await.err().expect("refused");

@@ -71,9 +71,21 @@ impl IntoResponse for EdgeError {
         if status == StatusCode::UPGRADE_REQUIRED {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
+        if let EdgeError::Store(StoreError::LimitReached { .. }) = &self {
+            // A slot frees when one of the user's connections closes (or
+            // its daemon is presumed dead): no time is certain, so a pace
+            // for polite retries.
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(LIMIT_RETRY_AFTER_SECS),
+            );
+        }
         response
     }
 }
+
+/// `Retry-After` on a `429` for the per-user connection limit, in seconds.
+pub(crate) const LIMIT_RETRY_AFTER_SECS: &str = "10";
 
 /// WebSocket close codes (RFC 6455 §7.4.1) the edge uses.
 pub mod close {
@@ -155,6 +167,11 @@ mod tests {
             ),
         );
         check(StoreError::LimitReached { limit: 5 }.into(), 429, None);
+        let limited = EdgeError::from(StoreError::LimitReached { limit: 5 }).into_response();
+        assert_eq!(
+            limited.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static(LIMIT_RETRY_AFTER_SECS))
+        );
         check(StoreError::Unavailable("db down".into()).into(), 503, None);
         check(EdgeError::UpgradeRequired, 426, None);
         check(EdgeError::TooLarge, 413, None);

@@ -62,8 +62,8 @@ async fn metrics<F: ServiceFactory>(State(edge): State<Arc<Edge<F>>>) -> Respons
         .into_response()
 }
 
-/// Ready when the session store answers and a signing key is loaded; else
-/// 503 naming what is not.
+/// Ready when the session store answers, a signing key is loaded and this
+/// daemon's heartbeat is current; else 503 naming what is not.
 async fn readyz<F: ServiceFactory>(State(edge): State<Arc<Edge<F>>>) -> Response {
     let mut problems = Vec::new();
     if let Err(error) = edge.store.check().await {
@@ -71,6 +71,14 @@ async fn readyz<F: ServiceFactory>(State(edge): State<Arc<Edge<F>>>) -> Response
     }
     if !edge.auth.ready() {
         problems.push("signing keys: none loaded".to_owned());
+    }
+    let (age, current) = edge.lifecycle.heartbeat_age();
+    if !current {
+        problems.push(format!(
+            "node heartbeat: last written {} s ago, past the node timeout (other daemons may \
+             have freed this one's sessions)",
+            age.as_secs()
+        ));
     }
     if problems.is_empty() {
         "ready\n".into_response()

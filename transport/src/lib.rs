@@ -202,6 +202,10 @@ pub struct EdgeConfig {
     pub session_timeout: Duration,
     /// Activity is written to the store at most this often per session.
     pub activity_flush: Duration,
+    /// A daemon whose heartbeat is older than this is presumed dead: any
+    /// other daemon on the database frees its live sessions
+    /// (`EXAI_NODE_TIMEOUT`). The heartbeat is written every third of it.
+    pub node_timeout: Duration,
     /// A WebSocket whose MCP service has had nothing to do for this long
     /// has the service suspended, and restarted by the next message: an
     /// idle connection then costs a few KiB instead of a service's tasks
@@ -231,6 +235,7 @@ impl Default for EdgeConfig {
             authorization_servers: Vec::new(),
             session_timeout: Duration::from_secs(3600),
             activity_flush: Duration::from_secs(30),
+            node_timeout: Duration::from_secs(30),
             service_idle: Duration::from_millis(500),
         }
     }
@@ -275,8 +280,12 @@ impl<F: ServiceFactory> Edge<F> {
         let lifecycle = Arc::new(lifecycle::Lifecycle::new(
             store.clone(),
             auth.clone(),
-            config.activity_flush,
-            config.session_timeout,
+            lifecycle::Timings {
+                activity_flush: config.activity_flush,
+                session_timeout: config.session_timeout,
+                node_timeout: config.node_timeout,
+                max_connections_per_user: config.max_connections_per_user,
+            },
             metrics.clone(),
         ));
         let factory = Arc::new(factory);

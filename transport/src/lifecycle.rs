@@ -9,17 +9,23 @@
 //! - **Outage**: a close that the store could not record is kept and
 //!   retried until it is, so the table ends up telling the truth; activity
 //!   that could not be flushed stays pending likewise.
+//! - **Node liveness**: every [`EdgeConfig::node_timeout`] / 3 the activity
+//!   batch goes out as this daemon's heartbeat, which also reaps the live
+//!   sessions of daemons silent for longer than the timeout. A daemon that
+//!   finds itself reaped (it was paused) re-asserts the sessions it still
+//!   holds, each within its user's cap, and closes the rest with 1013.
 //!
 //! [`EdgeConfig::activity_flush`]: crate::EdgeConfig::activity_flush
 //! [`EdgeConfig::session_timeout`]: crate::EdgeConfig::session_timeout
+//! [`EdgeConfig::node_timeout`]: crate::EdgeConfig::node_timeout
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exai_auth::{Principal, UserId};
-use exai_sessions::{ConnectionStore, SessionId};
+use exai_sessions::{ConnectionStore, Heartbeat, SessionId};
 use tokio_util::sync::CancellationToken;
 
 /// Why the lifecycle ended a connection.
@@ -31,6 +37,9 @@ pub(crate) enum Ended {
     Killed,
     /// The API key that opened the connection was revoked or expired.
     KeyRevoked,
+    /// This daemon was reaped while it was silent, and the session could
+    /// not be kept (resumed elsewhere, or its user is at the cap).
+    Reaped,
 }
 
 /// What a connection holds: where to record activity, and how it is told
@@ -83,14 +92,29 @@ pub(crate) struct Lifecycle {
     unrecorded_closes: Mutex<Vec<(Principal, SessionId)>>,
     activity_flush: Duration,
     session_timeout: Duration,
+    node_timeout: Duration,
+    max_connections_per_user: u32,
+    /// When the last heartbeat was written (at first, when this began).
+    heartbeat: Mutex<Instant>,
+    /// This node was reaped and has not yet re-asserted its sessions.
+    reassert_pending: AtomicBool,
+}
+
+/// The timings and the cap the lifecycle works to (from [`EdgeConfig`]).
+///
+/// [`EdgeConfig`]: crate::EdgeConfig
+pub(crate) struct Timings {
+    pub(crate) activity_flush: Duration,
+    pub(crate) session_timeout: Duration,
+    pub(crate) node_timeout: Duration,
+    pub(crate) max_connections_per_user: u32,
 }
 
 impl Lifecycle {
     pub(crate) fn new(
         store: Arc<dyn ConnectionStore>,
         auth: Arc<exai_auth::Authenticator>,
-        activity_flush: Duration,
-        session_timeout: Duration,
+        timings: Timings,
         metrics: Arc<crate::EdgeMetrics>,
     ) -> Self {
         Lifecycle {
@@ -100,9 +124,31 @@ impl Lifecycle {
             epoch: Instant::now(),
             live: Mutex::default(),
             unrecorded_closes: Mutex::default(),
-            activity_flush,
-            session_timeout,
+            activity_flush: timings.activity_flush,
+            session_timeout: timings.session_timeout,
+            node_timeout: timings.node_timeout,
+            max_connections_per_user: timings.max_connections_per_user,
+            heartbeat: Mutex::new(Instant::now()),
+            reassert_pending: AtomicBool::new(false),
         }
+    }
+
+    /// How long ago this daemon's heartbeat was last written, and whether
+    /// that is within the node timeout (past it, other daemons may reap
+    /// its sessions).
+    pub(crate) fn heartbeat_age(&self) -> (Duration, bool) {
+        let age = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        (age, age < self.node_timeout)
+    }
+
+    /// How often the heartbeat is written: a third of the node timeout,
+    /// so two may be lost before anyone reaps this daemon.
+    fn heartbeat_interval(&self) -> Duration {
+        (self.node_timeout / 3).max(Duration::from_millis(50))
     }
 
     /// Registers a session this daemon now holds open.
@@ -168,7 +214,8 @@ impl Lifecycle {
     }
 
     /// Writes the activity not yet written, for sessions whose last write is
-    /// at least `activity_flush` old (or all of them, when `force`).
+    /// at least `activity_flush` old (or all of them, when `force`); as
+    /// this daemon's heartbeat when one is due.
     async fn flush_activity(&self, force: bool) {
         let mut batch = Vec::new();
         {
@@ -182,12 +229,27 @@ impl Lifecycle {
                 }
             }
         }
-        if batch.is_empty() {
+        // Ticks come every interval (or more often): a tenth of slack, so
+        // a tick a little early still beats rather than waiting a whole
+        // interval more.
+        let heartbeat_due = self.heartbeat_age().0 >= self.heartbeat_interval() * 9 / 10;
+        if batch.is_empty() && !heartbeat_due {
             return;
         }
         let sessions: Vec<(UserId, SessionId)> =
             batch.iter().map(|(u, s, _)| (*u, s.clone())).collect();
-        match self.store.touch_batch(&sessions).await {
+        let written = if heartbeat_due {
+            match self.store.heartbeat(&sessions, self.node_timeout).await {
+                Ok(beat) => {
+                    self.beat(beat);
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            }
+        } else {
+            self.store.touch_batch(&sessions).await
+        };
+        match written {
             Ok(()) => {
                 let mut live = self.live();
                 for (_, session, seen) in batch {
@@ -198,6 +260,54 @@ impl Lifecycle {
                 }
             }
             Err(error) => tracing::warn!(%error, "could not record activity; will retry"),
+        }
+    }
+
+    /// A heartbeat was written: note it, and what it found.
+    fn beat(&self, beat: Heartbeat) {
+        *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        if beat.reaped_sessions > 0 {
+            tracing::info!(
+                sessions = beat.reaped_sessions,
+                "freed the live sessions of daemons silent past the node timeout"
+            );
+            self.metrics.sessions_reaped(beat.reaped_sessions);
+        }
+        if beat.was_reaped {
+            tracing::warn!(
+                "this daemon was silent past the node timeout and other daemons reaped its \
+                 sessions; re-asserting the ones it still holds"
+            );
+            self.reassert_pending.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// After being reaped: claims the sessions held here again, within
+    /// their users' caps, and ends the ones that cannot be kept.
+    async fn reassert(&self) {
+        if !self.reassert_pending.load(Ordering::Relaxed) {
+            return;
+        }
+        let held: Vec<(UserId, SessionId)> = self
+            .live()
+            .iter()
+            .map(|(session, entry)| (entry.user, session.clone()))
+            .collect();
+        match self
+            .store
+            .reassert(&held, self.max_connections_per_user)
+            .await
+        {
+            Ok(refused) => {
+                self.reassert_pending.store(false, Ordering::Relaxed);
+                tracing::info!(
+                    kept = held.len() - refused.len().min(held.len()),
+                    ended = refused.len(),
+                    "re-asserted the sessions held here"
+                );
+                self.end(&refused, Ended::Reaped);
+            }
+            Err(error) => tracing::warn!(%error, "could not re-assert sessions; will retry"),
         }
     }
 
@@ -287,9 +397,14 @@ impl Lifecycle {
     /// The background work, until `shutdown`; then one last flush and
     /// retry, so the store is left as true as it can be made.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if let Err(error) = self.store.register_node().await {
+            // The first heartbeat registers it as well.
+            tracing::warn!(%error, "could not register this daemon's node; will retry");
+        }
         let tick = self
             .activity_flush
             .min(self.session_timeout / 4)
+            .min(self.heartbeat_interval())
             .clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -299,6 +414,7 @@ impl Lifecycle {
                 () = shutdown.cancelled() => break,
             }
             self.flush_activity(false).await;
+            self.reassert().await;
             self.retry_closes().await;
             self.expire().await;
             self.end_revoked().await;

@@ -138,6 +138,13 @@ impl EdgeMetrics {
             .inc();
     }
 
+    /// Live sessions of silent daemons this daemon's heartbeat freed.
+    pub(crate) fn sessions_reaped(&self, count: u64) {
+        self.session_events
+            .get_or_create(&vec![("event", "reaped".to_owned())])
+            .inc_by(count);
+    }
+
     pub(crate) fn session_attached(&self) {
         self.sessions
             .get_or_create(&vec![("status", "connected".to_owned())])

@@ -81,6 +81,12 @@ pub struct DaemonArgs {
     #[arg(long, env = "MCP_SESSION_TIMEOUT", default_value = "3600")]
     pub(crate) session_timeout: String,
 
+    /// Seconds of silence after which another daemon on the same database
+    /// is presumed dead and its live sessions are freed (they become
+    /// resumable elsewhere); the heartbeat is written every third of it
+    #[arg(long, env = "EXAI_NODE_TIMEOUT", default_value = "30")]
+    pub(crate) node_timeout: String,
+
     /// Largest WebSocket message accepted, in bytes (a larger one closes the
     /// connection with 1009)
     #[arg(long, env = "EXAI_WS_MAX_BYTES", default_value = "33554432")]

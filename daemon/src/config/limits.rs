@@ -160,6 +160,12 @@ pub(super) fn edge(args: &DaemonArgs, problems: &mut Problems) -> Option<EdgeCon
         seconds,
         |v: &u64| *v >= 1,
     ));
+    let node_timeout = problems.check(parse(
+        "EXAI_NODE_TIMEOUT",
+        &args.node_timeout,
+        "a whole number of seconds from 3 to 3600",
+        |v: &u64| (3..=3600).contains(v),
+    ));
     let max_bytes = problems.check(parse(
         "EXAI_WS_MAX_BYTES",
         &args.ws_max_bytes,
@@ -200,6 +206,7 @@ pub(super) fn edge(args: &DaemonArgs, problems: &mut Problems) -> Option<EdgeCon
     edge.ping_interval = Duration::from_secs(ping_interval?);
     edge.ping_timeout = Duration::from_secs(ping_timeout?);
     edge.session_timeout = Duration::from_secs(timeout?);
+    edge.node_timeout = Duration::from_secs(node_timeout?);
     edge.shutdown_grace = Duration::from_secs(shutdown_grace?);
     edge.activity_flush = activity_flush(edge.session_timeout);
     Some(edge)

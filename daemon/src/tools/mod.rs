@@ -373,6 +373,7 @@ impl ExaiServer {
                     "transport": s.metadata.transport,
                     "client": s.metadata.client_name,
                     "client_version": s.metadata.client_version,
+                    "node": s.node_id,
                     "created_at": timestamp(s.created_at),
                     "last_active": timestamp(s.last_active),
                 })

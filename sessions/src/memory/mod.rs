@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 
 use crate::{
-    ModelUsage, OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
+    Heartbeat, ModelUsage, OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
     SessionRecord, SessionStatus, Sessions, StoreError, UsageRecord, UsageStore, is_admin,
 };
 
@@ -105,6 +105,7 @@ impl Sessions for MemoryStore {
             created_at: now,
             last_active: now,
             metadata: request.metadata,
+            node_id: None,
         };
         sessions.push(record.clone());
         Ok(record)
@@ -189,6 +190,31 @@ impl SessionLifecycle for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    /// One daemon, one node: nothing to register.
+    async fn register_node(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Only this daemon holds the sessions, so no other can fall silent:
+    /// the heartbeat is the activity alone.
+    async fn heartbeat(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        _node_timeout: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        self.touch_batch(sessions).await?;
+        Ok(Heartbeat::default())
+    }
+
+    /// Never reaped, so never asked; nothing to refuse.
+    async fn reassert(
+        &self,
+        _sessions: &[(UserId, SessionId)],
+        _max_connections: u32,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        Ok(Vec::new())
     }
 
     async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {

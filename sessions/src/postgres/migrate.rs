@@ -44,6 +44,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_daemon_only_writes",
         include_str!("../../migrations/0009_daemon_only_writes.sql"),
     ),
+    (
+        "0010_nodes",
+        include_str!("../../migrations/0010_nodes.sql"),
+    ),
 ];
 
 /// What [`PostgresStore::migrate`] did with one migration.

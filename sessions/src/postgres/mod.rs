@@ -57,6 +57,8 @@ impl Default for PostgresConfig {
 pub struct PostgresStore {
     pool: Pool,
     timeout: Duration,
+    /// The daemon this store serves, if it is one (not the CLI).
+    pub(super) node: Option<crate::Node>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -104,7 +106,22 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             timeout: config.timeout,
+            node: None,
         })
+    }
+
+    /// This store as `node`'s: the sessions it opens and resumes are
+    /// stamped with it, and [`SessionLifecycle::heartbeat`] keeps it
+    /// alive and reaps silent nodes.
+    ///
+    /// [`SessionLifecycle::heartbeat`]: crate::SessionLifecycle::heartbeat
+    pub fn with_node(mut self, node: crate::Node) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    fn node_id(&self) -> Option<uuid::Uuid> {
+        self.node.as_ref().map(|node| node.id)
     }
 
     /// Runs `f` with a pooled connection, within the timeout.

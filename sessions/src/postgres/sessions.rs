@@ -11,12 +11,12 @@ use tokio_postgres::Row;
 
 use super::{PostgresStore, Problem, seconds, store_error, unavailable};
 use crate::{
-    OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle, SessionRecord,
-    SessionStatus, Sessions, StoreError, is_admin,
+    Heartbeat, OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
+    SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
 };
 
 const SESSION_COLUMNS: &str =
-    "session_id, user_id, connection_status, created_at, last_active, metadata";
+    "session_id, user_id, connection_status, created_at, last_active, metadata, node_id";
 
 fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
     let status: Option<String> = row.try_get("connection_status").map_err(unavailable)?;
@@ -44,6 +44,7 @@ fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
         metadata: metadata
             .and_then(|m| serde_json::from_value(m).ok())
             .unwrap_or_default(),
+        node_id: row.try_get("node_id").map_err(unavailable)?,
     })
 }
 
@@ -63,10 +64,14 @@ impl Sessions for PostgresStore {
         let limit = i32::try_from(request.max_connections).unwrap_or(i32::MAX);
         let metadata = serde_json::to_value(&request.metadata).map_err(unavailable)?;
         self.with_client(async |client| {
-            let sql =
-                format!("SELECT {SESSION_COLUMNS} FROM public.mcp_open_session($1, $2, $3, $4)");
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM public.mcp_open_session($1, $2, $3, $4, $5)"
+            );
             match client
-                .query_one(&sql, &[&user, &id.as_str(), &limit, &metadata])
+                .query_one(
+                    &sql,
+                    &[&user, &id.as_str(), &limit, &metadata, &self.node_id()],
+                )
                 .await
             {
                 Ok(row) => session_from_row(&row),
@@ -166,9 +171,9 @@ impl Sessions for PostgresStore {
         let limit = i32::try_from(max_connections).unwrap_or(i32::MAX);
         self.with_client(async |client| {
             let sql =
-                format!("SELECT {SESSION_COLUMNS} FROM public.mcp_resume_session($1, $2, $3)");
+                format!("SELECT {SESSION_COLUMNS} FROM public.mcp_resume_session($1, $2, $3, $4)");
             match client
-                .query_one(&sql, &[&user, &session.as_str(), &limit])
+                .query_one(&sql, &[&user, &session.as_str(), &limit, &self.node_id()])
                 .await
             {
                 Ok(row) => session_from_row(&row),
@@ -205,6 +210,86 @@ impl SessionLifecycle for PostgresStore {
         self.with_client(async |client| {
             let rows = client
                 .query("SELECT public.mcp_killed_sessions($1)", &[&ids])
+                .await
+                .map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .map(|r| SessionId::from_client(r.get::<_, String>(0)))
+                .collect())
+        })
+        .await
+    }
+
+    async fn register_node(&self) -> Result<(), StoreError> {
+        let Some(node) = &self.node else {
+            return Ok(());
+        };
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "SELECT public.mcp_register_node($1, $2, $3)",
+                    &[&node.id, &node.host, &node.version],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        node_timeout: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        let Some(node) = &self.node else {
+            self.touch_batch(sessions).await?;
+            return Ok(Heartbeat::default());
+        };
+        let ids: Vec<&str> = sessions.iter().map(|(_, id)| id.as_str()).collect();
+        let users: Vec<uuid::Uuid> = sessions.iter().map(|(user, _)| user.as_uuid()).collect();
+        self.with_client(async |client| {
+            let row = client
+                .query_one(
+                    "SELECT was_reaped, reaped_sessions
+                       FROM public.mcp_node_heartbeat($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &node.id,
+                        &node.host,
+                        &node.version,
+                        &users,
+                        &ids,
+                        &seconds(node_timeout),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            let reaped: i32 = row.try_get("reaped_sessions").map_err(unavailable)?;
+            Ok(Heartbeat {
+                was_reaped: row.try_get("was_reaped").map_err(unavailable)?,
+                reaped_sessions: u64::try_from(reaped).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    async fn reassert(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        max_connections: u32,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let Some(node) = &self.node else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<&str> = sessions.iter().map(|(_, id)| id.as_str()).collect();
+        let users: Vec<uuid::Uuid> = sessions.iter().map(|(user, _)| user.as_uuid()).collect();
+        let limit = i32::try_from(max_connections).unwrap_or(i32::MAX);
+        self.with_client(async |client| {
+            let rows = client
+                .query(
+                    "SELECT public.mcp_reassert_sessions($1, $2, $3, $4)",
+                    &[&node.id, &users, &ids, &limit],
+                )
                 .await
                 .map_err(unavailable)?;
             Ok(rows

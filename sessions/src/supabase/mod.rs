@@ -24,12 +24,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    ConversationLimits, OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
-    SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
+    ConversationLimits, Heartbeat, OpenSession, SessionAdmin, SessionFilter, SessionId,
+    SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
 };
 
 const SESSION_COLUMNS: &str =
-    "session_id,user_id,connection_status,created_at,last_active,metadata";
+    "session_id,user_id,connection_status,created_at,last_active,metadata,node_id";
 
 /// How to reach the project.
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ pub struct SupabaseStore {
     client: Postgrest,
     key: Secret,
     timeout: Duration,
+    /// The daemon this store serves, if it is one (not the CLI).
+    node: Option<crate::Node>,
 }
 
 impl std::fmt::Debug for SupabaseStore {
@@ -145,6 +147,7 @@ fn session_from_json(row: &Value) -> Result<SessionRecord, RestError> {
             .or(created_at)
             .unwrap_or(SystemTime::UNIX_EPOCH),
         metadata: serde_json::from_value(row["metadata"].clone()).unwrap_or_default(),
+        node_id: text("node_id").and_then(|n| n.parse().ok()),
     })
 }
 
@@ -158,7 +161,20 @@ impl SupabaseStore {
             client: Postgrest::new(rest).insert_header("apikey", key),
             key: service_role_key,
             timeout: config.timeout,
+            node: None,
         }
+    }
+
+    /// This store as `node`'s, as [`PostgresStore::with_node`].
+    ///
+    /// [`PostgresStore::with_node`]: crate::PostgresStore::with_node
+    pub fn with_node(mut self, node: crate::Node) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    fn node_id(&self) -> Option<uuid::Uuid> {
+        self.node.as_ref().map(|node| node.id)
     }
 
     /// Whether the API answers and the schema is there (a one-row read of
@@ -254,6 +270,7 @@ impl Sessions for SupabaseStore {
             "p_session_id": SessionId::generate(),
             "p_max_connections": request.max_connections,
             "p_metadata": request.metadata,
+            "p_node_id": self.node_id(),
         });
         Self::one_session(
             self.rpc("mcp_open_session", args).await,
@@ -323,6 +340,7 @@ impl Sessions for SupabaseStore {
             "p_user_id": principal.user_id,
             "p_session_id": session,
             "p_max_connections": max_connections,
+            "p_node_id": self.node_id(),
         });
         Self::one_session(self.rpc("mcp_resume_session", args).await, max_connections)
     }
@@ -357,6 +375,73 @@ impl SessionLifecycle for SupabaseStore {
             .flatten()
             .filter_map(|id| id.as_str().map(SessionId::from_client))
             .collect())
+    }
+
+    async fn register_node(&self) -> Result<(), StoreError> {
+        let Some(node) = &self.node else {
+            return Ok(());
+        };
+        let args = json!({ "p_node_id": node.id, "p_host": node.host, "p_version": node.version });
+        self.rpc("mcp_register_node", args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        node_timeout: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        let Some(node) = &self.node else {
+            self.touch_batch(sessions).await?;
+            return Ok(Heartbeat::default());
+        };
+        let users: Vec<UserId> = sessions.iter().map(|(u, _)| *u).collect();
+        let ids: Vec<&SessionId> = sessions.iter().map(|(_, s)| s).collect();
+        let args = json!({
+            "p_node_id": node.id, "p_host": node.host, "p_version": node.version,
+            "p_user_ids": users, "p_session_ids": ids,
+            "p_node_timeout_secs": seconds(node_timeout),
+        });
+        let rows = self
+            .rpc("mcp_node_heartbeat", args)
+            .await
+            .map_err(unavailable)?;
+        let row = &rows[0];
+        Ok(Heartbeat {
+            was_reaped: row["was_reaped"].as_bool().unwrap_or(false),
+            reaped_sessions: row["reaped_sessions"].as_u64().unwrap_or(0),
+        })
+    }
+
+    async fn reassert(
+        &self,
+        sessions: &[(UserId, SessionId)],
+        max_connections: u32,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let Some(node) = &self.node else {
+            return Ok(Vec::new());
+        };
+        let users: Vec<UserId> = sessions.iter().map(|(u, _)| *u).collect();
+        let ids: Vec<&SessionId> = sessions.iter().map(|(_, s)| s).collect();
+        let args = json!({
+            "p_node_id": node.id, "p_user_ids": users, "p_session_ids": ids,
+            "p_max_connections": max_connections,
+        });
+        let refused = self
+            .rpc("mcp_reassert_sessions", args)
+            .await
+            .map_err(unavailable)?;
+        Ok(refused
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(Value::as_str)
+                    .map(SessionId::from_client)
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {

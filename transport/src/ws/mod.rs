@@ -70,6 +70,7 @@ pub(super) enum End {
     TimedOut,
     Killed,
     KeyRevoked,
+    Reaped,
     TooBig,
     InvalidUtf8,
     PingTimeout,
@@ -87,6 +88,10 @@ impl End {
             End::TimedOut => (close::SESSION_TIMED_OUT, "session timed out"),
             End::Killed => (close::SESSION_KILLED, "session killed by an administrator"),
             End::KeyRevoked => (close::TOKEN_EXPIRED, "API key revoked"),
+            End::Reaped => (
+                close::TRY_AGAIN_LATER,
+                "this daemon lost its sessions while unreachable; reconnect",
+            ),
             End::TooBig => (close::MESSAGE_TOO_BIG, "message too big"),
             End::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not UTF-8"),
             End::PingTimeout => (close::PING_TIMEOUT, "ping timeout"),
@@ -186,6 +191,7 @@ pub(crate) fn run<S: rmcp::ServerHandler + Clone>(
                 Some(Ended::TimedOut) | None => End::TimedOut,
                 Some(Ended::Killed) => End::Killed,
                 Some(Ended::KeyRevoked) => End::KeyRevoked,
+                Some(Ended::Reaped) => End::Reaped,
             },
         };
         let (mcp, stream) = reader.into_parts();
