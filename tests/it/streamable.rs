@@ -737,6 +737,69 @@ async fn a_same_origin_loopback_page_is_served() {
     daemon.stop().await;
 }
 
+/// Editors that never say goodbye: most clients (the TypeScript SDK's
+/// `close()`, the Inspector, the conformance suite, anything that crashes)
+/// never DELETE their session. At the cap, a new connection closes the
+/// user's least recently used HTTP session that nobody uses, instead of
+/// being refused; a session with an open stream, or used within the grace,
+/// is never taken.
+#[tokio::test]
+async fn abandoned_http_sessions_never_lock_their_user_out() {
+    let grace = Duration::from_millis(500);
+    let daemon = TestDaemon::start_with(|c| {
+        c.edge.max_connections_per_user = 2;
+        c.edge.http_idle_grace = grace;
+    })
+    .await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let vanished = http.open(&ana).await;
+    let listening = http.open(&ana).await;
+    let mut stream = http
+        .client
+        .get(&http.url)
+        .bearer_auth(&ana)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &listening)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // Within the grace nothing is taken: the cap answers as before.
+    let refused = http.post(Some(&ana), None, initialize(1)).await;
+    assert_eq!(refused.status, 429, "{}", refused.text);
+
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    // Six more clients that initialize and vanish, one after another: each
+    // is admitted, taking the place of the one before it.
+    let mut last = vanished.clone();
+    for _ in 0..6 {
+        let next = http.open(&ana).await;
+        tokio::time::sleep(grace + Duration::from_millis(100)).await;
+        assert_ne!(next, last);
+        last = next;
+    }
+    // The first is gone (its client would initialize again), the one with
+    // an open GET stream was never taken and still answers.
+    assert_eq!(http.whoami(&ana, Some(&vanished), 5).await.status, 404);
+    let kept = http.whoami(&ana, Some(&listening), 6).await;
+    assert_eq!(kept.status, 200, "{}", kept.text);
+    // A WebSocket at the cap takes the last idle HTTP session too.
+    let socket = daemon.try_connect(Some(&ana)).await;
+    assert!(socket.is_ok(), "{:?}", socket.err());
+    assert_eq!(http.whoami(&ana, Some(&last), 7).await.status, 404);
+    // Now every place is in use: refused, with nothing left to take.
+    tokio::time::sleep(grace + Duration::from_millis(100)).await;
+    let refused = http.post(Some(&ana), None, initialize(1)).await;
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    let listening_still = tokio::time::timeout(Duration::from_millis(100), stream.chunk()).await;
+    assert!(
+        !matches!(listening_still, Ok(Ok(None))),
+        "the GET stream is still open"
+    );
+    daemon.stop().await;
+}
+
 /// Attack 8: a GET stream held open past its token's `exp`. It ends at
 /// `exp`, as a WebSocket in the same state is closed with 4401; a stream
 /// opened with a token that lasts stays open.

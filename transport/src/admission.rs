@@ -208,10 +208,10 @@ pub(crate) async fn open<F: ServiceFactory>(
 ) -> Result<Opened, EdgeError> {
     let limit = edge.config.max_connections_per_user;
     let resuming = resume.is_some();
-    let opened = match resume {
+    let attempt = async || match &resume {
         // Resuming one of the caller's own sessions: another user's id, an
         // expired one and a made-up one all answer 404 alike.
-        Some(id) => edge.store.resume(&principal, &id, limit).await,
+        Some(id) => edge.store.resume(&principal, id, limit).await,
         None => {
             let metadata = SessionMetadata::new(transport, Some(peer.to_string()));
             edge.store
@@ -219,6 +219,17 @@ pub(crate) async fn open<F: ServiceFactory>(
                 .await
         }
     };
+    let mut opened = attempt().await;
+    // At the cap, an HTTP session of this user's that nobody uses (its
+    // client left without DELETE) makes room, least recently used first.
+    while matches!(opened, Err(StoreError::LimitReached { .. }))
+        && edge
+            .http_sessions
+            .close_idle(principal.user_id, edge.config.http_idle_grace)
+            .await
+    {
+        opened = attempt().await;
+    }
     let session = match opened {
         Ok(session) => session,
         Err(error) => {

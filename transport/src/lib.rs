@@ -202,6 +202,11 @@ pub struct EdgeConfig {
     pub session_timeout: Duration,
     /// Activity is written to the store at most this often per session.
     pub activity_flush: Duration,
+    /// At the per-user cap, a new connection closes that user's least
+    /// recently used HTTP session held here that has had no request in
+    /// flight and no open stream for this long, rather than be refused:
+    /// clients that never send `DELETE` do not lock their user out.
+    pub http_idle_grace: Duration,
     /// A daemon whose heartbeat is older than this is presumed dead: any
     /// other daemon on the database frees its live sessions
     /// (`EXAI_NODE_TIMEOUT`). The heartbeat is written every third of it.
@@ -236,6 +241,7 @@ impl Default for EdgeConfig {
             session_timeout: Duration::from_secs(3600),
             activity_flush: Duration::from_secs(30),
             node_timeout: Duration::from_secs(30),
+            http_idle_grace: Duration::from_secs(30),
             service_idle: Duration::from_millis(500),
         }
     }

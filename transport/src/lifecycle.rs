@@ -59,6 +59,12 @@ impl LiveSession {
             .store(millis_since(self.epoch), Ordering::Relaxed);
     }
 
+    /// How long since the last MCP request.
+    pub(crate) fn idle_for(&self) -> Duration {
+        let last = self.activity.load(Ordering::Relaxed);
+        Duration::from_millis(millis_since(self.epoch).saturating_sub(last))
+    }
+
     /// Why the connection was told to end, once it was.
     pub(crate) fn reason(&self) -> Option<Ended> {
         *self.reason.lock().unwrap_or_else(|e| e.into_inner())

@@ -22,14 +22,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use axum::response::Response;
 use exai_auth::UserId;
 use exai_sessions::StoreError;
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::{
@@ -383,6 +385,9 @@ pub(crate) struct HttpSessions {
 struct Bound {
     user: UserId,
     context: ConnectionContext,
+    /// Streams open in this session (a request's answer, the GET stream):
+    /// while any is, the session is in use.
+    streams: Arc<AtomicUsize>,
     /// The protocol version the client asked for in `initialize`.
     protocol: Option<String>,
     live: LiveSession,
@@ -409,6 +414,46 @@ impl HttpSessions {
         })
     }
 
+    /// Closes `user`'s least recently used session held here that has had
+    /// no stream open and no request for `grace`, to make room for a new
+    /// connection at the user's cap; whether one was closed.
+    pub(crate) async fn close_idle(&self, user: UserId, grace: Duration) -> bool {
+        let oldest = lock(&self.bound)
+            .iter()
+            .filter(|(_, s)| s.user == user && s.streams.load(Ordering::Acquire) == 0)
+            .map(|(id, s)| (s.live.idle_for(), id.clone()))
+            .filter(|(idle, _)| *idle >= grace)
+            .max_by_key(|(idle, _)| *idle);
+        let Some((idle, id)) = oldest else {
+            return false;
+        };
+        if let Some(bound) = lock(&self.bound).get(&id) {
+            bound.span.in_scope(|| {
+                tracing::info!(
+                    idle_secs = idle.as_secs(),
+                    "closing an idle http session to make room at its user's connection limit"
+                );
+            });
+        }
+        self.metrics.session_event("idle_http_closed");
+        let _ = self.close_session(&id).await;
+        true
+    }
+
+    /// `stream`, counted among session `id`'s open streams until dropped.
+    fn counted<S: Stream + Send + Sync + 'static>(
+        &self,
+        id: &RmcpSessionId,
+        stream: S,
+    ) -> impl Stream<Item = S::Item> + Send + Sync + 'static {
+        let open = lock(&self.bound)
+            .get(id)
+            .map(|s| OpenStream::new(&s.streams));
+        stream.inspect(move |_| {
+            let _ = &open;
+        })
+    }
+
     /// The context and protocol version of session `id` if it is
     /// `user`'s, recording activity.
     fn context(&self, user: UserId, id: &str) -> Option<(ConnectionContext, Option<String>)> {
@@ -416,6 +461,22 @@ impl HttpSessions {
         let session = bound.get(id).filter(|s| s.user == user)?;
         session.live.record_activity();
         Some((session.context.clone(), session.protocol.clone()))
+    }
+}
+
+/// One open stream of a session, counted while it lives.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::AcqRel);
+        OpenStream(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -480,6 +541,7 @@ impl SessionManager for HttpSessions {
             Bound {
                 user: principal.user_id,
                 context,
+                streams: Arc::default(),
                 protocol,
                 live,
                 guard,
@@ -523,7 +585,8 @@ impl SessionManager for HttpSessions {
         id: &RmcpSessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        Ok(self.local.create_stream(id, message).await?)
+        let stream = self.local.create_stream(id, message).await?;
+        Ok(self.counted(id, stream))
     }
 
     async fn accept_message(
@@ -538,7 +601,8 @@ impl SessionManager for HttpSessions {
         &self,
         id: &RmcpSessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        Ok(self.local.create_standalone_stream(id).await?)
+        let stream = self.local.create_standalone_stream(id).await?;
+        Ok(self.counted(id, stream))
     }
 
     async fn resume(
@@ -546,7 +610,8 @@ impl SessionManager for HttpSessions {
         id: &RmcpSessionId,
         last_event_id: String,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        Ok(self.local.resume(id, last_event_id).await?)
+        let stream = self.local.resume(id, last_event_id).await?;
+        Ok(self.counted(id, stream))
     }
 }
 
