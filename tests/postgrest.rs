@@ -9,7 +9,8 @@
 //!   set `request.jwt.claims` to its claims
 //!   (<https://docs.postgrest.org/en/v12/references/transactions.html>),
 //!   then run the query, so grants and row level security decide the answer;
-//! - tables: `GET` with `select=`, `col=eq.v`, `col=is.null`, `order=col.dir`;
+//! - tables: `GET` with `select=`, `col=eq.v`, `col=is.null`, `order=col.dir`,
+//!   and the `Range` header for limit and offset;
 //!   `POST` (insert) and `PATCH` (update) returning the rows, as with
 //!   `Prefer: return=representation`;
 //! - functions: `POST /rpc/name` with named arguments in a JSON object; a
@@ -150,7 +151,10 @@ async fn handle(
     let result = if let Some(function) = path.strip_prefix("rpc/") {
         call(&tx, function, &body).await
     } else {
-        table(&tx, &method, &path, &params, &body).await
+        match range(&headers) {
+            Ok(range) => table(&tx, &method, &path, &params, range, &body).await,
+            Err(failure) => Err(failure),
+        }
     };
     match result {
         Ok((status, value)) => match tx.commit().await {
@@ -249,12 +253,37 @@ async fn call(
     Ok((StatusCode::OK, value))
 }
 
-/// Tables: `GET`, `POST` (insert) and `PATCH` (update) with filters.
+/// A `Range: FIRST-LAST` request header (items, both inclusive, `LAST`
+/// optional), as PostgREST reads it for limits and offsets
+/// (<https://docs.postgrest.org/en/v12/references/api/pagination_count.html>),
+/// as SQL: ` LIMIT n OFFSET m`.
+fn range(headers: &HeaderMap) -> Result<String, Failure> {
+    let Some(value) = headers.get(header::RANGE) else {
+        return Ok(String::new());
+    };
+    let value = value.to_str().map_err(|_| bad("bad Range"))?;
+    let (first, last) = value.split_once('-').ok_or_else(|| bad("bad Range"))?;
+    let first: u64 = first.trim().parse().map_err(|_| bad("bad Range"))?;
+    Ok(match last.trim() {
+        "" => format!(" OFFSET {first}"),
+        last => {
+            let last: u64 = last.parse().map_err(|_| bad("bad Range"))?;
+            if last < first {
+                return Err(bad("bad Range"));
+            }
+            format!(" LIMIT {} OFFSET {first}", last - first + 1)
+        }
+    })
+}
+
+/// Tables: `GET`, `POST` (insert) and `PATCH` (update) with filters; a
+/// `GET` within `range` (SQL `LIMIT`/`OFFSET`, from [`range`]).
 async fn table(
     tx: &tokio_postgres::Transaction<'_>,
     method: &Method,
     table: &str,
     params: &[(String, String)],
+    range: String,
     body: &Value,
 ) -> Result<(StatusCode, Value), Failure> {
     let table = identifier(table).ok_or_else(|| bad("bad table name"))?;
@@ -318,7 +347,7 @@ async fn table(
             StatusCode::OK,
             format!(
                 "SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]'::jsonb)
-                   FROM (SELECT {columns} FROM public.{table}{filter}{order}) r"
+                   FROM (SELECT {columns} FROM public.{table}{filter}{order}{range}) r"
             ),
         ),
         Method::POST => {

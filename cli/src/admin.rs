@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use exai_auth::{ApiKeyStore as _, AuthMethod, NewApiKey, Principal, UserId};
 use exai_sessions::{
-    PostgresConfig, PostgresStore, SessionAdmin as _, SessionFilter, SessionId, SessionStatus,
+    Page, PostgresConfig, PostgresStore, SessionAdmin as _, SessionFilter, SessionId, SessionStatus,
 };
 use serde_json::{Value, json};
 
@@ -214,14 +214,18 @@ pub(crate) async fn keys_revoke(database_url: &str, key_id: &str) -> Result<Stri
     ))
 }
 
+/// `exai sessions list`: one page of the sessions of `who` (any user when
+/// `None`) in `status` (any when `None`). Past a full page, stderr says how
+/// to get the next.
 pub(crate) async fn sessions_list(
     database_url: &str,
-    who: Option<&str>,
-    status: Option<&str>,
+    (who, status): (Option<&str>, Option<&str>),
+    page: Page,
     as_json: bool,
 ) -> Result<String, CommandError> {
     let store = store(database_url)?;
     let mut filter = SessionFilter::default();
+    filter.page = page;
     if let Some(who) = who {
         filter.user = Some(user(&store, who).await?);
     }
@@ -241,6 +245,13 @@ pub(crate) async fn sessions_list(
         .admin_list(&admin(), filter)
         .await
         .map_err(CommandError::Store)?;
+    if sessions.len() == page.limit {
+        eprintln!(
+            "exai: showing {} sessions; there may be more: --offset {}",
+            page.limit,
+            page.offset + page.limit
+        );
+    }
     let users: Vec<UserId> = sessions.iter().map(|s| s.user_id).collect();
     let emails = store.emails(&users).await.map_err(CommandError::Store)?;
     let email = |u: &UserId| emails.get(u).cloned().unwrap_or_else(|| u.to_string());

@@ -217,6 +217,12 @@ enum SessionsCommand {
         /// Only in this state: connected, disconnected, expired or killed
         #[arg(long)]
         status: Option<String>,
+        /// At most this many, newest first (1 to 1000)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Skip this many first (the next page: the previous offset plus its limit)
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
         /// Machine-readable output
         #[arg(long)]
         json: bool,
@@ -484,10 +490,14 @@ pub async fn run(cli: Cli, env: &dyn Strings) -> Result<(), CommandError> {
         Command::Sessions(SessionsCommand::List {
             user,
             status,
+            limit,
+            offset,
             json,
             db,
         }) => {
-            admin::sessions_list(&db.database_url, user.as_deref(), status.as_deref(), json).await?
+            let page = exai_sessions::Page::new(usize::from(limit), offset);
+            let filter = (user.as_deref(), status.as_deref());
+            admin::sessions_list(&db.database_url, filter, page, json).await?
         }
         Command::Sessions(SessionsCommand::Kill { session_id, db }) => {
             admin::sessions_kill(&db.database_url, &session_id).await?

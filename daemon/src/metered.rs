@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 use exai_sessions::{
     ConversationId, ConversationLimits, ConversationStore, Heartbeat, ModelUsage, OpenSession,
-    SessionAdmin, SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStore,
+    Page, SessionAdmin, SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStore,
     Sessions, StoreError, Turn, UsageRecord, UsageStore,
 };
 
@@ -85,8 +85,8 @@ impl Sessions for MeteredStore {
         self.timed("get", self.inner.get(p, s)).await
     }
 
-    async fn list(&self, p: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
-        self.timed("list", self.inner.list(p)).await
+    async fn list(&self, p: &Principal, page: Page) -> Result<Vec<SessionRecord>, StoreError> {
+        self.timed("list", self.inner.list(p, page)).await
     }
 
     async fn resume(

@@ -15,7 +15,7 @@
 
 use exai_auth::{AuthMethod, Principal, UserId};
 use exai_sessions::{
-    MemoryStore, OpenSession, PostgresConfig, PostgresStore, SessionMetadata, SessionStore,
+    MemoryStore, OpenSession, Page, PostgresConfig, PostgresStore, SessionMetadata, SessionStore,
 };
 
 #[tokio::main]
@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("opened {} and {}", first.session_id, second.session_id);
 
     store.close(&user, &first.session_id).await?;
-    for session in store.list(&user).await? {
+    for session in store.list(&user, Page::default()).await? {
         println!(
             "{email}: {} {:?} over {}",
             session.session_id, session.status, session.metadata.transport

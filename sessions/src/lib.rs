@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use exai_auth::{AuthMethod, Principal, UserId};
-//! use exai_sessions::{MemoryStore, OpenSession, SessionMetadata, Sessions, StoreError};
+//! use exai_sessions::{MemoryStore, OpenSession, Page, SessionMetadata, Sessions, StoreError};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let store = MemoryStore::new();
@@ -29,9 +29,9 @@
 //! let second = store.open(&ana, OpenSession::new(1, metadata)).await;
 //! assert!(matches!(second, Err(StoreError::LimitReached { limit: 1 })));
 //!
-//! assert_eq!(store.list(&ana).await?.len(), 1);
+//! assert_eq!(store.list(&ana, Page::default()).await?.len(), 1);
 //! // Bo cannot see it, nor tell it from a session that does not exist.
-//! assert!(store.list(&bo).await?.is_empty());
+//! assert!(store.list(&bo, Page::default()).await?.is_empty());
 //! assert!(matches!(store.get(&bo, &session.session_id).await, Err(StoreError::NotFound)));
 //! # Ok::<(), StoreError>(())
 //! # }).unwrap();
@@ -51,8 +51,8 @@ use exai_auth::Principal;
 
 pub use memory::MemoryStore;
 pub use model::{
-    ConversationId, ConversationLimits, Heartbeat, ModelUsage, Node, OpenSession, SessionFilter,
-    SessionId, SessionMetadata, SessionRecord, SessionStatus, Turn, UsageRecord,
+    ConversationId, ConversationLimits, Heartbeat, ModelUsage, Node, OpenSession, Page,
+    SessionFilter, SessionId, SessionMetadata, SessionRecord, SessionStatus, Turn, UsageRecord,
 };
 pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
 pub use store::{

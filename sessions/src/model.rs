@@ -114,6 +114,36 @@ impl Default for ConversationLimits {
     }
 }
 
+/// A bounded slice of a list, newest first: at most `limit` rows after
+/// skipping `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Rows at most (at most [`Page::MAX_LIMIT`]).
+    pub limit: usize,
+    /// Rows skipped first.
+    pub offset: usize,
+}
+
+impl Page {
+    /// The most rows one page may hold.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// `limit` rows (clamped to 1 ..= [`Page::MAX_LIMIT`]) after `offset`.
+    pub fn new(limit: usize, offset: usize) -> Self {
+        Page {
+            limit: limit.clamp(1, Self::MAX_LIMIT),
+            offset,
+        }
+    }
+}
+
+impl Default for Page {
+    /// The newest 100.
+    fn default() -> Self {
+        Page::new(100, 0)
+    }
+}
+
 /// Which sessions an administrator lists.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -122,6 +152,8 @@ pub struct SessionFilter {
     pub user: Option<UserId>,
     /// Only in this state.
     pub status: Option<SessionStatus>,
+    /// Which of them.
+    pub page: Page,
 }
 
 impl SessionFilter {

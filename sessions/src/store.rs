@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use exai_auth::{Principal, UserId};
 
 use crate::{
-    ConversationId, ConversationLimits, Heartbeat, ModelUsage, OpenSession, SessionFilter,
+    ConversationId, ConversationLimits, Heartbeat, ModelUsage, OpenSession, Page, SessionFilter,
     SessionId, SessionRecord, StoreError, Turn, UsageRecord,
 };
 
@@ -53,8 +53,12 @@ pub trait Sessions: Send + Sync + std::fmt::Debug + 'static {
         session: &SessionId,
     ) -> Result<SessionRecord, StoreError>;
 
-    /// The principal's sessions, newest first.
-    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError>;
+    /// The principal's sessions, newest first: one `page` of them.
+    async fn list(
+        &self,
+        principal: &Principal,
+        page: Page,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
 
     /// Re-attaches one of the principal's `disconnected` sessions, within
     /// the per-user limit (checked atomically, as in [`Sessions::open`]).

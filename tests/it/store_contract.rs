@@ -7,7 +7,7 @@ use exai_auth::{AuthMethod, Principal, UserId};
 use std::time::Duration;
 
 use exai_sessions::{
-    ConversationId, ConversationLimits, MemoryStore, ModelUsage, OpenSession, PostgresConfig,
+    ConversationId, ConversationLimits, MemoryStore, ModelUsage, OpenSession, Page, PostgresConfig,
     PostgresStore, SessionFilter, SessionId, SessionMetadata, SessionStatus, SessionStore,
     StoreError, SupabaseConfig, SupabaseStore, Turn, UsageRecord,
 };
@@ -101,17 +101,40 @@ async fn open_close_list(backend: &Backend) {
         store.touch(&a, &first.session_id).await,
         Err(StoreError::Conflict(SessionStatus::Disconnected))
     ));
-    let listed: Vec<SessionId> = store
-        .list(&a)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.session_id)
-        .collect();
+    let listed = async |page| -> Vec<SessionId> {
+        store
+            .list(&a, page)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.session_id)
+            .collect()
+    };
     assert_eq!(
-        listed,
-        [second.session_id, first.session_id],
+        listed(Page::default()).await,
+        [second.session_id.clone(), first.session_id.clone()],
         "newest first"
+    );
+    // Bounded, in pages.
+    assert_eq!(
+        listed(Page::new(1, 0)).await,
+        std::slice::from_ref(&second.session_id)
+    );
+    assert_eq!(
+        listed(Page::new(1, 1)).await,
+        std::slice::from_ref(&first.session_id)
+    );
+    assert!(listed(Page::new(1, 2)).await.is_empty());
+    let mut filter = SessionFilter::default();
+    filter.user = Some(a.user_id);
+    filter.page = Page::new(1, 1);
+    let mut admin = backend.user("occ-admin@example.com").await;
+    admin.role = "service_role".into();
+    let paged = store.admin_list(&admin, filter).await.unwrap();
+    assert_eq!(
+        paged.iter().map(|s| &s.session_id).collect::<Vec<_>>(),
+        [&first.session_id],
+        "an administrator's list is paged alike"
     );
 }
 
@@ -132,7 +155,7 @@ async fn other_users_sessions_look_like_missing_ones(backend: &Backend) {
             Err(StoreError::NotFound)
         ));
     }
-    assert!(store.list(&b).await.unwrap().is_empty());
+    assert!(store.list(&b, Page::default()).await.unwrap().is_empty());
     assert_eq!(
         store.get(&a, &a_session).await.unwrap().status,
         SessionStatus::Connected

@@ -353,6 +353,38 @@ async fn keys_and_sessions_for_administrators() {
     let table = stdout(&run(admin(&["sessions", "list"])).await);
     assert!(table.starts_with("USER"), "{table}");
     assert!(table.contains(&target));
+    // Bounded, in pages, newest first: one row each, and a word on stderr
+    // about the next page while a page is full.
+    let page = |offset: &'static str| {
+        admin(&[
+            "sessions", "list", "--limit", "1", "--offset", offset, "--json",
+        ])
+    };
+    let first = run(page("0")).await;
+    let second = run(page("1")).await;
+    let rows = |output: &std::process::Output| -> Vec<String> {
+        serde_json::from_str::<Value>(&String::from_utf8_lossy(&output.stdout))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["session_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (first_rows, second_rows) = (rows(&first), rows(&second));
+    assert_eq!((first_rows.len(), second_rows.len()), (1, 1));
+    assert_ne!(first_rows, second_rows);
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("--offset 1"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let beyond = run(admin(&["sessions", "list", "--limit", "1001"])).await;
+    assert_eq!(
+        beyond.status.code(),
+        Some(2),
+        "a limit past 1000 is refused"
+    );
     stdout(&run(admin(&["sessions", "kill", &target])).await);
     let frame = jazeel.recv_close().await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 4410);

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use exai_providers::Providers;
-use exai_sessions::{ConversationLimits, SessionStatus, SessionStore, StoreError};
+use exai_sessions::{ConversationLimits, Page, SessionStatus, SessionStore, StoreError};
 use exai_transport::ConnectionContext;
 
 use crate::jsonrpc;
@@ -159,6 +159,9 @@ pub(crate) struct ExaiServer {
 /// `rmcp` drops responses to cancelled requests, as the protocol asks; it
 /// marks the outcome.
 const REQUEST_CANCELLED: i32 = -32800;
+
+/// The most sessions the `sessions` and `status` tools read: the newest.
+const SESSIONS_LISTED: usize = 100;
 
 /// No `logging/setLevel` yet: no log messages.
 const LOGGING_OFF: u8 = u8::MAX;
@@ -356,13 +359,17 @@ impl ExaiServer {
         }))
     }
 
-    /// The caller's own sessions, newest first.
+    /// The caller's own sessions, newest first: the newest
+    /// [`SESSIONS_LISTED`], and whether there are more.
     async fn sessions(&self) -> CallToolResult {
         let principal = &self.connection.principal;
-        let records = match self.tools.store.list(principal).await {
+        let page = Page::new(SESSIONS_LISTED + 1, 0);
+        let mut records = match self.tools.store.list(principal, page).await {
             Ok(records) => records,
             Err(error) => return store_trouble(&error),
         };
+        let more = records.len() > SESSIONS_LISTED;
+        records.truncate(SESSIONS_LISTED);
         let sessions: Vec<Value> = records
             .iter()
             .map(|s| {
@@ -379,18 +386,20 @@ impl ExaiServer {
                 })
             })
             .collect();
-        CallToolResult::structured(json!({ "sessions": sessions }))
+        CallToolResult::structured(json!({ "sessions": sessions, "more": more }))
     }
 
     /// The daemon's state, and the caller's: sessions, usage, limits.
     async fn status(&self) -> CallToolResult {
         let principal = &self.connection.principal;
         let store = &self.tools.store;
-        let (sessions, usage) =
-            match tokio::try_join!(store.list(principal), store.usage(principal)) {
-                Ok(both) => both,
-                Err(error) => return store_trouble(&error),
-            };
+        let (sessions, usage) = match tokio::try_join!(
+            store.list(principal, Page::new(SESSIONS_LISTED, 0)),
+            store.usage(principal)
+        ) {
+            Ok(both) => both,
+            Err(error) => return store_trouble(&error),
+        };
         let live = sessions
             .iter()
             .filter(|s| s.status == SessionStatus::Connected)

@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 
 use crate::{
-    Heartbeat, ModelUsage, OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
-    SessionRecord, SessionStatus, Sessions, StoreError, UsageRecord, UsageStore, is_admin,
+    Heartbeat, ModelUsage, OpenSession, Page, SessionAdmin, SessionFilter, SessionId,
+    SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, UsageRecord, UsageStore,
+    is_admin,
 };
 
 /// How many ended sessions a user keeps in memory (for `list` and resume);
@@ -138,11 +139,20 @@ impl Sessions for MemoryStore {
         self.with_session(principal, session, |s| s.clone())
     }
 
-    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn list(
+        &self,
+        principal: &Principal,
+        page: Page,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
         let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let mut sessions = users.get(&principal.user_id).cloned().unwrap_or_default();
-        sessions.reverse();
-        Ok(sessions)
+        let sessions = users.get(&principal.user_id).map_or(&[][..], Vec::as_slice);
+        Ok(sessions
+            .iter()
+            .rev()
+            .skip(page.offset)
+            .take(page.limit)
+            .cloned()
+            .collect())
     }
 
     async fn resume(
@@ -263,7 +273,11 @@ impl SessionAdmin for MemoryStore {
             .cloned()
             .collect();
         all.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        Ok(all)
+        Ok(all
+            .into_iter()
+            .skip(filter.page.offset)
+            .take(filter.page.limit)
+            .collect())
     }
 
     async fn admin_kill(

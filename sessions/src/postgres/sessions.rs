@@ -11,12 +11,18 @@ use tokio_postgres::Row;
 
 use super::{PostgresStore, Problem, seconds, store_error, unavailable};
 use crate::{
-    Heartbeat, OpenSession, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
+    Heartbeat, OpenSession, Page, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
     SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
 };
 
 const SESSION_COLUMNS: &str =
     "session_id, user_id, connection_status, created_at, last_active, metadata, node_id";
+
+/// A page as SQL's `LIMIT` and `OFFSET`.
+fn bounds(page: Page) -> (i64, i64) {
+    let as_sql = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    (as_sql(page.limit), as_sql(page.offset))
+}
 
 fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
     let status: Option<String> = row.try_get("connection_status").map_err(unavailable)?;
@@ -143,15 +149,20 @@ impl Sessions for PostgresStore {
         .await
     }
 
-    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn list(
+        &self,
+        principal: &Principal,
+        page: Page,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
         let user = principal.user_id.as_uuid();
+        let (limit, offset) = bounds(page);
         self.with_client(async |client| {
             let sql = format!(
                 "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions WHERE user_id = $1
-                  ORDER BY created_at DESC, id"
+                  ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
             );
             client
-                .query(&sql, &[&user])
+                .query(&sql, &[&user, &limit, &offset])
                 .await
                 .map_err(unavailable)?
                 .iter()
@@ -327,15 +338,16 @@ impl SessionAdmin for PostgresStore {
         }
         let user = filter.user.map(|u| u.as_uuid());
         let status = filter.status.map(SessionStatus::as_str);
+        let (limit, offset) = bounds(filter.page);
         self.with_client(async |client| {
             let sql = format!(
                 "SELECT {SESSION_COLUMNS} FROM public.mcp_sessions
                   WHERE ($1::uuid IS NULL OR user_id = $1)
                     AND ($2::text IS NULL OR connection_status = $2)
-                  ORDER BY created_at DESC, id"
+                  ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
             );
             client
-                .query(&sql, &[&user, &status])
+                .query(&sql, &[&user, &status, &limit, &offset])
                 .await
                 .map_err(unavailable)?
                 .iter()

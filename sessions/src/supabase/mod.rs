@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    ConversationLimits, Heartbeat, OpenSession, SessionAdmin, SessionFilter, SessionId,
+    ConversationLimits, Heartbeat, OpenSession, Page, SessionAdmin, SessionFilter, SessionId,
     SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
 };
 
@@ -320,13 +320,18 @@ impl Sessions for SupabaseStore {
             .ok_or(StoreError::NotFound)
     }
 
-    async fn list(&self, principal: &Principal) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn list(
+        &self,
+        principal: &Principal,
+        page: Page,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
         let query = self
             .client
             .from("mcp_sessions")
             .select(SESSION_COLUMNS)
             .eq("user_id", principal.user_id.to_string())
-            .order("created_at.desc");
+            .order("created_at.desc")
+            .range(page.offset, page.offset + page.limit - 1);
         self.sessions(query).await
     }
 
@@ -480,6 +485,8 @@ impl SessionAdmin for SupabaseStore {
         if let Some(status) = filter.status {
             query = query.eq("connection_status", status.as_str());
         }
+        let page = filter.page;
+        query = query.range(page.offset, page.offset + page.limit - 1);
         self.sessions(query).await
     }
 
