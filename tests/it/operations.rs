@@ -216,6 +216,42 @@ async fn an_admin_listener_keeps_operations_off_the_public_port() {
     daemon.stop().await;
 }
 
+/// A daemon whose heartbeat has not been written for longer than the node
+/// timeout is not ready: other daemons may have freed its sessions. Once
+/// the database is back and a heartbeat lands, it is ready again.
+#[tokio::test]
+async fn readiness_says_when_the_heartbeat_is_stale() {
+    let (server, _db) = TestPostgres::migrated(&[]).await;
+    let daemon = TestDaemon::start_with(|c| {
+        c.store = server.store_config(Duration::from_secs(1));
+        c.edge.node_timeout = Duration::from_secs(3);
+    })
+    .await;
+    assert_eq!(http_get(&daemon, "/readyz", None).await.0, 200);
+    server.halt();
+    let (status, body) = http_get(&daemon, "/readyz", None).await;
+    assert_eq!(status, 503);
+    assert!(!body.contains("node heartbeat"), "not stale yet: {body}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, body) = http_get(&daemon, "/readyz", None).await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("node heartbeat: last written") && body.contains("past the node timeout"),
+        "{body}"
+    );
+    server.resume();
+    let mut ready = (0, String::new());
+    for _ in 0..100 {
+        ready = http_get(&daemon, "/readyz", None).await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, (200, "ready\n".to_owned()));
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn readiness_follows_the_database() {
     let (server, _db) = TestPostgres::migrated(&[]).await;
