@@ -245,13 +245,8 @@ impl Lifecycle {
         let sessions: Vec<(UserId, SessionId)> =
             batch.iter().map(|(u, s, _)| (*u, s.clone())).collect();
         let written = if heartbeat_due {
-            match self.store.heartbeat(&sessions, self.node_timeout).await {
-                Ok(beat) => {
-                    self.beat(beat);
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            }
+            let beat = self.store.heartbeat(&sessions, self.node_timeout).await;
+            beat.map(|beat| self.beat(beat))
         } else {
             self.store.touch_batch(&sessions).await
         };

@@ -421,20 +421,18 @@ impl HttpSessions {
         let oldest = lock(&self.bound)
             .iter()
             .filter(|(_, s)| s.user == user && s.streams.load(Ordering::Acquire) == 0)
-            .map(|(id, s)| (s.live.idle_for(), id.clone()))
-            .filter(|(idle, _)| *idle >= grace)
-            .max_by_key(|(idle, _)| *idle);
-        let Some((idle, id)) = oldest else {
+            .map(|(id, s)| (s.live.idle_for(), id.clone(), s.span.clone()))
+            .filter(|(idle, _, _)| *idle >= grace)
+            .max_by_key(|(idle, _, _)| *idle);
+        let Some((idle, id, span)) = oldest else {
             return false;
         };
-        if let Some(bound) = lock(&self.bound).get(&id) {
-            bound.span.in_scope(|| {
-                tracing::info!(
-                    idle_secs = idle.as_secs(),
-                    "closing an idle http session to make room at its user's connection limit"
-                );
-            });
-        }
+        span.in_scope(|| {
+            tracing::info!(
+                idle_secs = idle.as_secs(),
+                "closing an idle http session to make room at its user's connection limit"
+            );
+        });
         self.metrics.session_event("idle_http_closed");
         let _ = self.close_session(&id).await;
         true

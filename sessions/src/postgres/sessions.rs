@@ -18,6 +18,14 @@ use crate::{
 const SESSION_COLUMNS: &str =
     "session_id, user_id, connection_status, created_at, last_active, metadata, node_id";
 
+/// A batch of sessions as the two arrays the SQL functions take.
+fn columns(sessions: &[(UserId, SessionId)]) -> (Vec<uuid::Uuid>, Vec<&str>) {
+    sessions
+        .iter()
+        .map(|(user, id)| (user.as_uuid(), id.as_str()))
+        .unzip()
+}
+
 /// A page as SQL's `LIMIT` and `OFFSET`.
 fn bounds(page: Page) -> (i64, i64) {
     let as_sql = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
@@ -201,8 +209,7 @@ impl SessionLifecycle for PostgresStore {
         if sessions.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = sessions.iter().map(|(_, id)| id.as_str()).collect();
-        let users: Vec<uuid::Uuid> = sessions.iter().map(|(user, _)| user.as_uuid()).collect();
+        let (users, ids) = columns(sessions);
         self.with_client(async |client| {
             client
                 .execute("SELECT public.mcp_touch_sessions($1, $2)", &[&users, &ids])
@@ -257,8 +264,7 @@ impl SessionLifecycle for PostgresStore {
             self.touch_batch(sessions).await?;
             return Ok(Heartbeat::default());
         };
-        let ids: Vec<&str> = sessions.iter().map(|(_, id)| id.as_str()).collect();
-        let users: Vec<uuid::Uuid> = sessions.iter().map(|(user, _)| user.as_uuid()).collect();
+        let (users, ids) = columns(sessions);
         self.with_client(async |client| {
             let row = client
                 .query_one(
@@ -292,8 +298,7 @@ impl SessionLifecycle for PostgresStore {
         let Some(node) = &self.node else {
             return Ok(Vec::new());
         };
-        let ids: Vec<&str> = sessions.iter().map(|(_, id)| id.as_str()).collect();
-        let users: Vec<uuid::Uuid> = sessions.iter().map(|(user, _)| user.as_uuid()).collect();
+        let (users, ids) = columns(sessions);
         let limit = i32::try_from(max_connections).unwrap_or(i32::MAX);
         self.with_client(async |client| {
             let rows = client

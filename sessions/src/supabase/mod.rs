@@ -123,6 +123,11 @@ pub(super) fn format_timestamp(at: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// A batch of sessions as the two arrays the SQL functions take.
+fn columns(sessions: &[(UserId, SessionId)]) -> (Vec<UserId>, Vec<&SessionId>) {
+    sessions.iter().map(|(user, id)| (*user, id)).unzip()
+}
+
 fn session_from_json(row: &Value) -> Result<SessionRecord, RestError> {
     let text = |field: &str| row.get(field).and_then(Value::as_str);
     let status = match text("connection_status") {
@@ -357,8 +362,7 @@ impl SessionLifecycle for SupabaseStore {
         if sessions.is_empty() {
             return Ok(());
         }
-        let users: Vec<UserId> = sessions.iter().map(|(u, _)| *u).collect();
-        let ids: Vec<&SessionId> = sessions.iter().map(|(_, s)| s).collect();
+        let (users, ids) = columns(sessions);
         let args = json!({ "p_user_ids": users, "p_session_ids": ids });
         self.rpc("mcp_touch_sessions", args)
             .await
@@ -402,8 +406,7 @@ impl SessionLifecycle for SupabaseStore {
             self.touch_batch(sessions).await?;
             return Ok(Heartbeat::default());
         };
-        let users: Vec<UserId> = sessions.iter().map(|(u, _)| *u).collect();
-        let ids: Vec<&SessionId> = sessions.iter().map(|(_, s)| s).collect();
+        let (users, ids) = columns(sessions);
         let args = json!({
             "p_node_id": node.id, "p_host": node.host, "p_version": node.version,
             "p_user_ids": users, "p_session_ids": ids,
@@ -414,10 +417,15 @@ impl SessionLifecycle for SupabaseStore {
             .await
             .map_err(unavailable)?;
         let row = &rows[0];
-        Ok(Heartbeat {
-            was_reaped: row["was_reaped"].as_bool().unwrap_or(false),
-            reaped_sessions: row["reaped_sessions"].as_u64().unwrap_or(0),
-        })
+        match (row["was_reaped"].as_bool(), row["reaped_sessions"].as_u64()) {
+            (Some(was_reaped), Some(reaped_sessions)) => Ok(Heartbeat {
+                was_reaped,
+                reaped_sessions,
+            }),
+            _ => Err(unavailable(RestError::Unexpected(
+                "mcp_node_heartbeat answered without its row".into(),
+            ))),
+        }
     }
 
     async fn reassert(
@@ -428,8 +436,7 @@ impl SessionLifecycle for SupabaseStore {
         let Some(node) = &self.node else {
             return Ok(Vec::new());
         };
-        let users: Vec<UserId> = sessions.iter().map(|(u, _)| *u).collect();
-        let ids: Vec<&SessionId> = sessions.iter().map(|(_, s)| s).collect();
+        let (users, ids) = columns(sessions);
         let args = json!({
             "p_node_id": node.id, "p_user_ids": users, "p_session_ids": ids,
             "p_max_connections": max_connections,
