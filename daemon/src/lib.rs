@@ -87,6 +87,10 @@ pub struct Daemon {
     api_keys: Arc<dyn ApiKeyStore>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Ends the task giving unused slots of users' budgets back to the
+    /// store, which then gives back all (once the connections are gone).
+    budgets_done: CancellationToken,
+    budgets: Option<JoinHandle<()>>,
 }
 
 /// Loads the signing keys, binds the listen address and starts serving.
@@ -150,6 +154,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         metrics.clone(),
         config.tools,
     ));
+    let budgets_done = CancellationToken::new();
+    let budgets = tokio::spawn(tools.give_back_slots(budgets_done.clone()));
     let factory = move |connection: &ConnectionContext| {
         tools::ExaiServer::new(connection.clone(), tools.clone())
     };
@@ -169,6 +175,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         api_keys,
         shutdown,
         task: Some(task),
+        budgets_done,
+        budgets: Some(budgets),
     })
 }
 
@@ -283,15 +291,21 @@ impl Daemon {
     /// the connections are gone (bounded by the shutdown grace).
     pub async fn stop(mut self) -> std::io::Result<()> {
         self.shutdown.cancel();
-        match self.task.take() {
+        let served = match self.task.take() {
             Some(task) => task.await.map_err(std::io::Error::other)?,
             None => Ok(()),
+        };
+        self.budgets_done.cancel();
+        if let Some(budgets) = self.budgets.take() {
+            budgets.await.map_err(std::io::Error::other)?;
         }
+        served
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.budgets_done.cancel();
     }
 }

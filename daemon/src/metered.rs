@@ -8,9 +8,9 @@ use crate::metrics::DaemonMetrics;
 use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 use exai_sessions::{
-    ConversationId, ConversationLimits, ConversationStore, Heartbeat, ModelUsage, OpenSession,
-    Page, SessionAdmin, SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStore,
-    Sessions, StoreError, Turn, UsageRecord, UsageStore,
+    ConversationId, ConversationLimits, ConversationStore, Heartbeat, Lease, LeaseRequest,
+    ModelUsage, OpenSession, Page, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
+    SessionRecord, SessionStore, Sessions, StoreError, Turn, UsageRecord, UsageStore, UserBudgets,
 };
 
 /// Wraps a store; every call is observed as `store_operation_duration_seconds`
@@ -201,6 +201,18 @@ impl UsageStore for MeteredStore {
 
     async fn usage(&self, p: &Principal) -> Result<Vec<ModelUsage>, StoreError> {
         self.timed("usage", self.inner.usage(p)).await
+    }
+}
+
+#[async_trait]
+impl UserBudgets for MeteredStore {
+    async fn lease(&self, u: &UserId, r: LeaseRequest) -> Result<Lease, StoreError> {
+        self.timed("lease", self.inner.lease(u, r)).await
+    }
+
+    async fn release_slots(&self, s: &[(UserId, u32)]) -> Result<(), StoreError> {
+        self.timed("release_slots", self.inner.release_slots(s))
+            .await
     }
 }
 

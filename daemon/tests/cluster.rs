@@ -7,19 +7,27 @@ use std::time::{Duration, Instant};
 
 use exai_auth::UserId;
 use exai_tests::{Client, DaemonProcess, TestPostgres, connect, token, try_connect};
+use serde_json::json;
 use tokio_postgres::Client as Db;
 
 /// A daemon on `url`'s database: at most two connections per user, and
 /// daemons presumed dead after 3 s of silence.
 async fn daemon(url: &str) -> DaemonProcess {
+    daemon_with(url, &[]).await
+}
+
+/// [`daemon`], with more settings.
+async fn daemon_with(url: &str, more: &[(&str, &str)]) -> DaemonProcess {
+    let mut env = vec![
+        ("EXAI_SESSION_STORE", "postgres"),
+        ("DATABASE_URL", url),
+        ("MCP_MAX_CONNECTIONS_PER_USER", "2"),
+        ("EXAI_NODE_TIMEOUT", "3"),
+    ];
+    env.extend_from_slice(more);
     DaemonProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_exai-daemon")),
-        &[
-            ("EXAI_SESSION_STORE", "postgres"),
-            ("DATABASE_URL", url),
-            ("MCP_MAX_CONNECTIONS_PER_USER", "2"),
-            ("EXAI_NODE_TIMEOUT", "3"),
-        ],
+        &env,
     )
     .await
 }
@@ -164,6 +172,89 @@ async fn a_paused_daemon_comes_back_within_the_cap() {
         .unwrap()
         .get(0);
     assert!(reaped.is_none(), "the paused node registered again");
+    first.stop().await;
+    second.stop().await;
+}
+
+/// `EXAI_USER_RPM` holds for the user over both daemons: one bucket of 10
+/// (a call back every 6 s), plus at most one slice (here one call) per
+/// daemon leased just before; each daemon alone would admit as much again.
+#[tokio::test]
+async fn a_users_rate_holds_across_daemons() {
+    const EMAIL: &str = "rate-cluster@example.com";
+    let (server, _db) = TestPostgres::migrated(&[EMAIL]).await;
+    let rpm = [("EXAI_USER_RPM", "10")];
+    let first = daemon_with(&server.url, &rpm).await;
+    let second = daemon_with(&server.url, &rpm).await;
+    let started = Instant::now();
+    // Each connection's whoami is a call already.
+    let (mut a, _) = session(&first.url, EMAIL).await;
+    let (mut b, _) = session(&second.url, EMAIL).await;
+    let (mut admitted, mut refused) = (2usize, 0usize);
+    let mut id = 10;
+    while started.elapsed() < Duration::from_secs(13) {
+        for client in [&mut a, &mut b] {
+            id += 1;
+            let response = client.call_tool(id, "whoami", json!({})).await;
+            if response["result"]["structuredContent"]["email"] == EMAIL {
+                admitted += 1;
+            } else {
+                assert_eq!(response["error"]["code"], -32005, "{response}");
+                assert!(response["error"]["data"]["retry_after_ms"].as_u64() > Some(0));
+                refused += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refills = (started.elapsed().as_secs_f64() / 6.0).floor() as usize;
+    let slack = 2;
+    assert!(
+        admitted <= 10 + refills + slack,
+        "{admitted} calls admitted in {:?} (refused {refused}); one bucket allows {}",
+        started.elapsed(),
+        10 + refills + slack
+    );
+    assert!(
+        admitted >= 10 + refills.saturating_sub(1),
+        "the user gets their rate: {admitted}"
+    );
+    first.stop().await;
+    second.stop().await;
+}
+
+/// `EXAI_USER_MAX_INFLIGHT` holds over both daemons: with one call
+/// running on the first, the second refuses the next; once it has ended
+/// and its slot is given back (within about 3 s), the second admits.
+#[tokio::test]
+async fn a_users_running_calls_are_counted_across_daemons() {
+    const EMAIL: &str = "inflight-cluster@example.com";
+    let (server, _db) = TestPostgres::migrated(&[EMAIL]).await;
+    let slow = [
+        ("EXAI_USER_MAX_INFLIGHT", "1"),
+        ("EXAI_USER_RPM", "0"),
+        ("EXAI_ECHO_DELAY_MS", "1500"),
+    ];
+    let first = daemon_with(&server.url, &slow).await;
+    let second = daemon_with(&server.url, &slow).await;
+    // Each connection's whoami holds the one slot for a moment after it
+    // ends (for the user's next call on that daemon), then gives it back.
+    let (mut a, _) = session(&first.url, EMAIL).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (mut b, _) = session(&second.url, EMAIL).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let slow_call = a.call_tool(2, "chat", json!({"prompt": "slow"}));
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.call_tool(2, "whoami", json!({})).await
+    };
+    let (answered, refused) = tokio::join!(slow_call, other);
+    assert!(answered.get("result").is_some(), "{answered}");
+    assert_eq!(refused["error"]["code"], -32005, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("EXAI_USER_MAX_INFLIGHT"), "{message}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = b.whoami(3).await;
+    assert_eq!(later["email"], EMAIL, "the slot came back");
     first.stop().await;
     second.stop().await;
 }

@@ -51,13 +51,14 @@ use exai_auth::Principal;
 
 pub use memory::MemoryStore;
 pub use model::{
-    ConversationId, ConversationLimits, Heartbeat, ModelUsage, Node, OpenSession, Page,
-    SessionFilter, SessionId, SessionMetadata, SessionRecord, SessionStatus, Turn, UsageRecord,
+    ConversationId, ConversationLimits, Heartbeat, Lease, LeaseRequest, ModelUsage, Node,
+    OpenSession, Page, SessionFilter, SessionId, SessionMetadata, SessionRecord, SessionStatus,
+    Turn, UsageRecord,
 };
 pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
 pub use store::{
     ConnectionStore, ConversationStore, SessionAdmin, SessionLifecycle, SessionStore, Sessions,
-    UsageStore,
+    UsageStore, UserBudgets,
 };
 pub use supabase::{SupabaseConfig, SupabaseStore};
 

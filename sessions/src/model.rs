@@ -308,6 +308,44 @@ pub struct Heartbeat {
     pub reaped_sessions: u64,
 }
 
+/// What a daemon asks of a user's budget when its local slice runs out
+/// ([`UserBudgets::lease`](crate::UserBudgets::lease)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// The user's calls per minute (`EXAI_USER_RPM`); 0 is no rate limit.
+    pub rpm: u32,
+    /// Calls wanted out of the user's bucket (up to `rpm`, refilled at
+    /// `rpm` per minute); 0 asks for none.
+    pub calls: u32,
+    /// The user's running calls over all daemons (`EXAI_USER_MAX_INFLIGHT`).
+    pub max_in_flight: u32,
+    /// Running-call slots wanted for this node; 0 asks for none.
+    pub slots: u32,
+}
+
+impl LeaseRequest {
+    /// All of it: what a store without nodes grants.
+    pub(crate) fn granted(self) -> Lease {
+        Lease {
+            calls: self.calls,
+            slots: self.slots,
+            retry_after: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// What a lease granted: at most what was asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Calls taken out of the user's bucket.
+    pub calls: u32,
+    /// Running-call slots this node now holds in addition.
+    pub slots: u32,
+    /// When calls were asked and none granted: how long until the bucket
+    /// holds one again.
+    pub retry_after: std::time::Duration,
+}
+
 /// One provider call, as `mcp_usage` records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

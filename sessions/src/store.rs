@@ -1,10 +1,11 @@
 //! The store's traits, one per concern, so a backend or a test double
 //! implements what it needs: [`Sessions`], [`SessionLifecycle`],
-//! [`SessionAdmin`], [`ConversationStore`], [`UsageStore`]; API keys are
+//! [`SessionAdmin`], [`ConversationStore`], [`UsageStore`],
+//! [`UserBudgets`]; API keys are
 //! `exai-auth`'s [`ApiKeyStore`](exai_auth::ApiKeyStore).
 //!
 //! [`ConnectionStore`] is what the network edge needs (sessions and their
-//! lifecycle) and [`SessionStore`] all five, what the daemon holds; both
+//! lifecycle) and [`SessionStore`] all six, what the daemon holds; both
 //! are implemented for every type that implements their parts. All are
 //! object-safe: callers hold an `Arc<dyn SessionStore>` (or `dyn
 //! ConnectionStore`, to which it converts).
@@ -15,8 +16,8 @@ use async_trait::async_trait;
 use exai_auth::{Principal, UserId};
 
 use crate::{
-    ConversationId, ConversationLimits, Heartbeat, ModelUsage, OpenSession, Page, SessionFilter,
-    SessionId, SessionRecord, StoreError, Turn, UsageRecord,
+    ConversationId, ConversationLimits, Heartbeat, Lease, LeaseRequest, ModelUsage, OpenSession,
+    Page, SessionFilter, SessionId, SessionRecord, StoreError, Turn, UsageRecord,
 };
 
 /// One user's sessions: open (within the per-user limit, atomically),
@@ -180,6 +181,24 @@ pub trait UsageStore: Send + Sync + std::fmt::Debug + 'static {
     async fn usage(&self, principal: &Principal) -> Result<Vec<ModelUsage>, StoreError>;
 }
 
+/// Per-user limits that hold across every daemon on one store, without a
+/// store write per call: a daemon leases a slice of a user's calls per
+/// minute and of their running-call slots, spends it locally, and gives
+/// back the slots it no longer uses.
+#[async_trait]
+pub trait UserBudgets: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes what it can of `request` for `user`, atomically per user:
+    /// calls out of the user's token bucket, and slots for this store's
+    /// node while all live nodes together hold fewer than
+    /// `request.max_in_flight`. A store without nodes grants everything
+    /// (the daemon's own limits are the only ones).
+    async fn lease(&self, user: &UserId, request: LeaseRequest) -> Result<Lease, StoreError>;
+
+    /// Gives back slots this node no longer uses (`(user, how many)`), in
+    /// one write.
+    async fn release_slots(&self, slots: &[(UserId, u32)]) -> Result<(), StoreError>;
+}
+
 /// What the network edge needs of a store: sessions and their lifecycle.
 pub trait ConnectionStore: Sessions + SessionLifecycle {}
 
@@ -187,9 +206,18 @@ impl<T: Sessions + SessionLifecycle + ?Sized> ConnectionStore for T {}
 
 /// A whole store: every concern. The daemon holds an `Arc<dyn
 /// SessionStore>`.
-pub trait SessionStore: ConnectionStore + SessionAdmin + ConversationStore + UsageStore {}
+pub trait SessionStore:
+    ConnectionStore + SessionAdmin + ConversationStore + UsageStore + UserBudgets
+{
+}
 
 impl<T> SessionStore for T where
-    T: Sessions + SessionLifecycle + SessionAdmin + ConversationStore + UsageStore + ?Sized
+    T: Sessions
+        + SessionLifecycle
+        + SessionAdmin
+        + ConversationStore
+        + UsageStore
+        + UserBudgets
+        + ?Sized
 {
 }

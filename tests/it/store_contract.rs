@@ -7,9 +7,9 @@ use exai_auth::{AuthMethod, Principal, UserId};
 use std::time::Duration;
 
 use exai_sessions::{
-    ConversationId, ConversationLimits, MemoryStore, ModelUsage, OpenSession, Page, PostgresConfig,
-    PostgresStore, SessionFilter, SessionId, SessionMetadata, SessionStatus, SessionStore,
-    StoreError, SupabaseConfig, SupabaseStore, Turn, UsageRecord,
+    ConversationId, ConversationLimits, LeaseRequest, MemoryStore, ModelUsage, Node, OpenSession,
+    Page, PostgresConfig, PostgresStore, SessionFilter, SessionId, SessionMetadata, SessionStatus,
+    SessionStore, StoreError, SupabaseConfig, SupabaseStore, Turn, UsageRecord,
 };
 use exai_tests::{TestPostgres, TestPostgrest};
 
@@ -23,13 +23,22 @@ fn open_request(limit: u32) -> OpenSession {
 /// A backend under test, and how to make a user it knows.
 struct Backend {
     store: Arc<dyn SessionStore>,
+    /// Another daemon's store over the same data (another node; the
+    /// memory store has one node, so it is the same store).
+    second: Arc<dyn SessionStore>,
     database: Option<tokio_postgres::Client>,
+}
+
+fn node() -> Node {
+    Node::new("contract", "0")
 }
 
 impl Backend {
     fn memory() -> Backend {
+        let store = Arc::new(MemoryStore::new());
         Backend {
-            store: Arc::new(MemoryStore::new()),
+            second: store.clone(),
+            store,
             database: None,
         }
     }
@@ -37,8 +46,10 @@ impl Backend {
     async fn postgres(server: &TestPostgres) -> Backend {
         let store = PostgresStore::new(&server.url, PostgresConfig::default()).unwrap();
         store.migrate().await.unwrap();
+        let second = PostgresStore::new(&server.url, PostgresConfig::default()).unwrap();
         Backend {
-            store: Arc::new(store),
+            store: Arc::new(store.with_node(node())),
+            second: Arc::new(second.with_node(node())),
             database: Some(exai_tests::pg_client(&server.url).await),
         }
     }
@@ -52,13 +63,17 @@ impl Backend {
             .await
             .unwrap();
         let rest = TestPostgrest::start(&server.url, exai_tests::TEST_SECRET).await;
-        let store = SupabaseStore::new(
-            &rest.url,
-            exai_tests::service_role_key(),
-            SupabaseConfig::default(),
-        );
+        let store = || {
+            SupabaseStore::new(
+                &rest.url,
+                exai_tests::service_role_key(),
+                SupabaseConfig::default(),
+            )
+            .with_node(node())
+        };
         let backend = Backend {
-            store: Arc::new(store),
+            store: Arc::new(store()),
+            second: Arc::new(store()),
             database: Some(exai_tests::pg_client(&server.url).await),
         };
         (backend, rest)
@@ -457,7 +472,131 @@ async fn usage_is_counted_per_user_and_model(backend: &Backend) {
     assert!(store.usage(&nobody).await.unwrap().is_empty());
 }
 
+/// Calls out of one bucket per user and running-call slots shared by
+/// every node, whichever node asks.
+async fn budgets_hold_over_nodes(backend: &Backend) {
+    let (one, two) = (&backend.store, &backend.second);
+    one.register_node().await.unwrap();
+    two.register_node().await.unwrap();
+    let a = backend.user("budget-a@example.com").await.user_id;
+    let b = backend.user("budget-b@example.com").await.user_id;
+    let calls = |n| LeaseRequest {
+        rpm: 3,
+        calls: n,
+        max_in_flight: 2,
+        slots: 0,
+    };
+    assert_eq!(one.lease(&a, calls(2)).await.unwrap().calls, 2);
+    assert_eq!(two.lease(&a, calls(2)).await.unwrap().calls, 1, "one left");
+    let empty = one.lease(&a, calls(1)).await.unwrap();
+    assert_eq!(empty.calls, 0);
+    assert!(
+        empty.retry_after > Duration::from_secs(15) && empty.retry_after <= Duration::from_secs(20),
+        "one call comes back every 20 s: {:?}",
+        empty.retry_after
+    );
+    assert_eq!(
+        two.lease(&b, calls(3)).await.unwrap().calls,
+        3,
+        "B's own bucket"
+    );
+
+    let slots = |n| LeaseRequest {
+        rpm: 0,
+        calls: 0,
+        max_in_flight: 2,
+        slots: n,
+    };
+    assert_eq!(one.lease(&a, slots(1)).await.unwrap().slots, 1);
+    assert_eq!(two.lease(&a, slots(2)).await.unwrap().slots, 1, "one left");
+    assert_eq!(one.lease(&a, slots(1)).await.unwrap().slots, 0, "both held");
+    let unlimited = one
+        .lease(
+            &a,
+            LeaseRequest {
+                rpm: 0,
+                calls: 5,
+                ..slots(0)
+            },
+        )
+        .await;
+    assert_eq!(
+        unlimited.unwrap().calls,
+        0,
+        "no rate asks nothing of the bucket"
+    );
+    two.release_slots(&[(a, 1)]).await.unwrap();
+    assert_eq!(
+        one.lease(&a, slots(1)).await.unwrap().slots,
+        1,
+        "given back"
+    );
+    assert_eq!(
+        two.lease(&b, slots(2)).await.unwrap().slots,
+        2,
+        "B's own slots"
+    );
+    one.release_slots(&[(a, 2), (b, 0)]).await.unwrap();
+    two.release_slots(&[(b, 2)]).await.unwrap();
+
+    if let Some(db) = &backend.database {
+        // A reaped node's slots no longer count.
+        assert_eq!(one.lease(&a, slots(2)).await.unwrap().slots, 2);
+        db.execute(
+            "UPDATE mcp_nodes SET reaped_at = now()
+              WHERE node_id IN (SELECT node_id FROM mcp_user_slots WHERE slots = 2)",
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(two.lease(&a, slots(2)).await.unwrap().slots, 2);
+        two.release_slots(&[(a, 2)]).await.unwrap();
+        one.register_node().await.unwrap();
+    }
+}
+
+/// Heartbeats record activity, reap the live sessions of silent nodes, and
+/// tell a reaped node so, which then claims its sessions back.
+async fn nodes_reap_the_silent(backend: &Backend) {
+    let Some(db) = &backend.database else {
+        let beat = backend.store.heartbeat(&[], Duration::from_secs(30)).await;
+        assert_eq!(
+            beat.unwrap(),
+            exai_sessions::Heartbeat::default(),
+            "one node"
+        );
+        return;
+    };
+    let (one, two) = (&backend.store, &backend.second);
+    one.register_node().await.unwrap();
+    two.register_node().await.unwrap();
+    let a = backend.user("nodes-a@example.com").await;
+    let held = one.open(&a, open_request(2)).await.unwrap();
+    let mine = [(a.user_id, held.session_id.clone())];
+    let beat = one.heartbeat(&mine, Duration::from_secs(30)).await.unwrap();
+    assert!(!beat.was_reaped);
+    // The first node falls silent.
+    db.execute(
+        "UPDATE mcp_nodes SET heartbeat_at = now() - interval '1 hour'
+          WHERE node_id = (SELECT node_id FROM mcp_sessions WHERE session_id = $1)",
+        &[&held.session_id.as_str()],
+    )
+    .await
+    .unwrap();
+    let beat = two.heartbeat(&[], Duration::from_secs(30)).await.unwrap();
+    assert_eq!(beat.reaped_sessions, 1);
+    let row = one.get(&a, &held.session_id).await.unwrap();
+    assert_eq!(row.status, SessionStatus::Disconnected, "reaped");
+    let beat = one.heartbeat(&mine, Duration::from_secs(30)).await.unwrap();
+    assert!(beat.was_reaped, "it learns it was reaped");
+    assert!(one.reassert(&mine, 2).await.unwrap().is_empty(), "kept");
+    let row = one.get(&a, &held.session_id).await.unwrap();
+    assert_eq!(row.status, SessionStatus::Connected, "claimed back");
+}
+
 async fn keep_the_contract(backend: Backend) {
+    budgets_hold_over_nodes(&backend).await;
+    nodes_reap_the_silent(&backend).await;
     open_close_list(&backend).await;
     other_users_sessions_look_like_missing_ones(&backend).await;
     limit_holds_under_concurrent_opens(&backend).await;

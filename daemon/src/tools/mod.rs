@@ -135,12 +135,21 @@ impl Tools {
     ) -> Self {
         Tools {
             providers,
-            store,
+            store: store.clone(),
             metrics,
-            quota: Arc::new(UserQuota::new(limits.per_user)),
+            quota: Arc::new(UserQuota::new(limits.per_user, store.clone())),
             limits,
             started: Instant::now(),
         }
+    }
+
+    /// Gives the user budgets' unused slots back to the store until
+    /// `shutdown` (a task the daemon runs).
+    pub(crate) fn give_back_slots(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.quota.clone().give_back_slots(shutdown)
     }
 }
 
@@ -240,6 +249,7 @@ impl ExaiServer {
             .tools
             .quota
             .admit(self.connection.principal.user_id)
+            .await
             .map_err(|refusal| {
                 let retry_ms = refusal.retry_after().as_millis().max(1) as u64;
                 McpError::new(

@@ -1,10 +1,13 @@
 //! The in-memory store: no IO, one process. The embedded default.
 //!
 //! This file holds sessions, usage and API keys; `conversations` the
-//! conversations, bounded in count and in bytes.
+//! conversations, bounded in count and in bytes; `budgets` the per-user
+//! call budgets.
 
+mod budgets;
 mod conversations;
 
+use budgets::Budgets;
 use conversations::Conversations;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,9 +18,9 @@ use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 
 use crate::{
-    Heartbeat, ModelUsage, OpenSession, Page, SessionAdmin, SessionFilter, SessionId,
-    SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, UsageRecord, UsageStore,
-    is_admin,
+    Heartbeat, Lease, LeaseRequest, ModelUsage, OpenSession, Page, SessionAdmin, SessionFilter,
+    SessionId, SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, UsageRecord,
+    UsageStore, UserBudgets, is_admin,
 };
 
 /// How many ended sessions a user keeps in memory (for `list` and resume);
@@ -33,6 +36,7 @@ pub struct MemoryStore {
     api_keys: Mutex<HashMap<String, ApiKeyRecord>>,
     conversations: Mutex<Conversations>,
     usage: Mutex<HashMap<UserId, BTreeMap<String, ModelUsage>>>,
+    budgets: Mutex<Budgets>,
 }
 
 /// Whether `count` live sessions leave room for one more.
@@ -67,6 +71,21 @@ impl MemoryStore {
             .and_then(|sessions| sessions.iter_mut().find(|s| s.session_id == *session))
             .map(f)
             .ok_or(StoreError::NotFound)
+    }
+}
+
+/// One daemon, one node: the budgets are this daemon's alone.
+#[async_trait]
+impl UserBudgets for MemoryStore {
+    async fn lease(&self, user: &UserId, request: LeaseRequest) -> Result<Lease, StoreError> {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(budgets.lease(*user, request))
+    }
+
+    async fn release_slots(&self, slots: &[(UserId, u32)]) -> Result<(), StoreError> {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        budgets.release(slots);
+        Ok(())
     }
 }
 

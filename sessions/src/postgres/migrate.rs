@@ -48,6 +48,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_nodes",
         include_str!("../../migrations/0010_nodes.sql"),
     ),
+    (
+        "0011_user_budgets",
+        include_str!("../../migrations/0011_user_budgets.sql"),
+    ),
 ];
 
 /// What [`PostgresStore::migrate`] did with one migration.

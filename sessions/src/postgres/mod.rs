@@ -14,8 +14,10 @@
 //! One file per concern: `migrate` (the embedded migrations), `sessions`
 //! (sessions, their lifecycle and the administrators' operations),
 //! `conversations`, `usage`, `keys` (API keys and the admin tooling's
-//! user lookups); this file is the pool and what they share.
+//! user lookups), `budgets` (per-user limits across daemons); this file is
+//! the pool and what they share.
 
+mod budgets;
 mod conversations;
 mod keys;
 mod migrate;

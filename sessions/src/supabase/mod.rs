@@ -9,8 +9,10 @@
 //! (<https://postgrest.org/en/stable/references/errors.html>).
 //!
 //! This file is the client and the sessions; `conversations` holds
-//! conversations and usage, `keys` the API keys.
+//! conversations and usage, `keys` the API keys, `budgets` the per-user
+//! limits across daemons.
 
+mod budgets;
 mod conversations;
 mod keys;
 
