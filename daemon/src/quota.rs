@@ -99,6 +99,11 @@ pub(crate) const CALL_SLICE_TTL: Duration = Duration::from_secs(6);
 /// the user's next call.
 pub(crate) const SLOT_KEEP: Duration = Duration::from_secs(2);
 
+/// After the store fails a lease, how long calls are admitted by this
+/// daemon's limits alone before it is asked again (so an outage costs
+/// calls no store timeout each).
+const LEASE_BACKOFF: Duration = Duration::from_secs(5);
+
 /// How often slots no longer used are given back.
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
@@ -167,6 +172,8 @@ pub(crate) struct UserQuota {
     admitted: AtomicU32,
     /// The store failed a lease (logged once until it answers again).
     store_failing: AtomicBool,
+    /// Until when leases are not asked for, after a failure.
+    backoff_until: Mutex<Option<Instant>>,
 }
 
 /// A call's place among its user's running calls; freed on drop.
@@ -190,6 +197,7 @@ impl UserQuota {
             owed: Mutex::new(HashMap::new()),
             admitted: AtomicU32::new(0),
             store_failing: AtomicBool::new(false),
+            backoff_until: Mutex::new(None),
         }
     }
 
@@ -208,6 +216,15 @@ impl UserQuota {
 
     fn owed(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, u32>> {
         self.owed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.backoff_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the store failed a lease within [`LEASE_BACKOFF`].
+    fn backing_off(&self) -> bool {
+        self.backoff().is_some_and(|until| Instant::now() < until)
     }
 
     /// Lets one call of `user` in, or says why not: this daemon's limits
@@ -255,6 +272,9 @@ impl UserQuota {
             }
             account.leasing.clone()
         };
+        if self.backing_off() {
+            return Ok(());
+        }
         let _one_at_a_time = leasing.lock().await;
         // Another call's lease may have brought enough meanwhile.
         let (calls, slots) = {
@@ -281,6 +301,7 @@ impl UserQuota {
                 lease
             }
             Err(error) => {
+                *self.backoff() = Some(Instant::now() + LEASE_BACKOFF);
                 if !self.store_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         error = %error,
@@ -466,6 +487,51 @@ mod tests {
         assert!(
             one.admit(user).await.is_ok(),
             "given back: the slot is free"
+        );
+    }
+
+    /// A store that is down, counting the leases asked of it.
+    #[derive(Debug, Default)]
+    struct Down(AtomicU32);
+
+    #[async_trait::async_trait]
+    impl UserBudgets for Down {
+        async fn lease(
+            &self,
+            _: &UserId,
+            _: LeaseRequest,
+        ) -> Result<exai_sessions::Lease, exai_sessions::StoreError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err(exai_sessions::StoreError::Unavailable("down".into()))
+        }
+
+        async fn release_slots(
+            &self,
+            _: &[(UserId, u32)],
+        ) -> Result<(), exai_sessions::StoreError> {
+            Err(exai_sessions::StoreError::Unavailable("down".into()))
+        }
+    }
+
+    /// With the store down, this daemon's limits are the only ones, and
+    /// calls do not each wait for the store to fail.
+    #[tokio::test]
+    async fn a_store_that_is_down_leaves_the_daemons_own_limits() {
+        let down = Arc::new(Down::default());
+        let limits = UserLimits {
+            rpm: NonZeroU32::new(3),
+            max_in_flight: 8,
+        };
+        let quota = Arc::new(UserQuota::new(limits, down.clone()));
+        let user = UserId::from_email("outage@example.com");
+        for _ in 0..3 {
+            drop(quota.admit(user).await.unwrap());
+        }
+        assert!(matches!(quota.admit(user).await, Err(Refusal::Rate { .. })));
+        assert_eq!(
+            down.0.load(Ordering::Relaxed),
+            1,
+            "asked once, then backed off"
         );
     }
 

@@ -157,6 +157,23 @@ async fn assert_user_writes_are_refused(db: &mut Client, user: UserId) {
         ("authenticated", "DELETE FROM mcp_conversations RETURNING 1"),
         ("authenticated", "DELETE FROM mcp_usage RETURNING 1"),
         ("authenticated", "SELECT nextval('mcp_usage_id_seq')"),
+        // A budget of one's own (per-user limits over all daemons) or a
+        // node's liveness.
+        (
+            "authenticated",
+            "INSERT INTO mcp_user_rates (user_id, tokens, refilled_at) \
+                           VALUES (auth.uid(), 1e9, now()) RETURNING 1",
+        ),
+        ("authenticated", "DELETE FROM mcp_user_slots RETURNING 1"),
+        ("authenticated", "DELETE FROM mcp_nodes RETURNING 1"),
+        (
+            "authenticated",
+            "SELECT * FROM mcp_lease_budget(gen_random_uuid(), auth.uid(), 10, 10, 8, 8)",
+        ),
+        (
+            "authenticated",
+            "SELECT mcp_release_slots(gen_random_uuid(), ARRAY[auth.uid()], ARRAY[8])",
+        ),
         // The migration ledger: deleting a row stopped every daemon,
         // inserting a future name skipped that migration.
         (
