@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 use exai_sessions::{
     ConversationId, ConversationLimits, ConversationStore, Heartbeat, Lease, LeaseRequest,
-    ModelUsage, OpenSession, Page, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
-    SessionRecord, SessionStore, Sessions, StoreError, Turn, UsageRecord, UsageStore, UserBudgets,
+    ModelUsage, OpenSession, Page, SessionAdmin, SessionClient, SessionFilter, SessionId,
+    SessionLifecycle, SessionRecord, SessionStore, Sessions, StoreError, Turn, UsageRecord,
+    UsageStore, UserBudgets,
 };
 
 /// Wraps a store; every call is observed as `store_operation_duration_seconds`
@@ -103,6 +104,14 @@ impl Sessions for MeteredStore {
 impl SessionLifecycle for MeteredStore {
     async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError> {
         self.timed("touch_batch", self.inner.touch_batch(sessions))
+            .await
+    }
+
+    async fn describe_clients(
+        &self,
+        sessions: &[(UserId, SessionId, SessionClient)],
+    ) -> Result<(), StoreError> {
+        self.timed("describe_clients", self.inner.describe_clients(sessions))
             .await
     }
 

@@ -52,8 +52,8 @@ use exai_auth::Principal;
 pub use memory::MemoryStore;
 pub use model::{
     ConversationId, ConversationLimits, Heartbeat, Lease, LeaseRequest, ModelUsage, Node,
-    OpenSession, Page, SessionFilter, SessionId, SessionMetadata, SessionRecord, SessionStatus,
-    Turn, UsageRecord,
+    OpenSession, Page, SessionClient, SessionFilter, SessionId, SessionMetadata, SessionRecord,
+    SessionStatus, Turn, UsageRecord,
 };
 pub use postgres::{MIGRATIONS, MigrationOutcome, PostgresConfig, PostgresStore};
 pub use store::{

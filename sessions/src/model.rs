@@ -226,6 +226,39 @@ impl SessionMetadata {
             ..SessionMetadata::default()
         }
     }
+
+    /// The same, naming the client as its `initialize` did.
+    pub fn with_client(mut self, client: SessionClient) -> Self {
+        self.client_name = Some(client.name);
+        self.client_version = Some(client.version);
+        self
+    }
+}
+
+/// The client a session's `initialize` named (`clientInfo`), so a user
+/// can tell which editor holds what. Each field is cut to
+/// [`SessionClient::MAX_CHARS`] characters, so what a client says about
+/// itself stays small in every row and list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionClient {
+    /// `clientInfo.name`.
+    pub name: String,
+    /// `clientInfo.version`.
+    pub version: String,
+}
+
+impl SessionClient {
+    /// The most characters kept of each field.
+    pub const MAX_CHARS: usize = 128;
+
+    /// A client's name and version, each cut to [`Self::MAX_CHARS`].
+    pub fn new(name: &str, version: &str) -> Self {
+        let cut = |s: &str| s.chars().take(Self::MAX_CHARS).collect();
+        SessionClient {
+            name: cut(name),
+            version: cut(version),
+        }
+    }
 }
 
 /// A request to open a session.

@@ -17,7 +17,7 @@ use exai_auth::{Principal, UserId};
 
 use crate::{
     ConversationId, ConversationLimits, Heartbeat, Lease, LeaseRequest, ModelUsage, OpenSession,
-    Page, SessionFilter, SessionId, SessionRecord, StoreError, Turn, UsageRecord,
+    Page, SessionClient, SessionFilter, SessionId, SessionRecord, StoreError, Turn, UsageRecord,
 };
 
 /// One user's sessions: open (within the per-user limit, atomically),
@@ -80,6 +80,14 @@ pub trait SessionLifecycle: Send + Sync + std::fmt::Debug + 'static {
     /// Records activity on a batch of live sessions in one write (what the
     /// daemon's activity batcher flushes). Each entry names its user.
     async fn touch_batch(&self, sessions: &[(UserId, SessionId)]) -> Result<(), StoreError>;
+
+    /// Records which client each of `sessions` is (from its `initialize`,
+    /// when that came after the session was opened: WebSocket), in one
+    /// write.
+    async fn describe_clients(
+        &self,
+        sessions: &[(UserId, SessionId, SessionClient)],
+    ) -> Result<(), StoreError>;
 
     /// Which of `sessions` an administrator killed (each daemon asks about
     /// the sessions it holds, so it can close their sockets).

@@ -174,6 +174,11 @@ async fn assert_user_writes_are_refused(db: &mut Client, user: UserId) {
             "authenticated",
             "SELECT mcp_release_slots(gen_random_uuid(), ARRAY[auth.uid()], ARRAY[8])",
         ),
+        (
+            "authenticated",
+            "SELECT mcp_describe_sessions(ARRAY[auth.uid()], ARRAY['own-live'], \
+                           ARRAY['x'], ARRAY['y'])",
+        ),
         // The migration ledger: deleting a row stopped every daemon,
         // inserting a future name skipped that migration.
         (

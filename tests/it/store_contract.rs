@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use exai_sessions::{
     ConversationId, ConversationLimits, LeaseRequest, MemoryStore, ModelUsage, Node, OpenSession,
-    Page, PostgresConfig, PostgresStore, SessionFilter, SessionId, SessionMetadata, SessionStatus,
-    SessionStore, StoreError, SupabaseConfig, SupabaseStore, Turn, UsageRecord,
+    Page, PostgresConfig, PostgresStore, SessionClient, SessionFilter, SessionId, SessionMetadata,
+    SessionStatus, SessionStore, StoreError, SupabaseConfig, SupabaseStore, Turn, UsageRecord,
 };
 use exai_tests::{TestPostgres, TestPostgrest};
 
@@ -594,9 +594,39 @@ async fn nodes_reap_the_silent(backend: &Backend) {
     assert_eq!(row.status, SessionStatus::Connected, "claimed back");
 }
 
+/// The client a session's `initialize` named, recorded afterwards in one
+/// batch, for the owner's sessions only.
+async fn clients_are_recorded(backend: &Backend) {
+    let store = &backend.store;
+    let a = backend.user("client-a@example.com").await;
+    let b = backend.user("client-b@example.com").await;
+    let mine = store.open(&a, open_request(5)).await.unwrap();
+    let theirs = store.open(&b, open_request(5)).await.unwrap();
+    assert_eq!(mine.metadata.client_name, None);
+    let editor = SessionClient::new("Visual Studio Code", "1.107.0");
+    store
+        .describe_clients(&[
+            (a.user_id, mine.session_id.clone(), editor.clone()),
+            // Named with the wrong user: nothing changes.
+            (a.user_id, theirs.session_id.clone(), editor),
+        ])
+        .await
+        .unwrap();
+    let read = store.get(&a, &mine.session_id).await.unwrap();
+    assert_eq!(
+        read.metadata.client_name.as_deref(),
+        Some("Visual Studio Code")
+    );
+    assert_eq!(read.metadata.client_version.as_deref(), Some("1.107.0"));
+    assert_eq!(read.metadata.transport, "websocket", "the rest is kept");
+    let other = store.get(&b, &theirs.session_id).await.unwrap();
+    assert_eq!(other.metadata.client_name, None);
+}
+
 async fn keep_the_contract(backend: Backend) {
     budgets_hold_over_nodes(&backend).await;
     nodes_reap_the_silent(&backend).await;
+    clients_are_recorded(&backend).await;
     open_close_list(&backend).await;
     other_users_sessions_look_like_missing_ones(&backend).await;
     limit_holds_under_concurrent_opens(&backend).await;

@@ -844,3 +844,65 @@ async fn a_get_stream_ends_when_its_token_expires() {
     );
     daemon.stop().await;
 }
+
+/// The `sessions` tool (and the table `exai sessions list` reads) names
+/// the client of each session from its `initialize`: an HTTP session's at
+/// once, a WebSocket's (opened at the upgrade, before `initialize`) with
+/// the next batch; what a client says of itself is cut to 128 characters.
+#[tokio::test]
+async fn sessions_name_the_client_that_holds_them() {
+    let (pg, db) = TestPostgres::migrated(&["named@example.com"]).await;
+    let daemon = TestDaemon::start_with(|c| {
+        c.store = pg.store_config(Duration::from_secs(5));
+        c.edge.activity_flush = Duration::from_millis(200);
+    })
+    .await;
+    let named = token("named@example.com");
+    let http = Http::new(&daemon);
+    let mut init = initialize(1);
+    let long = format!("\u{1b}[2J{}", "x".repeat(300));
+    init["params"]["clientInfo"] = json!({"name": long, "version": "9.9"});
+    let reply = http.post(Some(&named), None, init).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let http_session = reply.session().expect("a session id");
+    let mut ws = daemon.connect_initialized(&named).await;
+
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        let reply = ws.call_tool(2, "sessions", json!({})).await;
+        listed = reply["result"]["structuredContent"]["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .clone();
+        if listed.iter().all(|s| !s["client"].is_null()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let by_transport = |transport: &str| {
+        listed
+            .iter()
+            .find(|s| s["transport"] == transport)
+            .unwrap_or_else(|| panic!("no {transport} session in {listed:?}"))
+            .clone()
+    };
+    let websocket = by_transport("websocket");
+    assert_eq!(websocket["client"], "exai-tests", "{websocket}");
+    assert_eq!(websocket["client_version"], "0");
+    let over_http = by_transport("http");
+    assert_eq!(over_http["session_id"], http_session.as_str());
+    let name = over_http["client"].as_str().unwrap();
+    assert_eq!(name.chars().count(), 128, "cut to 128 characters");
+    assert!(long.starts_with(name));
+    assert_eq!(over_http["client_version"], "9.9");
+    let stored: String = db
+        .query_one(
+            "SELECT metadata->>'client_name' FROM mcp_sessions WHERE session_id = $1",
+            &[&http_session],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, name);
+    daemon.stop().await;
+}

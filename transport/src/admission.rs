@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
 use exai_auth::{Access, AuthError, Credential, Principal};
-use exai_sessions::{OpenSession, SessionId, SessionMetadata, StoreError};
+use exai_sessions::{OpenSession, SessionClient, SessionId, SessionMetadata, StoreError};
 use tokio_util::task::TaskTracker;
 
 use crate::error::EdgeError;
@@ -205,6 +205,7 @@ pub(crate) async fn open<F: ServiceFactory>(
     resume: Option<SessionId>,
     peer: SocketAddr,
     transport: &'static str,
+    client: Option<SessionClient>,
 ) -> Result<Opened, EdgeError> {
     let limit = edge.config.max_connections_per_user;
     let resuming = resume.is_some();
@@ -213,7 +214,10 @@ pub(crate) async fn open<F: ServiceFactory>(
         // expired one and a made-up one all answer 404 alike.
         Some(id) => edge.store.resume(&principal, id, limit).await,
         None => {
-            let metadata = SessionMetadata::new(transport, Some(peer.to_string()));
+            let mut metadata = SessionMetadata::new(transport, Some(peer.to_string()));
+            if let Some(client) = client.clone() {
+                metadata = metadata.with_client(client);
+            }
             edge.store
                 .open(&principal, OpenSession::new(limit, metadata))
                 .await

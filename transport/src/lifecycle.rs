@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exai_auth::{Principal, UserId};
-use exai_sessions::{ConnectionStore, Heartbeat, SessionId};
+use exai_sessions::{ConnectionStore, Heartbeat, SessionClient, SessionId};
 use tokio_util::sync::CancellationToken;
 
 /// Why the lifecycle ended a connection.
@@ -50,9 +50,17 @@ pub(crate) struct LiveSession {
     epoch: Instant,
     pub(crate) ended: CancellationToken,
     reason: Arc<Mutex<Option<Ended>>>,
+    /// The client its `initialize` named, until written to the store.
+    client: Arc<Mutex<Option<SessionClient>>>,
 }
 
 impl LiveSession {
+    /// The client's `initialize` named it: recorded with the next batch.
+    pub(crate) fn describe(&self, client: &rmcp::model::Implementation) {
+        let client = SessionClient::new(&client.name, &client.version);
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
+    }
+
     /// Records an MCP request now. One relaxed atomic store.
     pub(crate) fn record_activity(&self) {
         self.activity
@@ -86,6 +94,7 @@ struct Entry {
     flushed_at: Instant,
     ended: CancellationToken,
     reason: Arc<Mutex<Option<Ended>>>,
+    client: Arc<Mutex<Option<SessionClient>>>,
 }
 
 /// The registry and its background work. One per edge.
@@ -167,7 +176,9 @@ impl Lifecycle {
         let activity = Arc::new(AtomicU64::new(millis_since(self.epoch)));
         let ended = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
+        let client = Arc::new(Mutex::new(None));
         let entry = Entry {
+            client: client.clone(),
             user,
             api_key,
             activity: activity.clone(),
@@ -183,6 +194,7 @@ impl Lifecycle {
             epoch: self.epoch,
             ended,
             reason,
+            client,
         }
     }
 
@@ -261,6 +273,36 @@ impl Lifecycle {
                 }
             }
             Err(error) => tracing::warn!(%error, "could not record activity; will retry"),
+        }
+    }
+
+    /// Writes the clients named by `initialize` since the last tick, in
+    /// one write (kept for the next tick when it fails).
+    async fn describe_clients(&self) {
+        let described: Vec<(UserId, SessionId, SessionClient)> = self
+            .live()
+            .iter()
+            .filter_map(|(session, entry)| {
+                let client = entry
+                    .client
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()?;
+                Some((entry.user, session.clone(), client))
+            })
+            .collect();
+        if described.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.describe_clients(&described).await {
+            tracing::debug!(%error, "could not record which clients hold sessions; will retry");
+            let live = self.live();
+            for (_, session, client) in described {
+                if let Some(entry) = live.get(&session) {
+                    let mut pending = entry.client.lock().unwrap_or_else(|e| e.into_inner());
+                    pending.get_or_insert(client);
+                }
+            }
         }
     }
 
@@ -415,6 +457,7 @@ impl Lifecycle {
                 () = shutdown.cancelled() => break,
             }
             self.flush_activity(false).await;
+            self.describe_clients().await;
             self.reassert().await;
             self.retry_closes().await;
             self.expire().await;

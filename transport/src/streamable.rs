@@ -30,7 +30,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use axum::response::Response;
 use exai_auth::UserId;
-use exai_sessions::StoreError;
+use exai_sessions::{SessionClient, StoreError};
 use futures::{Stream, StreamExt as _};
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -157,7 +157,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
                 return Ok(refresh_over_http(&message));
             }
             Decoded::Message(message) => {
-                initialize = protocol_of_initialize(&message);
+                initialize = initialize_of(&message);
                 answering = matches!(*message, ClientJsonRpcMessage::Request(_));
             }
             Decoded::Reply(error) => return Ok(invalid(Some(&error))),
@@ -172,8 +172,9 @@ pub(crate) async fn handle<F: ServiceFactory>(
             protocol: None,
             opening: Mutex::new(None),
         },
-        (None, Some(protocol)) => {
-            let opened = admission::open(edge, principal, None, peer, TRANSPORT).await?;
+        (None, Some((protocol, client))) => {
+            let opened =
+                admission::open(edge, principal, None, peer, TRANSPORT, Some(client)).await?;
             RequestScope {
                 context: opened.context(),
                 protocol: Some(protocol),
@@ -219,13 +220,17 @@ pub(crate) async fn handle<F: ServiceFactory>(
     Ok(response)
 }
 
-/// The protocol version an `initialize` asks for; `None` for any other
-/// message.
-fn protocol_of_initialize(message: &ClientJsonRpcMessage) -> Option<String> {
+/// The protocol version an `initialize` asks for and the client it names;
+/// `None` for any other message.
+fn initialize_of(message: &ClientJsonRpcMessage) -> Option<(String, SessionClient)> {
     match message {
         ClientJsonRpcMessage::Request(request) => match &request.request {
             ClientRequest::InitializeRequest(initialize) => {
-                Some(initialize.params.protocol_version.as_str().to_owned())
+                let params = &initialize.params;
+                Some((
+                    params.protocol_version.as_str().to_owned(),
+                    SessionClient::new(&params.client_info.name, &params.client_info.version),
+                ))
             }
             _ => None,
         },
@@ -620,7 +625,7 @@ mod tests {
     #[test]
     fn initialize_is_recognised_and_nothing_else() {
         let check = |text: &str| match framing::decode(text) {
-            Decoded::Message(message) => protocol_of_initialize(&message).is_some(),
+            Decoded::Message(message) => initialize_of(&message).is_some(),
             _ => false,
         };
         assert!(check(

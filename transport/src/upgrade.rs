@@ -108,7 +108,7 @@ async fn admit<F: ServiceFactory>(
     peer: SocketAddr,
     transport: &'static str,
 ) -> Result<Box<Admitted<F::Service>>, EdgeError> {
-    let opened = admission::open(edge, principal, resume, peer, transport).await?;
+    let opened = admission::open(edge, principal, resume, peer, transport, None).await?;
     let service = edge.factory.service(&opened.context());
     let Opened {
         principal,

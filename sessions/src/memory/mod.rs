@@ -18,9 +18,9 @@ use async_trait::async_trait;
 use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 
 use crate::{
-    Heartbeat, Lease, LeaseRequest, ModelUsage, OpenSession, Page, SessionAdmin, SessionFilter,
-    SessionId, SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, UsageRecord,
-    UsageStore, UserBudgets, is_admin,
+    Heartbeat, Lease, LeaseRequest, ModelUsage, OpenSession, Page, SessionAdmin, SessionClient,
+    SessionFilter, SessionId, SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError,
+    UsageRecord, UsageStore, UserBudgets, is_admin,
 };
 
 /// How many ended sessions a user keeps in memory (for `list` and resume);
@@ -216,6 +216,23 @@ impl SessionLifecycle for MemoryStore {
                 && record.status == SessionStatus::Connected
             {
                 record.last_active = now;
+            }
+        }
+        Ok(())
+    }
+
+    async fn describe_clients(
+        &self,
+        sessions: &[(UserId, SessionId, SessionClient)],
+    ) -> Result<(), StoreError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for (user, id, client) in sessions {
+            if let Some(record) = users
+                .get_mut(user)
+                .and_then(|all| all.iter_mut().find(|s| s.session_id == *id))
+            {
+                record.metadata.client_name = Some(client.name.clone());
+                record.metadata.client_version = Some(client.version.clone());
             }
         }
         Ok(())

@@ -52,6 +52,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0011_user_budgets",
         include_str!("../../migrations/0011_user_budgets.sql"),
     ),
+    (
+        "0012_session_clients",
+        include_str!("../../migrations/0012_session_clients.sql"),
+    ),
 ];
 
 /// What [`PostgresStore::migrate`] did with one migration.

@@ -11,8 +11,8 @@ use tokio_postgres::Row;
 
 use super::{PostgresStore, Problem, seconds, store_error, unavailable};
 use crate::{
-    Heartbeat, OpenSession, Page, SessionAdmin, SessionFilter, SessionId, SessionLifecycle,
-    SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
+    Heartbeat, OpenSession, Page, SessionAdmin, SessionClient, SessionFilter, SessionId,
+    SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
 };
 
 const SESSION_COLUMNS: &str =
@@ -213,6 +213,33 @@ impl SessionLifecycle for PostgresStore {
         self.with_client(async |client| {
             client
                 .execute("SELECT public.mcp_touch_sessions($1, $2)", &[&users, &ids])
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn describe_clients(
+        &self,
+        sessions: &[(UserId, SessionId, SessionClient)],
+    ) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<uuid::Uuid> = sessions.iter().map(|(u, _, _)| u.as_uuid()).collect();
+        let ids: Vec<&str> = sessions.iter().map(|(_, s, _)| s.as_str()).collect();
+        let names: Vec<&str> = sessions.iter().map(|(_, _, c)| c.name.as_str()).collect();
+        let versions: Vec<&str> = sessions
+            .iter()
+            .map(|(_, _, c)| c.version.as_str())
+            .collect();
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "SELECT public.mcp_describe_sessions($1, $2, $3, $4)",
+                    &[&users, &ids, &names, &versions],
+                )
                 .await
                 .map_err(unavailable)?;
             Ok(())

@@ -26,8 +26,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    ConversationLimits, Heartbeat, OpenSession, Page, SessionAdmin, SessionFilter, SessionId,
-    SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
+    ConversationLimits, Heartbeat, OpenSession, Page, SessionAdmin, SessionClient, SessionFilter,
+    SessionId, SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
 };
 
 const SESSION_COLUMNS: &str =
@@ -386,6 +386,30 @@ impl SessionLifecycle for SupabaseStore {
             .flatten()
             .filter_map(|id| id.as_str().map(SessionId::from_client))
             .collect())
+    }
+
+    async fn describe_clients(
+        &self,
+        sessions: &[(UserId, SessionId, SessionClient)],
+    ) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<UserId> = sessions.iter().map(|(u, _, _)| *u).collect();
+        let ids: Vec<&SessionId> = sessions.iter().map(|(_, s, _)| s).collect();
+        let names: Vec<&str> = sessions.iter().map(|(_, _, c)| c.name.as_str()).collect();
+        let versions: Vec<&str> = sessions
+            .iter()
+            .map(|(_, _, c)| c.version.as_str())
+            .collect();
+        let args = json!({
+            "p_user_ids": users, "p_session_ids": ids,
+            "p_names": names, "p_versions": versions,
+        });
+        self.rpc("mcp_describe_sessions", args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn register_node(&self) -> Result<(), StoreError> {

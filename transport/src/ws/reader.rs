@@ -241,6 +241,7 @@ impl<S: rmcp::ServerHandler + Clone> Reader<S> {
             self.live.record_activity();
             if let ClientRequest::InitializeRequest(initialize) = &request.request {
                 self.protocol = Some(initialize.params.protocol_version.as_str().to_owned());
+                self.live.describe(&initialize.params.client_info);
             }
         }
         if !self.lifecycle_started {
