@@ -10,8 +10,8 @@ use exai_auth::{ApiKeyRecord, ApiKeyStore, KeyStoreError, Principal, UserId};
 use exai_sessions::{
     ConversationId, ConversationLimits, ConversationStore, Heartbeat, Lease, LeaseRequest,
     ModelUsage, OpenSession, Page, SessionAdmin, SessionClient, SessionFilter, SessionId,
-    SessionLifecycle, SessionRecord, SessionStore, Sessions, StoreError, Turn, UsageRecord,
-    UsageStore, UserBudgets,
+    SessionLifecycle, SessionRecord, SessionStatus, SessionStore, Sessions, StoreError, Turn,
+    UsageRecord, UsageStore, UserBudgets,
 };
 
 /// Wraps a store; every call is observed as `store_operation_duration_seconds`
@@ -115,8 +115,19 @@ impl SessionLifecycle for MeteredStore {
             .await
     }
 
-    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
-        self.timed("killed_among", self.inner.killed_among(sessions))
+    async fn ended_among(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<(SessionId, SessionStatus)>, StoreError> {
+        self.timed("ended_among", self.inner.ended_among(sessions))
+            .await
+    }
+
+    async fn mark_idle(
+        &self,
+        sessions: &[(UserId, SessionId, Option<SystemTime>)],
+    ) -> Result<(), StoreError> {
+        self.timed("mark_idle", self.inner.mark_idle(sessions))
             .await
     }
 

@@ -189,6 +189,17 @@ impl SessionStatus {
             SessionStatus::Killed => "killed",
         }
     }
+
+    /// A stored spelling read back (anything unknown reads as
+    /// `disconnected`, which nothing counts or resumes into trouble).
+    pub(crate) fn from_stored(text: Option<&str>) -> SessionStatus {
+        match text {
+            Some("connected") => SessionStatus::Connected,
+            Some("expired") => SessionStatus::Expired,
+            Some("killed") => SessionStatus::Killed,
+            _ => SessionStatus::Disconnected,
+        }
+    }
 }
 
 impl fmt::Display for SessionStatus {
@@ -300,6 +311,10 @@ pub struct SessionRecord {
     /// The daemon holding it (or that last held it), where the store
     /// knows nodes.
     pub node_id: Option<uuid::Uuid>,
+    /// For a live HTTP session nobody has used for the idle grace: since
+    /// when (its last request ended). The first to go when its user is at
+    /// the cap.
+    pub idle_since: Option<SystemTime>,
 }
 
 /// A daemon as the cluster knows it: what holds sessions and heartbeats.

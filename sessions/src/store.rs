@@ -10,14 +10,15 @@
 //! object-safe: callers hold an `Arc<dyn SessionStore>` (or `dyn
 //! ConnectionStore`, to which it converts).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use exai_auth::{Principal, UserId};
 
 use crate::{
     ConversationId, ConversationLimits, Heartbeat, Lease, LeaseRequest, ModelUsage, OpenSession,
-    Page, SessionClient, SessionFilter, SessionId, SessionRecord, StoreError, Turn, UsageRecord,
+    Page, SessionClient, SessionFilter, SessionId, SessionRecord, SessionStatus, StoreError, Turn,
+    UsageRecord,
 };
 
 /// One user's sessions: open (within the per-user limit, atomically),
@@ -89,9 +90,24 @@ pub trait SessionLifecycle: Send + Sync + std::fmt::Debug + 'static {
         sessions: &[(UserId, SessionId, SessionClient)],
     ) -> Result<(), StoreError>;
 
-    /// Which of `sessions` an administrator killed (each daemon asks about
-    /// the sessions it holds, so it can close their sockets).
-    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError>;
+    /// Which of `sessions` ended elsewhere, and how: killed by an
+    /// administrator, or expired (idle past the session timeout, or an idle
+    /// session taken to make room at its user's cap). Each daemon asks
+    /// about the sessions it holds, so it can end their connections.
+    async fn ended_among(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<(SessionId, SessionStatus)>, StoreError>;
+
+    /// Marks live sessions idle since a time (`Some`: nothing in flight,
+    /// no stream open, for the idle grace) or in use again (`None`), in one
+    /// write. When a user is at the cap, [`Sessions::open`] and
+    /// [`Sessions::resume`] first expire that user's least recently used
+    /// idle session, whichever daemon holds it.
+    async fn mark_idle(
+        &self,
+        sessions: &[(UserId, SessionId, Option<SystemTime>)],
+    ) -> Result<(), StoreError>;
 
     /// Marks every session idle for longer than `idle` (live or
     /// disconnected) `expired`, and returns them.

@@ -174,6 +174,20 @@ async fn assert_user_writes_are_refused(db: &mut Client, user: UserId) {
             "authenticated",
             "SELECT mcp_release_slots(gen_random_uuid(), ARRAY[auth.uid()], ARRAY[8])",
         ),
+        // Marking one's sessions idle, or taking them.
+        (
+            "authenticated",
+            "UPDATE mcp_sessions SET idle_since = now() RETURNING 1",
+        ),
+        (
+            "authenticated",
+            "SELECT mcp_mark_idle(ARRAY[auth.uid()], ARRAY['own-live'], ARRAY[now()])",
+        ),
+        ("authenticated", "SELECT mcp_take_idle_session(auth.uid())"),
+        (
+            "authenticated",
+            "SELECT * FROM mcp_ended_sessions(ARRAY['own-live'])",
+        ),
         (
             "authenticated",
             "SELECT mcp_describe_sessions(ARRAY[auth.uid()], ARRAY['own-live'], \

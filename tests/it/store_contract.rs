@@ -623,10 +623,67 @@ async fn clients_are_recorded(backend: &Backend) {
     assert_eq!(other.metadata.client_name, None);
 }
 
+/// At the cap, opening (or resuming) takes the user's least recently used
+/// session marked idle, whichever node holds it; the holder learns it
+/// ended. Sessions in use, and other users', are never taken.
+async fn idle_sessions_make_room_at_the_cap(backend: &Backend) {
+    let (one, two) = (&backend.store, &backend.second);
+    let a = backend.user("idle-a@example.com").await;
+    let b = backend.user("idle-b@example.com").await;
+    let older = one.open(&a, open_request(3)).await.unwrap();
+    let newer = one.open(&a, open_request(3)).await.unwrap();
+    let busy = one.open(&a, open_request(3)).await.unwrap();
+    let bs = one.open(&b, open_request(3)).await.unwrap();
+    let ago = |secs| Some(std::time::SystemTime::now() - Duration::from_secs(secs));
+    one.mark_idle(&[
+        (a.user_id, older.session_id.clone(), ago(60)),
+        (a.user_id, newer.session_id.clone(), ago(30)),
+        (a.user_id, busy.session_id.clone(), ago(90)),
+        (b.user_id, bs.session_id.clone(), ago(120)),
+    ])
+    .await
+    .unwrap();
+    // In use again.
+    one.mark_idle(&[(a.user_id, busy.session_id.clone(), None)])
+        .await
+        .unwrap();
+    let marked = one.get(&a, &newer.session_id).await.unwrap();
+    assert!(marked.idle_since.is_some(), "{marked:?}");
+    let fresh = two.open(&a, open_request(3)).await.unwrap();
+    assert_eq!(fresh.status, SessionStatus::Connected);
+    let held = [
+        older.session_id.clone(),
+        newer.session_id.clone(),
+        busy.session_id.clone(),
+        bs.session_id.clone(),
+    ];
+    assert_eq!(
+        one.ended_among(&held).await.unwrap(),
+        [(older.session_id.clone(), SessionStatus::Expired)],
+        "the least recently used idle one, and only it"
+    );
+    let resumed_room = two.open(&a, open_request(3)).await.unwrap();
+    let after: Vec<_> = one.ended_among(&held).await.unwrap();
+    assert_eq!(after.len(), 2, "the next idle one: {after:?}");
+    assert!(after.contains(&(newer.session_id.clone(), SessionStatus::Expired)));
+    assert!(
+        matches!(
+            two.open(&a, open_request(3)).await,
+            Err(StoreError::LimitReached { limit: 3 })
+        ),
+        "the one in use is never taken"
+    );
+    for session in [&busy, &fresh, &resumed_room] {
+        one.close(&a, &session.session_id).await.unwrap();
+    }
+    one.close(&b, &bs.session_id).await.unwrap();
+}
+
 async fn keep_the_contract(backend: Backend) {
     budgets_hold_over_nodes(&backend).await;
     nodes_reap_the_silent(&backend).await;
     clients_are_recorded(&backend).await;
+    idle_sessions_make_room_at_the_cap(&backend).await;
     open_close_list(&backend).await;
     other_users_sessions_look_like_missing_ones(&backend).await;
     limit_holds_under_concurrent_opens(&backend).await;

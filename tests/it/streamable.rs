@@ -906,3 +906,107 @@ async fn sessions_name_the_client_that_holds_them() {
     assert_eq!(stored, name);
     daemon.stop().await;
 }
+
+/// Abandoned HTTP sessions on one daemon never lock their user out of
+/// another: the daemon holding them marks them idle in `mcp_sessions` once
+/// unused for the grace, and a daemon at the user's cap takes the least
+/// recently used of them; the holder then ends it (404). A session with an
+/// open GET stream is never marked, so never taken.
+#[tokio::test]
+async fn abandoned_http_sessions_on_another_daemon_make_room() {
+    const EMAIL: &str = "roaming@example.com";
+    let (pg, db) = TestPostgres::migrated(&[EMAIL]).await;
+    let grace = Duration::from_millis(500);
+    let start = || {
+        TestDaemon::start_with(|c| {
+            c.store = pg.store_config(Duration::from_secs(5));
+            c.edge.max_connections_per_user = 2;
+            c.edge.http_idle_grace = grace;
+            c.edge.activity_flush = Duration::from_millis(100);
+        })
+    };
+    let (first, second) = (start().await, start().await);
+    let http = Http::new(&first);
+    let user = token(EMAIL);
+    let vanished = http.open(&user).await;
+    let listening = http.open(&user).await;
+    let mut stream = http
+        .client
+        .get(&http.url)
+        .bearer_auth(&user)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &listening)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let refused = second
+        .try_connect(Some(&user))
+        .await
+        .err()
+        .expect("at the cap");
+    assert_eq!(refused.status, 429, "within the grace nothing is taken");
+
+    let idle_since = async |session: &str| -> Option<std::time::SystemTime> {
+        db.query_one(
+            "SELECT idle_since FROM mcp_sessions WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    let mut marked = false;
+    for _ in 0..50 {
+        if idle_since(&vanished).await.is_some() {
+            marked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(marked, "the abandoned session is marked idle");
+    assert_eq!(
+        idle_since(&listening).await,
+        None,
+        "one with a stream is in use"
+    );
+
+    let socket = second.try_connect(Some(&user)).await;
+    assert!(socket.is_ok(), "admitted elsewhere: {:?}", socket.err());
+    let status: String = db
+        .query_one(
+            "SELECT connection_status FROM mcp_sessions WHERE session_id = $1",
+            &[&vanished],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "expired");
+    let mut gone = false;
+    for _ in 0..50 {
+        if http.whoami(&user, Some(&vanished), 2).await.status == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the daemon holding it ended it");
+    let kept = http.whoami(&user, Some(&listening), 3).await;
+    assert_eq!(kept.status, 200, "{}", kept.text);
+    let refused = Http::new(&second)
+        .post(Some(&user), None, initialize(1))
+        .await;
+    assert_eq!(
+        refused.status, 429,
+        "nothing idle is left: {}",
+        refused.text
+    );
+    let still = tokio::time::timeout(Duration::from_millis(100), stream.chunk()).await;
+    assert!(
+        !matches!(still, Ok(Ok(None))),
+        "the GET stream is still open"
+    );
+    drop(socket);
+    first.stop().await;
+    second.stop().await;
+}

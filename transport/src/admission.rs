@@ -245,6 +245,7 @@ pub(crate) async fn open<F: ServiceFactory>(
     };
     edge.metrics
         .session_event(if resuming { "resumed" } else { "opened" });
+    edge.lifecycle.settle_idle(principal.user_id).await;
 
     let span = tracing::info_span!(
         "connection",
@@ -252,7 +253,13 @@ pub(crate) async fn open<F: ServiceFactory>(
         session_id = %session.session_id,
         transport,
     );
-    let live = edge.lifecycle.attach(&principal, &session.session_id);
+    // An HTTP session is in use only while it has a request or a stream;
+    // a WebSocket, while its socket is open.
+    let idle_grace =
+        (transport == crate::streamable::TRANSPORT).then_some(edge.config.http_idle_grace);
+    let live = edge
+        .lifecycle
+        .attach(&principal, &session.session_id, idle_grace);
     let guard = SessionGuard::new(
         edge.lifecycle.clone(),
         principal.clone(),

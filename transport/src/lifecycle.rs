@@ -20,12 +20,12 @@
 //! [`EdgeConfig::node_timeout`]: crate::EdgeConfig::node_timeout
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use exai_auth::{Principal, UserId};
-use exai_sessions::{ConnectionStore, Heartbeat, SessionClient, SessionId};
+use exai_sessions::{ConnectionStore, Heartbeat, SessionClient, SessionId, SessionStatus};
 use tokio_util::sync::CancellationToken;
 
 /// Why the lifecycle ended a connection.
@@ -52,6 +52,9 @@ pub(crate) struct LiveSession {
     reason: Arc<Mutex<Option<Ended>>>,
     /// The client its `initialize` named, until written to the store.
     client: Arc<Mutex<Option<SessionClient>>>,
+    /// Its open streams (an HTTP session's answers and GET stream): while
+    /// any is open, it is in use.
+    pub(crate) streams: Arc<AtomicUsize>,
 }
 
 impl LiveSession {
@@ -95,6 +98,13 @@ struct Entry {
     ended: CancellationToken,
     reason: Arc<Mutex<Option<Ended>>>,
     client: Arc<Mutex<Option<SessionClient>>>,
+    streams: Arc<AtomicUsize>,
+    /// For an HTTP session: how long unused before it is marked idle (the
+    /// first to go at its user's cap, on any daemon); `None` for a
+    /// WebSocket, live while its socket is open.
+    idle_grace: Option<Duration>,
+    /// Whether the store has it marked idle.
+    marked_idle: bool,
 }
 
 /// The registry and its background work. One per edge.
@@ -166,8 +176,14 @@ impl Lifecycle {
         (self.node_timeout / 3).max(Duration::from_millis(50))
     }
 
-    /// Registers a session this daemon now holds open.
-    pub(crate) fn attach(&self, principal: &Principal, session: &SessionId) -> LiveSession {
+    /// Registers a session this daemon now holds open; one with an
+    /// `idle_grace` (HTTP) is marked idle in the store once unused for it.
+    pub(crate) fn attach(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        idle_grace: Option<Duration>,
+    ) -> LiveSession {
         let user = principal.user_id;
         let api_key = match &principal.method {
             exai_auth::AuthMethod::ApiKey { key_id } => Some(key_id.clone()),
@@ -177,8 +193,12 @@ impl Lifecycle {
         let ended = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         let client = Arc::new(Mutex::new(None));
+        let streams = Arc::new(AtomicUsize::new(0));
         let entry = Entry {
             client: client.clone(),
+            streams: streams.clone(),
+            idle_grace,
+            marked_idle: false,
             user,
             api_key,
             activity: activity.clone(),
@@ -195,6 +215,7 @@ impl Lifecycle {
             ended,
             reason,
             client,
+            streams,
         }
     }
 
@@ -306,6 +327,63 @@ impl Lifecycle {
         }
     }
 
+    /// After a session of `user` was opened: if this daemon holds sessions
+    /// of theirs marked idle, ends at once the one the store may have taken
+    /// to make room (rather than at the next tick).
+    pub(crate) async fn settle_idle(&self, user: UserId) {
+        let marked: Vec<SessionId> = self
+            .live()
+            .iter()
+            .filter(|(_, entry)| entry.user == user && entry.marked_idle)
+            .map(|(session, _)| session.clone())
+            .collect();
+        if marked.is_empty() {
+            return;
+        }
+        if let Ok(ended) = self.store.ended_among(&marked).await {
+            let taken: Vec<SessionId> = ended.into_iter().map(|(id, _)| id).collect();
+            for _ in &taken {
+                self.metrics.session_event("idle_http_closed");
+            }
+            self.end(&taken, Ended::TimedOut);
+        }
+    }
+
+    /// Marks the HTTP sessions unused for their grace idle in the store,
+    /// and those used again since in use, in one write.
+    async fn mark_idle(&self) {
+        let now = SystemTime::now();
+        let changed: Vec<(UserId, SessionId, Option<SystemTime>)> = self
+            .live()
+            .iter()
+            .filter_map(|(session, entry)| {
+                let grace = entry.idle_grace?;
+                let idle_for = Duration::from_millis(
+                    millis_since(self.epoch).saturating_sub(entry.activity.load(Ordering::Relaxed)),
+                );
+                let idle = entry.streams.load(Ordering::Acquire) == 0 && idle_for >= grace;
+                (idle != entry.marked_idle).then(|| {
+                    let since = idle.then(|| now.checked_sub(idle_for).unwrap_or(now));
+                    (entry.user, session.clone(), since)
+                })
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        match self.store.mark_idle(&changed).await {
+            Ok(()) => {
+                let mut live = self.live();
+                for (_, session, since) in changed {
+                    if let Some(entry) = live.get_mut(&session) {
+                        entry.marked_idle = since.is_some();
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "could not mark idle sessions; will retry"),
+        }
+    }
+
     /// A heartbeat was written: note it, and what it found.
     fn beat(&self, beat: Heartbeat) {
         *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -397,9 +475,22 @@ impl Lifecycle {
                 .collect();
             (sessions, keys)
         };
-        match self.store.killed_among(&sessions).await {
-            Ok(killed) => self.end(&killed, Ended::Killed),
-            Err(error) => tracing::warn!(%error, "could not check for killed sessions"),
+        match self.store.ended_among(&sessions).await {
+            Ok(ended) => {
+                let (killed, expired): (Vec<_>, Vec<_>) = ended
+                    .into_iter()
+                    .partition(|(_, status)| *status == SessionStatus::Killed);
+                let ids = |ended: Vec<(SessionId, SessionStatus)>| -> Vec<SessionId> {
+                    ended.into_iter().map(|(id, _)| id).collect()
+                };
+                self.end(&ids(killed), Ended::Killed);
+                let expired = ids(expired);
+                for _ in &expired {
+                    self.metrics.session_event("expired");
+                }
+                self.end(&expired, Ended::TimedOut);
+            }
+            Err(error) => tracing::warn!(%error, "could not check for sessions ended elsewhere"),
         }
         let mut checked: HashMap<String, bool> = HashMap::new();
         let mut revoked = Vec::new();
@@ -458,6 +549,7 @@ impl Lifecycle {
             }
             self.flush_activity(false).await;
             self.describe_clients().await;
+            self.mark_idle().await;
             self.reassert().await;
             self.retry_closes().await;
             self.expire().await;

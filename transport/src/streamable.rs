@@ -48,7 +48,7 @@ use crate::lifecycle::LiveSession;
 use crate::{ConnectionContext, Edge, EdgeConfig, EdgeMetrics, ServiceFactory};
 
 /// The transport label of sessions opened over HTTP.
-const TRANSPORT: &str = "http";
+pub(crate) const TRANSPORT: &str = "http";
 
 tokio::task_local! {
     /// The request `rmcp` is serving, for its handler factory and for
@@ -544,7 +544,7 @@ impl SessionManager for HttpSessions {
             Bound {
                 user: principal.user_id,
                 context,
-                streams: Arc::default(),
+                streams: live.streams.clone(),
                 protocol,
                 live,
                 guard,

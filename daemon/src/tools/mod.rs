@@ -393,6 +393,9 @@ impl ExaiServer {
                     "node": s.node_id,
                     "created_at": timestamp(s.created_at),
                     "last_active": timestamp(s.last_active),
+                    // An HTTP session unused past the grace: the first to
+                    // go when the user is at the cap.
+                    "idle_since": s.idle_since.map(timestamp),
                 })
             })
             .collect();

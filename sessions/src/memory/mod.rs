@@ -39,9 +39,27 @@ pub struct MemoryStore {
     budgets: Mutex<Budgets>,
 }
 
-/// Whether `count` live sessions leave room for one more.
-fn check_limit(count: usize, max_connections: u32) -> Result<(), StoreError> {
-    if count >= max_connections as usize {
+/// Whether the live ones of `sessions` leave room for one more; exactly at
+/// the cap, the least recently used idle one is expired to make it (as
+/// `mcp_take_idle_session`).
+fn make_room(sessions: &mut [SessionRecord], max_connections: u32) -> Result<(), StoreError> {
+    let live = |sessions: &[SessionRecord]| {
+        sessions
+            .iter()
+            .filter(|s| s.status == SessionStatus::Connected)
+            .count()
+    };
+    let max = max_connections as usize;
+    if live(sessions) == max
+        && let Some(idle) = sessions
+            .iter_mut()
+            .filter(|s| s.status == SessionStatus::Connected && s.idle_since.is_some())
+            .min_by_key(|s| s.idle_since)
+    {
+        idle.status = SessionStatus::Expired;
+        idle.idle_since = None;
+    }
+    if live(sessions) >= max {
         return Err(StoreError::LimitReached {
             limit: max_connections,
         });
@@ -98,15 +116,11 @@ impl Sessions for MemoryStore {
     ) -> Result<SessionRecord, StoreError> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         let sessions = users.entry(principal.user_id).or_default();
+        make_room(sessions, request.max_connections)?;
         let live = sessions
             .iter()
             .filter(|s| s.status == SessionStatus::Connected)
             .count();
-        if live >= request.max_connections as usize {
-            return Err(StoreError::LimitReached {
-                limit: request.max_connections,
-            });
-        }
         let ended = sessions.len() - live;
         if ended >= ENDED_SESSIONS_KEPT_PER_USER {
             // Sessions are appended in creation order: drop the oldest ended ones.
@@ -126,6 +140,7 @@ impl Sessions for MemoryStore {
             last_active: now,
             metadata: request.metadata,
             node_id: None,
+            idle_since: None,
         };
         sessions.push(record.clone());
         Ok(record)
@@ -184,22 +199,24 @@ impl Sessions for MemoryStore {
         let sessions = users
             .get_mut(&principal.user_id)
             .ok_or(StoreError::NotFound)?;
-        let live = sessions
+        let status = sessions
             .iter()
-            .filter(|s| s.status == SessionStatus::Connected)
-            .count();
-        let record = sessions
-            .iter_mut()
             .find(|s| s.session_id == *session)
-            .ok_or(StoreError::NotFound)?;
-        match record.status {
+            .ok_or(StoreError::NotFound)?
+            .status;
+        match status {
             SessionStatus::Disconnected => {}
             SessionStatus::Connected => return Err(StoreError::Conflict(SessionStatus::Connected)),
             _ => return Err(StoreError::NotFound),
         }
-        check_limit(live, max_connections)?;
+        make_room(sessions, max_connections)?;
+        let record = sessions
+            .iter_mut()
+            .find(|s| s.session_id == *session)
+            .ok_or(StoreError::NotFound)?;
         record.status = SessionStatus::Connected;
         record.last_active = SystemTime::now();
+        record.idle_since = None;
         Ok(record.clone())
     }
 }
@@ -263,14 +280,35 @@ impl SessionLifecycle for MemoryStore {
         Ok(Vec::new())
     }
 
-    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+    async fn ended_among(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<(SessionId, SessionStatus)>, StoreError> {
         let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         Ok(users
             .values()
             .flatten()
-            .filter(|s| s.status == SessionStatus::Killed && sessions.contains(&s.session_id))
-            .map(|s| s.session_id.clone())
+            .filter(|s| matches!(s.status, SessionStatus::Killed | SessionStatus::Expired))
+            .filter(|s| sessions.contains(&s.session_id))
+            .map(|s| (s.session_id.clone(), s.status))
             .collect())
+    }
+
+    async fn mark_idle(
+        &self,
+        sessions: &[(UserId, SessionId, Option<SystemTime>)],
+    ) -> Result<(), StoreError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for (user, id, idle_since) in sessions {
+            if let Some(record) = users
+                .get_mut(user)
+                .and_then(|all| all.iter_mut().find(|s| s.session_id == *id))
+                && record.status == SessionStatus::Connected
+            {
+                record.idle_since = *idle_since;
+            }
+        }
+        Ok(())
     }
 
     async fn expire_idle(&self, idle: Duration) -> Result<Vec<SessionRecord>, StoreError> {

@@ -56,6 +56,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0012_session_clients",
         include_str!("../../migrations/0012_session_clients.sql"),
     ),
+    (
+        "0013_idle_http_sessions",
+        include_str!("../../migrations/0013_idle_http_sessions.sql"),
+    ),
 ];
 
 /// What [`PostgresStore::migrate`] did with one migration.

@@ -15,8 +15,7 @@ use crate::{
     SessionLifecycle, SessionRecord, SessionStatus, Sessions, StoreError, is_admin,
 };
 
-const SESSION_COLUMNS: &str =
-    "session_id, user_id, connection_status, created_at, last_active, metadata, node_id";
+const SESSION_COLUMNS: &str = "session_id, user_id, connection_status, created_at, last_active, metadata, node_id, idle_since";
 
 /// A batch of sessions as the two arrays the SQL functions take.
 fn columns(sessions: &[(UserId, SessionId)]) -> (Vec<uuid::Uuid>, Vec<&str>) {
@@ -34,16 +33,12 @@ fn bounds(page: Page) -> (i64, i64) {
 
 fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
     let status: Option<String> = row.try_get("connection_status").map_err(unavailable)?;
-    let status = match status.as_deref() {
-        Some("connected") => SessionStatus::Connected,
-        Some("expired") => SessionStatus::Expired,
-        Some("killed") => SessionStatus::Killed,
-        _ => SessionStatus::Disconnected,
-    };
+    let status = SessionStatus::from_stored(status.as_deref());
     let user: Option<uuid::Uuid> = row.try_get("user_id").map_err(unavailable)?;
     let created_at: Option<SystemTime> = row.try_get("created_at").map_err(unavailable)?;
     let last_active: Option<SystemTime> = row.try_get("last_active").map_err(unavailable)?;
     let metadata: Option<serde_json::Value> = row.try_get("metadata").map_err(unavailable)?;
+    let idle_since: Option<SystemTime> = row.try_get("idle_since").map_err(unavailable)?;
     Ok(SessionRecord {
         session_id: SessionId::from_client(
             row.try_get::<_, String>("session_id")
@@ -59,6 +54,7 @@ fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
             .and_then(|m| serde_json::from_value(m).ok())
             .unwrap_or_default(),
         node_id: row.try_get("node_id").map_err(unavailable)?,
+        idle_since,
     })
 }
 
@@ -247,20 +243,55 @@ impl SessionLifecycle for PostgresStore {
         .await
     }
 
-    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+    async fn ended_among(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<(SessionId, SessionStatus)>, StoreError> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
         let ids: Vec<&str> = sessions.iter().map(SessionId::as_str).collect();
         self.with_client(async |client| {
             let rows = client
-                .query("SELECT public.mcp_killed_sessions($1)", &[&ids])
+                .query(
+                    "SELECT session_id, connection_status FROM public.mcp_ended_sessions($1)",
+                    &[&ids],
+                )
                 .await
                 .map_err(unavailable)?;
-            Ok(rows
-                .iter()
-                .map(|r| SessionId::from_client(r.get::<_, String>(0)))
-                .collect())
+            rows.iter()
+                .map(|r| {
+                    let id: String = r.try_get(0).map_err(unavailable)?;
+                    let status: Option<String> = r.try_get(1).map_err(unavailable)?;
+                    Ok((
+                        SessionId::from_client(id),
+                        SessionStatus::from_stored(status.as_deref()),
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn mark_idle(
+        &self,
+        sessions: &[(UserId, SessionId, Option<SystemTime>)],
+    ) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<uuid::Uuid> = sessions.iter().map(|(u, _, _)| u.as_uuid()).collect();
+        let ids: Vec<&str> = sessions.iter().map(|(_, s, _)| s.as_str()).collect();
+        let since: Vec<Option<SystemTime>> = sessions.iter().map(|(_, _, at)| *at).collect();
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "SELECT public.mcp_mark_idle($1, $2, $3)",
+                    &[&users, &ids, &since],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(())
         })
         .await
     }

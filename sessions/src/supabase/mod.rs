@@ -31,7 +31,7 @@ use crate::{
 };
 
 const SESSION_COLUMNS: &str =
-    "session_id,user_id,connection_status,created_at,last_active,metadata,node_id";
+    "session_id,user_id,connection_status,created_at,last_active,metadata,node_id,idle_since";
 
 /// How to reach the project.
 #[derive(Debug, Clone)]
@@ -132,12 +132,7 @@ fn columns(sessions: &[(UserId, SessionId)]) -> (Vec<UserId>, Vec<&SessionId>) {
 
 fn session_from_json(row: &Value) -> Result<SessionRecord, RestError> {
     let text = |field: &str| row.get(field).and_then(Value::as_str);
-    let status = match text("connection_status") {
-        Some("connected") => SessionStatus::Connected,
-        Some("expired") => SessionStatus::Expired,
-        Some("killed") => SessionStatus::Killed,
-        _ => SessionStatus::Disconnected,
-    };
+    let status = SessionStatus::from_stored(text("connection_status"));
     let user: UserId = text("user_id")
         .and_then(|u| u.parse().ok())
         .ok_or_else(|| RestError::Unexpected("a session row without a user".into()))?;
@@ -155,6 +150,7 @@ fn session_from_json(row: &Value) -> Result<SessionRecord, RestError> {
             .unwrap_or(SystemTime::UNIX_EPOCH),
         metadata: serde_json::from_value(row["metadata"].clone()).unwrap_or_default(),
         node_id: text("node_id").and_then(|n| n.parse().ok()),
+        idle_since: timestamp(&row["idle_since"])?,
     })
 }
 
@@ -372,20 +368,45 @@ impl SessionLifecycle for SupabaseStore {
         Ok(())
     }
 
-    async fn killed_among(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>, StoreError> {
+    async fn ended_among(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<(SessionId, SessionStatus)>, StoreError> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = self
-            .rpc("mcp_killed_sessions", json!({ "p_session_ids": sessions }))
+        let rows = self
+            .rpc("mcp_ended_sessions", json!({ "p_session_ids": sessions }))
             .await
             .map_err(unavailable)?;
-        Ok(ids
+        Ok(rows
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|id| id.as_str().map(SessionId::from_client))
+            .filter_map(|row| {
+                let id = row["session_id"].as_str()?;
+                let status = SessionStatus::from_stored(row["connection_status"].as_str());
+                Some((SessionId::from_client(id), status))
+            })
             .collect())
+    }
+
+    async fn mark_idle(
+        &self,
+        sessions: &[(UserId, SessionId, Option<SystemTime>)],
+    ) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<UserId> = sessions.iter().map(|(u, _, _)| *u).collect();
+        let ids: Vec<&SessionId> = sessions.iter().map(|(_, s, _)| s).collect();
+        let since: Vec<Option<String>> = sessions
+            .iter()
+            .map(|(_, _, at)| at.map(format_timestamp))
+            .collect();
+        let args = json!({ "p_user_ids": users, "p_session_ids": ids, "p_idle_since": since });
+        self.rpc("mcp_mark_idle", args).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn describe_clients(
