@@ -25,6 +25,8 @@ const RUN: Duration = Duration::from_secs(3);
 const CONNECTIONS: usize = 64;
 /// Idle connections for the memory figure.
 const IDLE: usize = 10_000;
+/// Idle HTTP sessions for the memory figure.
+const IDLE_HTTP: usize = 10_000;
 
 fn call(id: u64) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
@@ -200,23 +202,7 @@ async fn http_round_trips_per_second(url: &str, token: Option<&str>) -> f64 {
     for _ in 0..CONNECTIONS {
         let session = match token {
             None => None,
-            Some(token) => {
-                let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-                    "protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "bench", "version": "1"}}});
-                let response = post(&http, url, token, None, init.to_string()).await;
-                let id = response
-                    .headers()
-                    .get("mcp-session-id")
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_owned();
-                let _ = response.bytes().await;
-                let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-                post(&http, url, token, Some(&id), done.to_string()).await;
-                Some(id)
-            }
+            Some(token) => Some(open_http_session(&http, url, token).await),
         };
         sessions.push(session);
     }
@@ -228,13 +214,33 @@ async fn http_round_trips_per_second(url: &str, token: Option<&str>) -> f64 {
             while Instant::now() < deadline {
                 let response = post(&http, &url, &token, session.as_deref(), call(done + 1)).await;
                 let body = response.text().await.unwrap();
-                debug_assert!(body.contains(&format!("\"id\":{}", done + 1)), "{body}");
+                assert!(body.contains(&format!("\"id\":{}", done + 1)), "{body}");
                 done += 1;
             }
             done
         })
     });
     per_second(tasks).await
+}
+
+/// An initialized Streamable HTTP session of `token`'s user; its id.
+async fn open_http_session(http: &reqwest::Client, url: &str, token: &str) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "1"}}});
+    let response = post(http, url, token, None, init.to_string()).await;
+    let id = response
+        .headers()
+        .get("mcp-session-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.text().await.unwrap();
+    assert!(body.contains("\"serverInfo\""), "{body}");
+    let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    post(http, url, token, Some(&id), done.to_string()).await;
+    id
 }
 
 async fn post(
@@ -300,6 +306,54 @@ async fn memory_per_idle_connection() -> (f64, u64) {
     ((after - before) as f64 / IDLE as f64, after)
 }
 
+/// KiB of daemon memory per idle Streamable HTTP session (initialized, then
+/// left without `DELETE`, as most clients do), with `IDLE_HTTP` open: a
+/// separate `exai-daemon` process, memory store.
+async fn memory_per_idle_http_session() -> (f64, u64) {
+    let daemon = DaemonProcess::start(&daemon_binary(), &[]).await;
+    let url = format!(
+        "{}/mcp",
+        daemon
+            .url
+            .trim_end_matches("/mcp")
+            .replacen("ws://", "http://", 1)
+    );
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let mut sessions = Vec::with_capacity(IDLE_HTTP + 100);
+    for user in 0..100 {
+        let token = fresh_token(2_000_000 + user, user);
+        sessions.push(open_http_session(&http, &url, &token).await);
+    }
+    all_services_suspended(&daemon.metrics).await;
+    let before = rss_kib(daemon.pid);
+    for n in 100..IDLE_HTTP + 100 {
+        // Five sessions per user: the default per-user limit.
+        let token = fresh_token(3_000_000 + n / 5, n);
+        sessions.push(open_http_session(&http, &url, &token).await);
+    }
+    all_services_suspended(&daemon.metrics).await;
+    let after = rss_kib(daemon.pid);
+    let open = reqwest::get(&daemon.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        open.lines().any(|l| l
+            == format!(
+                "exai_connections_open{{transport=\"http\"}} {}",
+                IDLE_HTTP + 100
+            )),
+        "every session is still open:\n{open}"
+    );
+    daemon.stop().await;
+    ((after - before) as f64 / IDLE_HTTP as f64, after)
+}
+
 /// Waits until the daemon at `metrics` runs no MCP service: every
 /// connection is idle, its service suspended.
 async fn all_services_suspended(metrics: &str) {
@@ -319,9 +373,11 @@ async fn all_services_suspended(metrics: &str) {
 /// Prints the memory figure alone.
 pub(crate) async fn memory() {
     let (per_connection, total) = memory_per_idle_connection().await;
+    let (per_session, http_total) = memory_per_idle_http_session().await;
     writeln!(
         std::io::stdout().lock(),
-        "{per_connection:.1} KiB per idle connection (daemon RSS {total} KiB)"
+        "{per_connection:.1} KiB per idle connection (daemon RSS {total} KiB); \
+         {per_session:.1} KiB per idle HTTP session (daemon RSS {http_total} KiB)"
     )
     .unwrap();
 }
@@ -369,6 +425,7 @@ pub(crate) async fn run() {
     daemon.stop().await;
 
     let (per_connection, total) = memory_per_idle_connection().await;
+    let (per_session, http_total) = memory_per_idle_http_session().await;
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "| what | exai | floor | ratio | target |").unwrap();
@@ -399,6 +456,12 @@ pub(crate) async fn run() {
         out,
         "| daemon memory per idle authenticated WebSocket, {IDLE} open (KiB; daemon RSS then {:.0} MiB) | {per_connection:.1} | — | — | ≤ 16 KiB |",
         total as f64 / 1024.0
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| daemon memory per idle Streamable HTTP session (initialized, never deleted), {IDLE_HTTP} open (KiB; daemon RSS then {:.0} MiB) | {per_session:.1} | — | — | ≤ 16 KiB |",
+        http_total as f64 / 1024.0
     )
     .unwrap();
     writeln!(

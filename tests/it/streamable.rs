@@ -1010,3 +1010,151 @@ async fn abandoned_http_sessions_on_another_daemon_make_room() {
     first.stop().await;
     second.stop().await;
 }
+
+/// An idle HTTP session's service is suspended, as an idle WebSocket's is,
+/// and its next request restores it as it was: the same session, the same
+/// handler (the log level set before still holds), nothing for anyone
+/// else; a suspended session is still ended by `DELETE`.
+#[tokio::test]
+async fn an_idle_http_session_is_suspended_and_restored_as_it_was() {
+    let daemon = TestDaemon::start_with(|c| c.edge.service_idle = Duration::from_millis(100)).await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let session = http.open(&ana).await;
+    let set = http
+        .post(
+            Some(&ana),
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel",
+                   "params": {"level": "info"}}),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    let suspended = async |started: u64| {
+        exai_tests::wait_for_metric(&daemon, "exai_mcp_services_running 0").await;
+        exai_tests::wait_for_metric(
+            &daemon,
+            &format!("exai_mcp_services_started_total {started}"),
+        )
+        .await;
+    };
+    suspended(1).await;
+
+    let who = identity(&http.whoami(&ana, Some(&session), 3).await);
+    assert_eq!(who["session_id"], session.as_str(), "restored under its id");
+    assert_eq!(who["email"], "ana@example.com");
+    suspended(2).await;
+    // Nobody else reaches it, suspended or not, and nothing unknown is
+    // restored.
+    let bo = token("bo@example.com");
+    assert_eq!(http.whoami(&bo, Some(&session), 4).await.status, 404);
+    assert_eq!(http.whoami(&ana, Some("made-up"), 5).await.status, 404);
+
+    // The handler kept its log level: a call's log message reaches the
+    // GET stream opened after the restore.
+    let mut stream = http
+        .client
+        .get(&http.url)
+        .bearer_auth(&ana)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let call = http
+        .post(
+            Some(&ana),
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                   "params": {"name": "chat", "arguments": {"prompt": "again"}}}),
+        )
+        .await;
+    assert!(
+        call.response()["result"]["content"].is_array(),
+        "{}",
+        call.text
+    );
+    let mut seen = call.text.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !seen.contains("notifications/message") && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), stream.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    assert!(
+        seen.contains("notifications/message") && seen.contains("\"info\""),
+        "the log level survived the suspension: {seen}"
+    );
+    drop(stream);
+    suspended(3).await;
+    assert_eq!(http.delete(&ana, &session).await.status, 204);
+    assert_eq!(http.whoami(&ana, Some(&session), 7).await.status, 404);
+    daemon.stop().await;
+}
+
+/// A call whose stream the client dropped before the answer keeps its
+/// session's service running (it is not suspended), so the client can
+/// resume the stream from its last event and get the answer.
+#[tokio::test]
+async fn a_dropped_answer_stream_is_resumed_not_suspended() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.edge.service_idle = Duration::from_millis(100);
+        c.echo_delay = Duration::from_millis(1000);
+    })
+    .await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let session = http.open_as(&ana, "2025-11-25").await;
+    let mut answer = http
+        .client
+        .post(&http.url)
+        .bearer_auth(&ana)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                   "params": {"name": "chat", "arguments": {"prompt": "slow"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let first = String::from_utf8_lossy(&answer.chunk().await.unwrap().unwrap()).into_owned();
+    let event = first
+        .lines()
+        .find_map(|line| line.strip_prefix("id:"))
+        .unwrap_or_else(|| panic!("a priming event with an id: {first:?}"))
+        .trim()
+        .to_owned();
+    drop(answer);
+    // Well past the idle time: still running, not suspended.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    exai_tests::wait_for_metric(&daemon, "exai_mcp_services_running 1").await;
+    let resumed = http
+        .send(
+            reqwest::Method::GET,
+            Some(&ana),
+            Some(&session),
+            &[
+                ("last-event-id", event.as_str()),
+                ("mcp-protocol-version", "2025-11-25"),
+                ("accept", "text/event-stream"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text);
+    let reply = resumed
+        .messages
+        .iter()
+        .find(|m| m["id"] == 9)
+        .unwrap_or_else(|| panic!("the answer, resumed: {}", resumed.text));
+    assert!(reply["result"]["content"].is_array(), "{reply}");
+    daemon.stop().await;
+}

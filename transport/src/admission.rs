@@ -117,7 +117,7 @@ pub(crate) fn resource_metadata_url<F: ServiceFactory>(
 /// A session opened (or resumed) for one user, registered with the
 /// lifecycle; closed in the store when `guard` is closed or dropped.
 pub(crate) struct Opened {
-    pub(crate) principal: Principal,
+    pub(crate) principal: Arc<Principal>,
     pub(crate) session_id: SessionId,
     pub(crate) live: crate::lifecycle::LiveSession,
     pub(crate) guard: SessionGuard,
@@ -260,6 +260,7 @@ pub(crate) async fn open<F: ServiceFactory>(
     let live = edge
         .lifecycle
         .attach(&principal, &session.session_id, idle_grace);
+    let principal = Arc::new(principal);
     let guard = SessionGuard::new(
         edge.lifecycle.clone(),
         principal.clone(),
@@ -280,14 +281,14 @@ pub(crate) async fn open<F: ServiceFactory>(
 /// through [`SessionGuard::close`], or on drop (a panic, a failed upgrade)
 /// through a task the edge waits for at shutdown.
 pub(crate) struct SessionGuard {
-    session: Option<(Arc<Lifecycle>, Principal, SessionId)>,
+    session: Option<(Arc<Lifecycle>, Arc<Principal>, SessionId)>,
     tracker: TaskTracker,
 }
 
 impl SessionGuard {
     pub(crate) fn new(
         lifecycle: Arc<Lifecycle>,
-        principal: Principal,
+        principal: Arc<Principal>,
         session: SessionId,
         tracker: TaskTracker,
     ) -> Self {

@@ -107,8 +107,9 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ConnectionContext {
-    /// Who the connection acts for (verified).
-    pub principal: Principal,
+    /// Who the connection acts for (verified); shared by everything that
+    /// serves the connection.
+    pub principal: Arc<Principal>,
     /// The session the connection opened; `None` for a stateless request
     /// (MCP 2026-07-28 over HTTP), which belongs to no session.
     pub session_id: Option<SessionId>,
@@ -298,7 +299,12 @@ impl<F: ServiceFactory> Edge<F> {
         let shutdown = CancellationToken::new();
         let http_shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
-        let http_sessions = streamable::HttpSessions::new(metrics.clone(), connections.clone());
+        let http_sessions = streamable::HttpSessions::new(
+            metrics.clone(),
+            connections.clone(),
+            config.service_idle,
+            http_shutdown.clone(),
+        );
         let http = streamable::service(
             factory.clone(),
             http_sessions.clone(),

@@ -114,7 +114,7 @@ pub(crate) struct Lifecycle {
     metrics: Arc<crate::EdgeMetrics>,
     epoch: Instant,
     live: Mutex<HashMap<SessionId, Entry>>,
-    unrecorded_closes: Mutex<Vec<(Principal, SessionId)>>,
+    unrecorded_closes: Mutex<Vec<(Arc<Principal>, SessionId)>>,
     activity_flush: Duration,
     session_timeout: Duration,
     node_timeout: Duration,
@@ -224,7 +224,7 @@ impl Lifecycle {
     }
 
     /// The connection ended: records the close (or keeps it for a retry).
-    pub(crate) async fn detach(&self, principal: Principal, session: SessionId) {
+    pub(crate) async fn detach(&self, principal: Arc<Principal>, session: SessionId) {
         let pending = self.live().remove(&session);
         self.metrics.session_event("closed");
         self.metrics.session_detached();

@@ -56,12 +56,12 @@ impl EdgeMetrics {
         );
         registry.register(
             "mcp_services_running",
-            "WebSocket connections whose MCP service runs; the others are idle, their service suspended",
+            "WebSocket connections and HTTP sessions whose MCP service runs; the others are idle, their service suspended",
             m.services_running.clone(),
         );
         registry.register(
             "mcp_services_started",
-            "MCP services started for WebSocket connections, first or resumed after idling",
+            "MCP services started for WebSocket connections and HTTP sessions, first or resumed after idling",
             m.services_started.clone(),
         );
         registry.register(

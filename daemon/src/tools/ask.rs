@@ -65,7 +65,7 @@ impl Drop for Unfinished<'_> {
         };
         record.latency = self.start.elapsed();
         let store: Arc<dyn SessionStore> = self.server.tools.store.clone();
-        let principal: Principal = self.server.connection.principal.clone();
+        let principal: Arc<Principal> = self.server.connection.principal.clone();
         tokio::spawn(async move {
             if let Err(error) = store.record_usage(&principal, record).await {
                 tracing::warn!(error = %error, "could not record a cancelled provider call");

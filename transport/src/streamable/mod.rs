@@ -33,6 +33,7 @@ use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
 pub(crate) use sessions::HttpSessions;
+use sessions::KeptHandler;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -58,6 +59,10 @@ struct RequestScope {
     /// For an `initialize`: the session opened for it, until
     /// `create_session` takes it.
     opening: Mutex<Option<Opened>>,
+    /// The session's handler: for an `initialize`, the one made for it
+    /// (until `create_session` keeps it); for a suspended session, the one
+    /// kept, which the restored service is to run.
+    handler: Mutex<Option<KeptHandler>>,
 }
 
 /// `rmcp`'s Streamable HTTP service, with exai's sessions.
@@ -79,10 +84,25 @@ pub(crate) fn service<F: ServiceFactory>(
         .with_max_request_body_bytes(config.max_message_bytes)
         .with_sse_keep_alive(Some(config.ping_interval))
         .with_cancellation_token(shutdown);
+    // Suspended sessions are restored from the bindings (`HttpSessions`).
+    let mut rmcp_config = rmcp_config;
+    rmcp_config.session_store = Some(sessions.clone());
     StreamableHttpService::new(
         move || {
             REQUEST
-                .try_with(|request| factory.service(&request.context))
+                .try_with(|request| {
+                    let kept = lock(&request.handler).clone();
+                    if let Some(kept) = kept
+                        && let Ok(handler) = kept.downcast::<F::Service>()
+                    {
+                        return (*handler).clone();
+                    }
+                    let handler = factory.service(&request.context);
+                    if lock(&request.opening).is_some() {
+                        *lock(&request.handler) = Some(Arc::new(handler.clone()));
+                    }
+                    handler
+                })
                 .map_err(|_| std::io::Error::other("no request in scope"))
         },
         sessions,
@@ -128,7 +148,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
     let mut answering = false;
     if parts.method == Method::POST {
         let text = std::str::from_utf8(&body).unwrap_or("\u{fffd}");
-        if let Some((context, Some(protocol))) = &bound
+        if let Some((context, Some(protocol), kept)) = &bound
             && protocol == framing::BATCH_VERSION
             && text.trim_start().starts_with('[')
         {
@@ -136,6 +156,7 @@ pub(crate) async fn handle<F: ServiceFactory>(
                 context: context.clone(),
                 protocol: None,
                 opening: Mutex::new(None),
+                handler: Mutex::new(kept.clone()),
             });
             let counted = edge.http_in_flight.token();
             return Ok(counted_until_sent(
@@ -161,10 +182,11 @@ pub(crate) async fn handle<F: ServiceFactory>(
 
     let counted = answering.then(|| edge.http_in_flight.token());
     let scope = match (bound, initialize) {
-        (Some((context, _)), _) => RequestScope {
+        (Some((context, _, kept)), _) => RequestScope {
             context,
             protocol: None,
             opening: Mutex::new(None),
+            handler: Mutex::new(kept),
         },
         (None, Some((protocol, client))) => {
             let opened =
@@ -173,17 +195,19 @@ pub(crate) async fn handle<F: ServiceFactory>(
                 context: opened.context(),
                 protocol: Some(protocol),
                 opening: Mutex::new(Some(opened)),
+                handler: Mutex::new(None),
             }
         }
         // Stateless (2026-07-28), or refused by rmcp for want of a session.
         (None, None) => RequestScope {
             context: ConnectionContext {
-                principal,
+                principal: Arc::new(principal),
                 session_id: None,
                 pace: crate::Pace::default(),
             },
             protocol: None,
             opening: Mutex::new(None),
+            handler: Mutex::new(None),
         },
     };
     let scope = Arc::new(scope);

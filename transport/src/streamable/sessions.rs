@@ -1,20 +1,36 @@
 //! The HTTP sessions this daemon holds: `rmcp`'s in-memory sessions (its
 //! `LocalSessionManager`), each bound to the user and store session it was
-//! opened for, with the streams open in it counted; an idle session's
-//! service is suspended and restored by its next request.
+//! opened for, with the streams open in it counted.
+//!
+//! A session with no stream open and no request for
+//! [`EdgeConfig::service_idle`](crate::EdgeConfig) has its `rmcp` service
+//! suspended, as an idle WebSocket's is: its worker, queues and handler
+//! task are dropped and only the binding stays (a few KiB). Its next
+//! request restores it through `rmcp`'s own session restore: this type is
+//! also the `SessionStore` rmcp loads the client's `initialize` from, and
+//! rmcp replays that handshake to a clone of the session's handler, so
+//! what the handler keeps (the log level) survives. A session whose
+//! request stream broke before its answer is never suspended: the answer
+//! waits in rmcp for the client to resume the stream.
 
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use exai_auth::UserId;
 use futures::{Stream, StreamExt as _};
-use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::model::{ClientJsonRpcMessage, InitializeRequestParams, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::store::{
+    SessionState, SessionStore, SessionStoreError,
+};
 use rmcp::transport::streamable_http_server::session::{
     RestoreOutcome, ServerSseMessage, SessionId as RmcpSessionId, SessionManager,
 };
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{REQUEST, TRANSPORT, lock};
@@ -26,12 +42,21 @@ use crate::{ConnectionContext, EdgeMetrics};
 /// bound to the user and store session it was opened for.
 pub(crate) struct HttpSessions {
     local: LocalSessionManager,
-    bound: Mutex<HashMap<RmcpSessionId, Bound>>,
+    /// Boxed: the map's spare capacity then costs a pointer, not a binding.
+    bound: Mutex<HashMap<RmcpSessionId, Box<Bound>>>,
     metrics: Arc<EdgeMetrics>,
     /// Counts open sessions, so shutdown waits for their closes.
     tracker: tokio_util::task::TaskTracker,
+    /// How long unused before a session's service is suspended.
+    service_idle: Duration,
+    /// Cancelled when the HTTP sessions end (shutdown).
+    shutdown: CancellationToken,
     this: Weak<HttpSessions>,
 }
+
+/// A session's handler, kept across suspension (type-erased: the handler
+/// type is the edge's `ServiceFactory::Service`).
+pub(super) type KeptHandler = Arc<dyn Any + Send + Sync>;
 
 struct Bound {
     user: UserId,
@@ -45,12 +70,29 @@ struct Bound {
     guard: SessionGuard,
     span: tracing::Span,
     _counted: TaskTrackerToken,
+    /// The client's `initialize`, replayed when the service is restored.
+    initialize: Option<InitializeRequestParams>,
+    /// A clone of the session's handler.
+    handler: Option<KeptHandler>,
+    /// The service is stopped; the next request restores it.
+    suspended: bool,
+    /// A suspension's worker ending still to come: its `close_session` is
+    /// not the session's end.
+    worker_ends_expected: u32,
+    /// A request stream ended before its answer.
+    unsettled: Arc<AtomicBool>,
+    /// Held while the service is being stopped or restored.
+    transition: Arc<tokio::sync::Mutex<()>>,
+    /// Told when the service is restored (the watcher waits for it).
+    restored: Arc<Notify>,
 }
 
 impl HttpSessions {
     pub(crate) fn new(
         metrics: Arc<EdgeMetrics>,
         tracker: tokio_util::task::TaskTracker,
+        service_idle: Duration,
+        shutdown: CancellationToken,
     ) -> Arc<Self> {
         let mut local = LocalSessionManager::default();
         // Idle sessions are expired by the lifecycle (MCP_SESSION_TIMEOUT),
@@ -61,8 +103,73 @@ impl HttpSessions {
             bound: Mutex::default(),
             metrics,
             tracker,
+            service_idle,
+            shutdown,
             this: this.clone(),
         })
+    }
+
+    /// Stops session `id`'s service if it is unused: no stream open, no
+    /// answer pending, no request for `service_idle`.
+    async fn suspend_if_idle(&self, id: &RmcpSessionId) {
+        let transition = {
+            let mut bound = lock(&self.bound);
+            let Some(session) = bound.get_mut(id) else {
+                return;
+            };
+            if session.suspended
+                || session.initialize.is_none()
+                || session.handler.is_none()
+                || session.unsettled.load(Ordering::Acquire)
+                || session.streams.load(Ordering::Acquire) != 0
+                || session.live.idle_for() < self.service_idle
+            {
+                return;
+            }
+            session.suspended = true;
+            session.worker_ends_expected += 1;
+            session.transition.clone()
+        };
+        let _stopping = transition.lock().await;
+        let _ = self.local.close_session(id).await;
+        self.metrics.service_stopped();
+    }
+
+    /// Watches session `id` until it ends: suspends its service when it is
+    /// unused, and ends the session when the lifecycle does (expired,
+    /// killed, key revoked) or at shutdown.
+    async fn watch(self: Arc<Self>, id: RmcpSessionId, ended: CancellationToken) {
+        loop {
+            let (suspended, in_use, idle_for, restored) = {
+                let bound = lock(&self.bound);
+                let Some(session) = bound.get(&id) else {
+                    return;
+                };
+                (
+                    session.suspended,
+                    session.streams.load(Ordering::Acquire) != 0
+                        || session.unsettled.load(Ordering::Acquire),
+                    session.live.idle_for(),
+                    session.restored.clone(),
+                )
+            };
+            // A session in use is looked at again now and then; a
+            // suspended one only when it is restored.
+            let wait = if in_use {
+                self.service_idle.max(Duration::from_secs(5))
+            } else {
+                self.service_idle
+                    .saturating_sub(idle_for)
+                    .max(Duration::from_millis(50))
+            };
+            tokio::select! {
+                () = ended.cancelled() => break,
+                () = self.shutdown.cancelled() => break,
+                () = restored.notified(), if suspended => {}
+                () = tokio::time::sleep(wait), if !suspended => self.suspend_if_idle(&id).await,
+            }
+        }
+        let _ = self.close_session(&id).await;
     }
 
     /// Closes `user`'s least recently used session held here that has had
@@ -90,46 +197,70 @@ impl HttpSessions {
     }
 
     /// `stream`, counted among session `id`'s open streams until dropped.
-    fn counted<S: Stream + Send + Sync + 'static>(
+    /// A request's stream (`answers`) that ends before an answer went out
+    /// leaves the session unsettled.
+    fn counted<S: Stream<Item = ServerSseMessage> + Send + Sync + 'static>(
         &self,
         id: &RmcpSessionId,
         stream: S,
+        answers: bool,
     ) -> impl Stream<Item = S::Item> + Send + Sync + 'static {
-        let open = lock(&self.bound)
-            .get(id)
-            .map(|s| OpenStream::new(&s.streams));
-        stream.inspect(move |_| {
-            let _ = &open;
+        let open = lock(&self.bound).get(id).map(|s| OpenStream {
+            streams: {
+                s.streams.fetch_add(1, Ordering::AcqRel);
+                s.streams.clone()
+            },
+            unsettled: answers.then(|| s.unsettled.clone()),
+            answered: false,
+        });
+        let mut open = open;
+        stream.inspect(move |message| {
+            if let Some(open) = &mut open
+                && message.message.as_deref().is_some_and(|m| {
+                    matches!(
+                        m,
+                        ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_)
+                    )
+                })
+            {
+                open.answered = true;
+            }
         })
     }
 
     /// The context and protocol version of session `id` if it is
-    /// `user`'s, recording activity.
+    /// `user`'s, recording activity; with its handler when its service is
+    /// suspended (for the restore).
     pub(super) fn context(
         &self,
         user: UserId,
         id: &str,
-    ) -> Option<(ConnectionContext, Option<String>)> {
+    ) -> Option<(ConnectionContext, Option<String>, Option<KeptHandler>)> {
         let bound = lock(&self.bound);
         let session = bound.get(id).filter(|s| s.user == user)?;
         session.live.record_activity();
-        Some((session.context.clone(), session.protocol.clone()))
+        let kept = session.suspended.then(|| session.handler.clone()).flatten();
+        Some((session.context.clone(), session.protocol.clone(), kept))
     }
 }
 
 /// One open stream of a session, counted while it lives.
-struct OpenStream(Arc<AtomicUsize>);
-
-impl OpenStream {
-    fn new(streams: &Arc<AtomicUsize>) -> Self {
-        streams.fetch_add(1, Ordering::AcqRel);
-        OpenStream(streams.clone())
-    }
+struct OpenStream {
+    streams: Arc<AtomicUsize>,
+    /// For a request's stream: the session's flag, set if the stream ends
+    /// before its answer went out.
+    unsettled: Option<Arc<AtomicBool>>,
+    answered: bool,
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if let Some(unsettled) = &self.unsettled
+            && !self.answered
+        {
+            unsettled.store(true, Ordering::Release);
+        }
+        self.streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -151,11 +282,12 @@ impl SessionManager for HttpSessions {
     type Transport = <LocalSessionManager as SessionManager>::Transport;
 
     async fn create_session(&self) -> Result<(RmcpSessionId, Self::Transport), Self::Error> {
-        let (opened, protocol) = REQUEST
+        let (opened, protocol, handler) = REQUEST
             .try_with(|request| {
-                lock(&request.opening)
-                    .take()
-                    .map(|opened| (opened, request.protocol.clone()))
+                lock(&request.opening).take().map(|opened| {
+                    let handler = lock(&request.handler).take();
+                    (opened, request.protocol.clone(), handler)
+                })
             })
             .ok()
             .flatten()
@@ -168,17 +300,7 @@ impl SessionManager for HttpSessions {
                 return Err(HttpSessionError::Duplicate);
             }
         };
-        // When the lifecycle ends the session (expired, killed, key
-        // revoked), end rmcp's too; from then on its id is unknown.
         let ended = opened.live.ended.clone();
-        let this = self.this.clone();
-        let watched = id.clone();
-        tokio::spawn(async move {
-            ended.cancelled().await;
-            if let Some(sessions) = this.upgrade() {
-                let _ = sessions.close_session(&watched).await;
-            }
-        });
         let context = opened.context();
         let Opened {
             principal,
@@ -191,7 +313,7 @@ impl SessionManager for HttpSessions {
         self.metrics.connection_opened(TRANSPORT);
         lock(&self.bound).insert(
             id.clone(),
-            Bound {
+            Box::new(Bound {
                 user: principal.user_id,
                 context,
                 streams: live.streams.clone(),
@@ -200,8 +322,19 @@ impl SessionManager for HttpSessions {
                 guard,
                 span,
                 _counted: self.tracker.token(),
-            },
+                initialize: None,
+                handler,
+                suspended: false,
+                worker_ends_expected: 0,
+                unsettled: Arc::default(),
+                transition: Arc::default(),
+                restored: Arc::default(),
+            }),
         );
+        self.metrics.service_started();
+        if let Some(this) = self.this.upgrade() {
+            tokio::spawn(this.watch(id.clone(), ended));
+        }
         Ok((id, transport))
     }
 
@@ -213,16 +346,58 @@ impl SessionManager for HttpSessions {
         Ok(self.local.initialize_session(id, message).await?)
     }
 
+    /// A suspended session is not here for rmcp, which then restores it
+    /// (`restore_session`).
     async fn has_session(&self, id: &RmcpSessionId) -> Result<bool, Self::Error> {
+        if lock(&self.bound).get(id).is_some_and(|s| s.suspended) {
+            return Ok(false);
+        }
         Ok(self.local.has_session(id).await?)
     }
 
+    /// A suspended session's service started again, under its id.
+    async fn restore_session(
+        &self,
+        id: RmcpSessionId,
+    ) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        let transition = {
+            let bound = lock(&self.bound);
+            match bound.get(&id) {
+                Some(session) if session.suspended => session.transition.clone(),
+                _ => return Ok(RestoreOutcome::NotSupported),
+            }
+        };
+        let _starting = transition.lock().await;
+        let outcome = self.local.restore_session(id.clone()).await?;
+        if matches!(outcome, RestoreOutcome::Restored(_)) {
+            if let Some(session) = lock(&self.bound).get_mut(&id) {
+                session.suspended = false;
+                session.restored.notify_one();
+            }
+            self.metrics.service_started();
+        }
+        Ok(outcome)
+    }
+
     /// Ends session `id`: on `DELETE`, when the lifecycle ended it, when
-    /// its rmcp worker stopped, and at shutdown. Safe to call twice.
+    /// its rmcp worker stopped, and at shutdown. Safe to call twice. The
+    /// worker of a suspended service ending is not the session's end.
     async fn close_session(&self, id: &RmcpSessionId) -> Result<(), Self::Error> {
-        let bound = lock(&self.bound).remove(id);
+        let bound = {
+            let mut bound = lock(&self.bound);
+            if let Some(session) = bound.get_mut(id)
+                && session.worker_ends_expected > 0
+            {
+                session.worker_ends_expected -= 1;
+                return Ok(());
+            }
+            bound.remove(id).map(|bound| *bound)
+        };
         let result = self.local.close_session(id).await;
         if let Some(bound) = bound {
+            if !bound.suspended {
+                self.metrics.service_stopped();
+            }
             bound.live.ended.cancel();
             bound
                 .span
@@ -239,7 +414,7 @@ impl SessionManager for HttpSessions {
         message: ClientJsonRpcMessage,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
         let stream = self.local.create_stream(id, message).await?;
-        Ok(self.counted(id, stream))
+        Ok(self.counted(id, stream, true))
     }
 
     async fn accept_message(
@@ -255,7 +430,7 @@ impl SessionManager for HttpSessions {
         id: &RmcpSessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
         let stream = self.local.create_standalone_stream(id).await?;
-        Ok(self.counted(id, stream))
+        Ok(self.counted(id, stream, false))
     }
 
     async fn resume(
@@ -264,6 +439,35 @@ impl SessionManager for HttpSessions {
         last_event_id: String,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
         let stream = self.local.resume(id, last_event_id).await?;
-        Ok(self.counted(id, stream))
+        Ok(self.counted(id, stream, false))
+    }
+}
+
+/// What rmcp keeps of a session to restore it: the client's `initialize`,
+/// held in the session's binding here (never outside the daemon).
+#[async_trait::async_trait]
+impl SessionStore for HttpSessions {
+    /// A suspended session's `initialize`; nothing for any other id, so a
+    /// session that ended (or never was) is 404.
+    async fn load(&self, session_id: &str) -> Result<Option<SessionState>, SessionStoreError> {
+        let bound = lock(&self.bound);
+        Ok(bound
+            .get(session_id)
+            .filter(|s| s.suspended)
+            .and_then(|s| s.initialize.clone())
+            .map(SessionState::new))
+    }
+
+    /// After the handshake: the `initialize` to replay.
+    async fn store(&self, session_id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
+        if let Some(session) = lock(&self.bound).get_mut(session_id) {
+            session.initialize = Some(state.initialize_params.clone());
+        }
+        Ok(())
+    }
+
+    /// The binding goes with the session (`close_session`).
+    async fn delete(&self, _session_id: &str) -> Result<(), SessionStoreError> {
+        Ok(())
     }
 }

@@ -112,7 +112,7 @@ pub(crate) struct Connection {
     /// For in-band `auth/refresh`.
     pub(crate) auth: Arc<Authenticator>,
     /// Who opened the connection.
-    pub(crate) principal: Principal,
+    pub(crate) principal: Arc<Principal>,
     pub(crate) metrics: Arc<EdgeMetrics>,
     /// How often to ping the client, and how long its pong may take.
     pub(crate) ping_interval: Duration,
