@@ -414,3 +414,30 @@ async fn answers_are_read_as_real_model_apis_stream_them() {
     assert!(!text.contains("sk-wrong-key"), "{text}");
     daemon.stop().await;
 }
+
+/// Progress that coincides with the answer is never dropped: with the echo
+/// model, which streams its answer and ends at once, every piece of every
+/// answer reaches the client, as progress, before the result.
+#[tokio::test]
+async fn the_last_streamed_piece_always_comes_before_the_answer() {
+    let daemon = TestDaemon::start_with(|c| c.tools.per_user.rpm = None).await;
+    let mut client = daemon.connect_initialized(&token("ana@example.com")).await;
+    for id in 1..=60u64 {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                          "params": {"name": "chat",
+                                     "arguments": {"prompt": "a short story in a few words"},
+                                     "_meta": {"progressToken": format!("q-{id}")}}});
+        client.send_text(call.to_string()).await;
+        let seen = until_response(&mut client, id).await;
+        let pieces: String = seen
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .map(|m| m["params"]["message"].as_str().unwrap())
+            .collect();
+        let answer = seen.last().unwrap()["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{seen:?}"));
+        assert_eq!(pieces, answer, "call {id}: {seen:?}");
+    }
+    daemon.stop().await;
+}

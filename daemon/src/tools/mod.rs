@@ -197,6 +197,17 @@ fn store_trouble(error: &StoreError) -> CallToolResult {
     tool_error("the session store is unavailable right now; try again shortly")
 }
 
+/// A progress report carrying `text`, the answer's next piece; progress
+/// counts the characters streamed so far.
+fn streamed_progress(
+    token: rmcp::model::ProgressToken,
+    received: &mut usize,
+    text: String,
+) -> ProgressNotificationParam {
+    *received += text.chars().count();
+    ProgressNotificationParam::new(token, *received as f64).with_message(text)
+}
+
 /// Seconds since the epoch, RFC 3339.
 fn timestamp(at: SystemTime) -> String {
     time::OffsetDateTime::from(at)
@@ -295,12 +306,26 @@ impl ExaiServer {
         let mut pieces = Vec::new();
         loop {
             tokio::select! {
-                outcome = &mut work => return match outcome {
-                    Ok(result) => result,
-                    Err(_) => Ok(tool_error(format!(
-                        "{name} did not finish within {} s (EXAI_TOOL_TIMEOUT_SECS) and was stopped",
-                        self.limits().timeout.as_secs()
-                    ))),
+                outcome = &mut work => {
+                    // What the model streamed in the work's last step is
+                    // still queued: it goes out before the answer.
+                    if let (Some(queued), Some(token)) = (streamed.as_mut(), token.clone()) {
+                        while let Ok(piece) = queued.try_recv() {
+                            pieces.push(piece);
+                        }
+                        if !pieces.is_empty() {
+                            let text: String = pieces.drain(..).collect();
+                            let progress = streamed_progress(token, &mut received, text);
+                            let _ = context.peer.notify_progress(progress).await;
+                        }
+                    }
+                    return match outcome {
+                        Ok(result) => result,
+                        Err(_) => Ok(tool_error(format!(
+                            "{name} did not finish within {} s (EXAI_TOOL_TIMEOUT_SECS) and was stopped",
+                            self.limits().timeout.as_secs()
+                        ))),
+                    };
                 },
                 () = context.ct.cancelled() => {
                     return Err(McpError::new(
@@ -319,9 +344,7 @@ impl ExaiServer {
                     }
                     let Some(token) = token.clone() else { continue };
                     let text: String = pieces.drain(..).collect();
-                    received += text.chars().count();
-                    let progress = ProgressNotificationParam::new(token, received as f64)
-                        .with_message(text);
+                    let progress = streamed_progress(token, &mut received, text);
                     let _ = context.peer.notify_progress(progress).await;
                 }
                 _ = ticks.tick(), if token.is_some() => {
