@@ -1158,3 +1158,62 @@ async fn a_dropped_answer_stream_is_resumed_not_suspended() {
     assert!(reply["result"]["content"].is_array(), "{reply}");
     daemon.stop().await;
 }
+
+/// SSE priming events (an id and no data, to resume from) go only to
+/// sessions of 2025-11-25 and later, as the TypeScript SDK's own server
+/// does: older clients read one as a message and fail on every request.
+#[tokio::test]
+async fn priming_events_only_for_clients_that_expect_them() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let primed = |text: &str| {
+        text.split("\n\n").any(|event| {
+            let lines: Vec<&str> = event.lines().collect();
+            lines.iter().any(|l| l.starts_with("data:"))
+                && lines
+                    .iter()
+                    .filter(|l| l.starts_with("data:"))
+                    .all(|l| l.trim_start_matches("data:").trim().is_empty())
+        })
+    };
+    for (version, expected) in [
+        ("2025-06-18", false),
+        ("2025-03-26", false),
+        ("2025-11-25", true),
+    ] {
+        let mut init = initialize(1);
+        init["params"]["protocolVersion"] = json!(version);
+        let reply = http.post(Some(&ana), None, init).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(
+            primed(&reply.text),
+            expected,
+            "{version} initialize: {:?}",
+            reply.text
+        );
+        let session = reply.session().unwrap();
+        let reply = http
+            .send(
+                reqwest::Method::POST,
+                Some(&ana),
+                Some(&session),
+                &[("mcp-protocol-version", version)],
+                Some(
+                    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                           "params": {"name": "whoami", "arguments": {}}})
+                    .to_string(),
+                ),
+            )
+            .await;
+        assert_eq!(identity(&reply)["email"], "ana@example.com");
+        assert_eq!(
+            primed(&reply.text),
+            expected,
+            "{version} call: {:?}",
+            reply.text
+        );
+        assert_eq!(http.delete(&ana, &session).await.status, 204);
+    }
+    daemon.stop().await;
+}

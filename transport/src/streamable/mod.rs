@@ -181,6 +181,14 @@ pub(crate) async fn handle<F: ServiceFactory>(
     }
 
     let counted = answering.then(|| edge.http_in_flight.token());
+    // The session's protocol version (the one asked for, for an
+    // `initialize`): priming events are for 2025-11-25 and later only.
+    let version = match (&bound, &initialize) {
+        (Some((_, protocol, _)), _) => protocol.clone(),
+        (None, Some((protocol, _))) => Some(protocol.clone()),
+        (None, None) => None,
+    };
+    let primes = version.is_none_or(|v| v.as_str() >= PRIMING_SINCE);
     let scope = match (bound, initialize) {
         (Some((context, _, kept)), _) => RequestScope {
             context,
@@ -224,6 +232,9 @@ pub(crate) async fn handle<F: ServiceFactory>(
         opened.guard.close().await;
     }
     let mut response = response.map(Body::new);
+    if !primes {
+        response = without_priming(response);
+    }
     if streaming && let Some(deadline) = crate::deadline(expires_at) {
         response = until(response, deadline);
     }
@@ -300,6 +311,53 @@ async fn batch<F: ServiceFactory>(
         serde_json::Value::Array(answers).to_string(),
     )
         .into_response()
+}
+
+/// The first protocol version whose clients expect SSE priming events (an
+/// event with an id and no data, to resume from). Older clients read one
+/// as a message and fail on it (TypeScript SDK 1.17: "Unexpected end of
+/// JSON input"; Python SDK 1.12: "Error parsing SSE message"), as the
+/// TypeScript SDK's own server knows, which sends them only from here on.
+const PRIMING_SINCE: &str = "2025-11-25";
+
+/// Whether an SSE frame is a priming event: data lines, all empty, beside
+/// an id or a retry, and no event name.
+fn is_priming(frame: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(frame) else {
+        return false;
+    };
+    let mut data = false;
+    for line in text.lines() {
+        match line
+            .split_once(':')
+            .map_or((line, ""), |(field, value)| (field, value))
+        {
+            ("", "") => {}
+            ("data", value) if value.trim().is_empty() => data = true,
+            ("id" | "retry", _) => {}
+            _ => return false,
+        }
+    }
+    data
+}
+
+/// `response` without the SSE priming events `rmcp` sends in every
+/// session, for sessions of protocol versions before [`PRIMING_SINCE`].
+fn without_priming(response: Response) -> Response {
+    use futures::StreamExt as _;
+    let is_sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    if !is_sse {
+        return response;
+    }
+    response.map(|body| {
+        Body::from_stream(body.into_data_stream().filter(|frame| {
+            let keep = frame.as_ref().map_or(true, |bytes| !is_priming(bytes));
+            std::future::ready(keep)
+        }))
+    })
 }
 
 /// `response`, its body ended at `deadline`.
@@ -397,6 +455,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn priming_events_are_told_from_messages_and_pings() {
+        assert!(is_priming(b"data: \nid: 0/0\nretry: 3000\n\n"));
+        assert!(is_priming(b"data:\nid: 0\n\n"));
+        assert!(!is_priming(b"data: {\"jsonrpc\":\"2.0\"}\nid: 1\n\n"));
+        assert!(!is_priming(b":\n\n"), "a keep-alive comment");
+        assert!(!is_priming(b"event: message\ndata: \n\n"), "a named event");
+        assert!(!is_priming(b"id: 3\nretry: 10\n\n"), "no data line");
+    }
 
     #[test]
     fn initialize_is_recognised_and_nothing_else() {
