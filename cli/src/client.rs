@@ -26,8 +26,11 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The URL is not a `ws://` or `wss://` URL.
-    #[error("invalid daemon URL '{0}'")]
+    /// The URL is not the daemon's `/mcp` URL in a scheme it serves.
+    #[error(
+        "invalid daemon URL '{0}': give the daemon's /mcp URL, ws://HOST:PORT/mcp \
+         (http://, wss:// and https:// work too)"
+    )]
     InvalidUrl(String),
     /// The token cannot be sent in a header.
     #[error("the token contains characters that cannot be sent in a header")]
@@ -74,6 +77,25 @@ pub async fn connect(url: &str, token: &str) -> Result<Connection, ClientError> 
     Ok(Connection { service })
 }
 
+/// The WebSocket URL for the daemon URL a user gave: the `/mcp` URL in
+/// either scheme the daemon serves there (`http://…/mcp` is the same
+/// endpoint as `ws://…/mcp`), `/mcp` added when there is no path.
+pub fn websocket_url(url: &str) -> Result<String, ClientError> {
+    let invalid = || ClientError::InvalidUrl(url.to_owned());
+    let (scheme, rest) = url.trim().split_once("://").ok_or_else(invalid)?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        _ => return Err(invalid()),
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() {
+        return Err(invalid());
+    }
+    let path = if path.is_empty() { "mcp" } else { path };
+    Ok(format!("{scheme}://{authority}/{path}"))
+}
+
 /// Opens an authenticated WebSocket to `url` offering the `mcp` subprotocol,
 /// resuming `session` when given. Returns the socket and the id of the
 /// session the daemon opened or resumed (its `Mcp-Session-Id` header).
@@ -82,7 +104,9 @@ pub async fn open(
     token: &str,
     session: Option<&str>,
 ) -> Result<(Socket, Option<String>), ClientError> {
+    let url = &websocket_url(url)?;
     let mut request = url
+        .as_str()
         .into_client_request()
         .map_err(|_| ClientError::InvalidUrl(url.to_owned()))?;
     let bearer =
@@ -123,6 +147,22 @@ pub async fn open(
 }
 
 impl Connection {
+    /// The input schema of `tool`, when the daemon offers it.
+    pub async fn input_schema(
+        &self,
+        tool: &str,
+    ) -> Result<Option<Map<String, Value>>, ClientError> {
+        let tools = self
+            .service
+            .list_all_tools()
+            .await
+            .map_err(|e| ClientError::Call(Box::new(e)))?;
+        Ok(tools
+            .into_iter()
+            .find(|t| t.name == tool)
+            .map(|t| (*t.input_schema).clone()))
+    }
+
     /// Calls `tool` with `arguments`.
     pub async fn call_tool(
         &self,
@@ -180,5 +220,26 @@ impl Transport<RoleClient> for WsClientTransport {
 
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.sink.lock().await.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mcp_url_in_either_scheme() {
+        let ok = |given: &str, expected: &str| {
+            assert_eq!(websocket_url(given).unwrap(), expected, "{given}");
+        };
+        ok("ws://127.0.0.1:8079/mcp", "ws://127.0.0.1:8079/mcp");
+        ok("http://127.0.0.1:8079/mcp", "ws://127.0.0.1:8079/mcp");
+        ok("HTTPS://exai.example.com/mcp", "wss://exai.example.com/mcp");
+        ok("wss://exai.example.com", "wss://exai.example.com/mcp");
+        ok("http://localhost:8079/", "ws://localhost:8079/mcp");
+        for bad in ["127.0.0.1:8079", "ftp://x/mcp", "http:///mcp", ""] {
+            let message = websocket_url(bad).unwrap_err().to_string();
+            assert!(message.contains("ws://HOST:PORT/mcp"), "{bad}: {message}");
+        }
     }
 }

@@ -75,10 +75,24 @@ pub(crate) async fn call(
     url: &str,
     token: &str,
     tool: &str,
-    args: Vec<(String, Value)>,
+    args: Vec<(String, String)>,
 ) -> Result<String, CommandError> {
-    let arguments: Map<String, Value> = args.into_iter().collect();
     let connection = client::connect(url, token).await?;
+    let schema = if args.is_empty() {
+        None
+    } else {
+        connection.input_schema(tool).await?
+    };
+    let arguments: Map<String, Value> = args
+        .into_iter()
+        .map(|(key, raw)| {
+            let declared = schema
+                .as_ref()
+                .and_then(|s| s["properties"][&key]["type"].as_str());
+            let value = arg_value(&raw, declared);
+            (key, value)
+        })
+        .collect();
     let result = connection.call_tool(tool, arguments).await;
     connection.close().await;
     let result = result?;
@@ -148,16 +162,25 @@ pub(crate) fn migration_sql() -> String {
         .join("\n")
 }
 
-/// Parses `key=value`; the value is JSON when it parses as JSON, else text.
-pub(crate) fn parse_arg(s: &str) -> Result<(String, Value), String> {
+/// Parses `key=value` (the value as given; [`arg_value`] reads it).
+pub(crate) fn parse_arg(s: &str) -> Result<(String, String), String> {
     let (key, value) = s
         .split_once('=')
         .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
     if key.is_empty() {
         return Err("the argument name is empty".into());
     }
-    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-    Ok((key.to_owned(), value))
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// A tool argument's value: text for an argument the tool declares a
+/// string (so `--arg prompt=123` asks about "123"), else JSON when it
+/// parses as JSON, else text.
+pub(crate) fn arg_value(raw: &str, declared: Option<&str>) -> Value {
+    if declared == Some("string") {
+        return Value::String(raw.to_owned());
+    }
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
 }
 
 #[cfg(test)]
@@ -167,21 +190,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn args_are_json_when_they_parse() {
-        let check = |s: &str, expected: Result<(&str, Value), &str>| {
+    fn args_are_json_when_they_parse_text_when_declared_so() {
+        let check = |s: &str, declared: Option<&str>, expected: Result<(&str, Value), &str>| {
             let expected = expected
                 .map(|(k, v)| (k.to_owned(), v))
                 .map_err(str::to_owned);
-            assert_eq!(parse_arg(s), expected, "{s}");
+            let parsed = parse_arg(s).map(|(k, raw)| {
+                let value = arg_value(&raw, declared);
+                (k, value)
+            });
+            assert_eq!(parsed, expected, "{s}");
         };
-        check("prompt=hello world", Ok(("prompt", json!("hello world"))));
-        check("n=5", Ok(("n", json!(5))));
-        check("flag=true", Ok(("flag", json!(true))));
-        check("obj={\"a\":1}", Ok(("obj", json!({"a": 1}))));
-        check("eq=a=b", Ok(("eq", json!("a=b"))));
-        check("empty=", Ok(("empty", json!(""))));
-        check("novalue", Err("expected KEY=VALUE, got 'novalue'"));
-        check("=x", Err("the argument name is empty"));
+        check(
+            "prompt=hello world",
+            None,
+            Ok(("prompt", json!("hello world"))),
+        );
+        check("n=5", None, Ok(("n", json!(5))));
+        check("prompt=123", Some("string"), Ok(("prompt", json!("123"))));
+        check("prompt=true", Some("string"), Ok(("prompt", json!("true"))));
+        check("n=5", Some("integer"), Ok(("n", json!(5))));
+        check("flag=true", None, Ok(("flag", json!(true))));
+        check("obj={\"a\":1}", None, Ok(("obj", json!({"a": 1}))));
+        check("eq=a=b", None, Ok(("eq", json!("a=b"))));
+        check("empty=", None, Ok(("empty", json!(""))));
+        check("novalue", None, Err("expected KEY=VALUE, got 'novalue'"));
+        check("=x", None, Err("the argument name is empty"));
     }
 
     #[test]

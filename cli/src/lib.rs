@@ -102,15 +102,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigDir,
     },
-    /// Who you are signed in as, and who the daemon says you are
+    /// Who you are signed in as (or which credential is used), and who the
+    /// daemon says you are
     Whoami {
-        /// The daemon's MCP WebSocket URL
-        #[arg(long, env = "EXAI_URL", default_value = "ws://127.0.0.1:8079/mcp")]
-        url: String,
+        /// The daemon's /mcp URL (ws://, wss://, http:// or https://) [default: where
+        /// EXAI_WS_HOST and EXAI_WS_PORT put the daemon, ws://127.0.0.1:8079/mcp]
+        #[arg(long, env = "EXAI_URL")]
+        url: Option<String>,
         #[command(flatten)]
-        project: ProjectArgs,
-        #[command(flatten)]
-        config: ConfigDir,
+        credential: CredentialArgs,
     },
     /// Apply the database migrations (idempotent), or print their SQL
     Migrate(MigrateArgs),
@@ -289,21 +289,24 @@ struct MintArgs {
 struct CallArgs {
     /// The tool's name (e.g. whoami, chat)
     tool: String,
-    /// The daemon's MCP WebSocket URL
-    #[arg(long, env = "EXAI_URL", default_value = "ws://127.0.0.1:8079/mcp")]
-    url: String,
+    /// The daemon's /mcp URL (ws://, wss://, http:// or https://) [default: where
+    /// EXAI_WS_HOST and EXAI_WS_PORT put the daemon, ws://127.0.0.1:8079/mcp]
+    #[arg(long, env = "EXAI_URL")]
+    url: Option<String>,
     #[command(flatten)]
     credential: CredentialArgs,
-    /// A tool argument; the value is read as JSON when it parses, else as a string
+    /// A tool argument: text when the tool declares it a string, else JSON
+    /// when it parses as JSON (5, true, {"a":1}), else text
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = commands::parse_arg)]
-    args: Vec<(String, serde_json::Value)>,
+    args: Vec<(String, String)>,
 }
 
 #[derive(Debug, clap::Args)]
 struct ConnectArgs {
-    /// The daemon's MCP WebSocket URL
-    #[arg(long, env = "EXAI_URL", default_value = "ws://127.0.0.1:8079/mcp")]
-    url: String,
+    /// The daemon's /mcp URL (ws://, wss://, http:// or https://) [default: where
+    /// EXAI_WS_HOST and EXAI_WS_PORT put the daemon, ws://127.0.0.1:8079/mcp]
+    #[arg(long, env = "EXAI_URL")]
+    url: Option<String>,
     /// How long a message waits for the daemon while the bridge reconnects,
     /// before a request is answered with an error
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -333,6 +336,15 @@ struct CredentialArgs {
 }
 
 impl CredentialArgs {
+    /// The token or key given, and where it came from.
+    fn given(&self) -> Option<(String, &'static str)> {
+        match (&self.token, &self.api_key) {
+            (Some(token), _) => Some((token.clone(), "--token (or EXAI_TOKEN)")),
+            (None, Some(key)) => Some((key.clone(), "EXAI_API_KEY")),
+            (None, None) => None,
+        }
+    }
+
     /// The token or key given, else the stored sign-in (refreshed).
     async fn token(&self) -> Result<String, CommandError> {
         match self.token.as_ref().or(self.api_key.as_ref()) {
@@ -376,13 +388,43 @@ fn prompt_line(prompt: &str) -> Result<String, CommandError> {
     Ok(line.trim().to_owned())
 }
 
-/// `error` and its sources, as one line: `outer: cause: root cause`.
+/// The daemon's URL: as given (`--url`, `EXAI_URL`), else where the daemon
+/// of the same environment listens (`EXAI_WS_HOST`, `EXAI_WS_PORT`, from
+/// the environment or the env file, as the daemon reads them); a daemon
+/// listening on every address is reached on loopback.
+fn daemon_url(given: Option<String>, env: &dyn Strings) -> String {
+    if let Some(url) = given {
+        return url;
+    }
+    let host = env
+        .get("EXAI_WS_HOST")
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let host = match host.trim() {
+        "0.0.0.0" => "127.0.0.1".to_owned(),
+        "::" | "[::]" => "[::1]".to_owned(),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        h => h.to_owned(),
+    };
+    let port = env
+        .get("EXAI_WS_PORT")
+        .filter(|p| !p.trim().is_empty())
+        .unwrap_or_else(|| "8079".to_owned());
+    format!("ws://{host}:{}/mcp", port.trim())
+}
+
+/// `error` and its sources, as one line: `outer: cause: root cause`. A
+/// cause an error already quotes at its end is not repeated (an IO error
+/// inside a WebSocket error: "IO error: Connection refused").
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
         source = cause.source();
     }
     message
@@ -396,11 +438,12 @@ pub async fn run(cli: Cli, env: &dyn Strings) -> Result<(), CommandError> {
         }
         Command::Call(args) => {
             let token = args.credential.token().await?;
-            commands::call(&args.url, &token, &args.tool, args.args).await?
+            let url = daemon_url(args.url, env);
+            commands::call(&url, &token, &args.tool, args.args).await?
         }
         Command::Connect(args) => {
             let options = bridge::Options {
-                url: args.url,
+                url: client::websocket_url(&daemon_url(args.url, env))?,
                 wait: args.wait,
             };
             return bridge::run(options, args.credential.into_bridge_credential()?).await;
@@ -456,22 +499,26 @@ pub async fn run(cli: Cli, env: &dyn Strings) -> Result<(), CommandError> {
                 "not signed in".to_owned()
             }
         }
-        Command::Whoami {
-            url,
-            project,
-            config,
-        } => {
-            let session = signed_in(&project, &config).await?;
-            let local = format!(
-                "signed in as {} (user {}) at {}; token valid until {}",
-                session.email.as_deref().unwrap_or("?"),
-                session.user_id,
-                session.supabase_url,
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(session.expires_at)
-                )
-            );
-            let daemon = commands::call(&url, &session.access_token, "whoami", Vec::new()).await?;
+        Command::Whoami { url, credential } => {
+            let (local, token) = match credential.given() {
+                Some((token, from)) => (format!("using the credential from {from}"), token),
+                None => {
+                    let session = signed_in(&credential.project, &credential.config).await?;
+                    let local = format!(
+                        "signed in as {} (user {}) at {}; token valid until {}",
+                        session.email.as_deref().unwrap_or("?"),
+                        session.user_id,
+                        session.supabase_url,
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_secs(session.expires_at)
+                        )
+                    );
+                    (local, session.access_token)
+                }
+            };
+            let url = daemon_url(url, env);
+            let daemon = commands::call(&url, &token, "whoami", Vec::new()).await?;
             let daemon: serde_json::Value = serde_json::from_str(&daemon).unwrap_or_default();
             format!("{local}\ndaemon: {}", daemon["structuredContent"])
         }

@@ -15,6 +15,8 @@ fn exai(args: &[&str]) -> Command {
         .args(args)
         .env_remove("EXAI_TOKEN")
         .env_remove("EXAI_URL")
+        .env_remove("EXAI_WS_HOST")
+        .env_remove("EXAI_WS_PORT")
         .env_remove("EXAI_DATA_DIR")
         .env_remove("EXAI_API_KEY")
         .env_remove("EXAI_CONFIG_DIR")
@@ -79,6 +81,33 @@ async fn mint_then_call_as_two_users() {
     command.env("EXAI_TOKEN", &token);
     let result: Value = serde_json::from_str(&stdout(&run(command).await)).unwrap();
     assert_eq!(result["content"][0]["text"], "[echo] hi there");
+    // The /mcp URL the README gives, in the http scheme; a string
+    // argument that looks like a number stays a string.
+    let http_url = daemon.url.replacen("ws://", "http://", 1);
+    let output = run(exai(&[
+        "call",
+        "chat",
+        "--url",
+        &http_url,
+        "--token",
+        &token,
+        "--arg",
+        "prompt=123",
+    ]))
+    .await;
+    let result: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(result["content"][0]["text"], "[echo] 123");
+    // whoami with a token: no sign-in needed.
+    let mut whoami = exai(&["whoami", "--url", &daemon.url]);
+    whoami
+        .env("EXAI_TOKEN", &token)
+        .env("EXAI_CONFIG_DIR", tempfile::tempdir().unwrap().path());
+    let said = stdout(&run(whoami).await);
+    assert!(
+        said.starts_with("using the credential from --token (or EXAI_TOKEN)\ndaemon: "),
+        "{said}"
+    );
+    assert!(said.contains("jazeel@example.com"), "{said}");
     daemon.stop().await;
 }
 
@@ -171,12 +200,26 @@ async fn failures_exit_non_zero_with_one_clear_line() {
             "call",
             "whoami",
             "--url",
-            "http://nowhere",
+            "ftp://nowhere/mcp",
             "--token",
             &token,
         ]))
         .await,
-        "exai: invalid daemon URL 'http://nowhere'",
+        "exai: invalid daemon URL 'ftp://nowhere/mcp': give the daemon's /mcp URL, \
+         ws://HOST:PORT/mcp (http://, wss:// and https:// work too)",
+    );
+    // Said once, not once per layer of the error.
+    check(
+        run(exai(&[
+            "call",
+            "whoami",
+            "--url",
+            "ws://127.0.0.1:1/mcp",
+            "--token",
+            &token,
+        ]))
+        .await,
+        "exai: could not connect to ws://127.0.0.1:1/mcp: IO error: Connection refused (os error 111)",
     );
     let nobody = tempfile::tempdir().unwrap();
     let mut unsigned = exai(&["call", "whoami", "--url", &daemon.url]);
@@ -654,27 +697,25 @@ async fn the_cli_reads_an_env_file_too() {
     let daemon = TestDaemon::start().await;
     let cwd = tempfile::tempdir().unwrap();
     let secret = std::str::from_utf8(TEST_SECRET).unwrap();
+    // The daemon's own settings say where it listens: the CLI goes there.
+    let port = daemon
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/mcp");
     std::fs::write(
         cwd.path().join(".env"),
-        format!("SUPABASE_JWT_SECRET={secret}\n"),
+        format!("SUPABASE_JWT_SECRET={secret}\nEXAI_WS_HOST=0.0.0.0\nEXAI_WS_PORT={port}\n"),
     )
     .unwrap();
     let mut mint = exai(&["token", "mint", "--email", "file@example.com"]);
     mint.env_remove("SUPABASE_JWT_SECRET")
         .current_dir(cwd.path());
     let token = stdout(&run(mint).await);
-    let result: Value = serde_json::from_str(&stdout(
-        &run(exai(&[
-            "call",
-            "whoami",
-            "--url",
-            &daemon.url,
-            "--token",
-            token.trim(),
-        ]))
-        .await,
-    ))
-    .unwrap();
+    let mut call = exai(&["call", "whoami", "--token", token.trim()]);
+    call.env_remove("EXAI_URL").current_dir(cwd.path());
+    let result: Value = serde_json::from_str(&stdout(&run(call).await)).unwrap();
     assert_eq!(result["structuredContent"]["email"], "file@example.com");
     daemon.stop().await;
 }
