@@ -1217,3 +1217,75 @@ async fn priming_events_only_for_clients_that_expect_them() {
     }
     daemon.stop().await;
 }
+
+/// A stateless 2026-07-28 call, with its client context in `_meta`.
+fn stateless_call(id: u64, tool: &str, arguments: Value, meta: Value) -> String {
+    let mut params = json!({"name": tool, "arguments": arguments, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    }});
+    for (key, value) in meta.as_object().into_iter().flatten() {
+        params["_meta"][key] = value.clone();
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}).to_string()
+}
+
+fn stateless_headers(tool: &str) -> [(&str, &str); 3] {
+    [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+    ]
+}
+
+/// A 2026-07-28 client asks for log messages in each request's `_meta`
+/// (there is no session to `logging/setLevel` in): they come on the
+/// request's stream, before its result, at that level and above only.
+#[tokio::test]
+async fn a_stateless_call_logs_at_the_level_its_meta_asks() {
+    let daemon = TestDaemon::start().await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let logged = async |meta: Value| -> Vec<Value> {
+        let reply = http
+            .send(
+                reqwest::Method::POST,
+                Some(&ana),
+                None,
+                &stateless_headers("chat"),
+                Some(stateless_call(1, "chat", json!({"prompt": "log me"}), meta)),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let last = reply
+            .messages
+            .last()
+            .unwrap_or_else(|| panic!("{}", reply.text));
+        assert!(
+            last["result"]["content"].is_array(),
+            "the result comes last: {}",
+            reply.text
+        );
+        reply
+            .messages
+            .iter()
+            .filter(|m| m["method"] == "notifications/message")
+            .cloned()
+            .collect()
+    };
+    let info = logged(json!({"io.modelcontextprotocol/logLevel": "info"})).await;
+    assert!(!info.is_empty(), "a log message at info");
+    assert!(
+        info.iter().all(|m| m["params"]["level"] == "info"),
+        "{info:?}"
+    );
+    assert!(logged(json!({})).await.is_empty(), "none unasked");
+    assert!(
+        logged(json!({"io.modelcontextprotocol/logLevel": "error"}))
+            .await
+            .is_empty(),
+        "none below the level asked"
+    );
+    daemon.stop().await;
+}

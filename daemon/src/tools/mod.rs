@@ -362,9 +362,16 @@ impl ExaiServer {
         }
     }
 
-    /// Sends a log message at `level` if the client asked for that level.
+    /// Sends a log message at `level` if the client asked for that level:
+    /// in the request's own `_meta` (`io.modelcontextprotocol/logLevel`,
+    /// how 2026-07-28 clients ask, with no session to set it in), else
+    /// with `logging/setLevel`.
     async fn log(&self, context: &RequestContext<RoleServer>, level: Level, data: Value) {
-        if level.severity() < self.log_level.load(Ordering::Relaxed) {
+        let wanted = match context.meta.log_level() {
+            Some(asked) => Level::from_mcp(asked).severity(),
+            None => self.log_level.load(Ordering::Relaxed),
+        };
+        if level.severity() < wanted {
             return;
         }
         let _ = level.send(&context.peer, data).await;
