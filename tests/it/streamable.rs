@@ -1289,3 +1289,78 @@ async fn a_stateless_call_logs_at_the_level_its_meta_asks() {
     );
     daemon.stop().await;
 }
+
+/// A slow stateless 2026-07-28 call is not silent until it ends: its
+/// response head comes at once and keep-alives follow on the session
+/// interval (proxies cut silent responses), then its result.
+#[tokio::test]
+async fn a_slow_stateless_call_answers_its_head_at_once_and_keeps_alive() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.echo_delay = Duration::from_millis(1500);
+        c.edge.ping_interval = Duration::from_millis(300);
+    })
+    .await;
+    let http = Http::new(&daemon);
+    let ana = token("ana@example.com");
+    let started = std::time::Instant::now();
+    let mut request = http
+        .client
+        .post(&http.url)
+        .bearer_auth(&ana)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(stateless_call(
+            5,
+            "chat",
+            json!({"prompt": "slowly"}),
+            json!({}),
+        ));
+    for (name, value) in stateless_headers("chat") {
+        request = request.header(name, value);
+    }
+    let mut response = request.send().await.unwrap();
+    let head_after = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert!(
+        head_after < Duration::from_millis(800),
+        "the head after {head_after:?}"
+    );
+    let mut body = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let keep_alives = body.split("\n\n").filter(|e| e.starts_with(':')).count();
+    assert!(
+        keep_alives >= 3,
+        "keep-alives while the model works: {body:?}"
+    );
+    let answer = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|m| m["id"] == 5)
+        .unwrap_or_else(|| panic!("the result: {body:?}"));
+    assert_eq!(answer["result"]["content"][0]["text"], "[echo] slowly");
+    // A quick one is answered as before, and a refusal keeps its status.
+    let quick = http
+        .send(
+            reqwest::Method::POST,
+            Some(&ana),
+            None,
+            &stateless_headers("whoami"),
+            Some(stateless_call(6, "whoami", json!({}), json!({}))),
+        )
+        .await;
+    assert_eq!(identity(&quick)["email"], "ana@example.com");
+    let refused = http
+        .send(
+            reqwest::Method::POST,
+            Some(&ana),
+            None,
+            &[("mcp-protocol-version", "1999-01-01")],
+            Some(stateless_call(7, "whoami", json!({}), json!({}))),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    daemon.stop().await;
+}

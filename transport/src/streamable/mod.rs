@@ -20,6 +20,7 @@
 //! arguments; the request being served is handed to it, and to
 //! [`HttpSessions::create_session`], through the task-local [`REQUEST`].
 
+mod early;
 mod sessions;
 
 use std::net::SocketAddr;
@@ -144,8 +145,9 @@ pub(crate) async fn handle<F: ServiceFactory>(
     // one only in a 2025-03-26 session.
     let mut initialize = None;
     // Whether this POST carries a request, which the shutdown grace
-    // period waits for until its answer is sent.
+    // period waits for until its answer is sent; and its id.
     let mut answering = false;
+    let mut request_id = None;
     if parts.method == Method::POST {
         let text = std::str::from_utf8(&body).unwrap_or("\u{fffd}");
         if let Some((context, Some(protocol), kept)) = &bound
@@ -173,7 +175,10 @@ pub(crate) async fn handle<F: ServiceFactory>(
             }
             Decoded::Message(message) => {
                 initialize = initialize_of(&message);
-                answering = matches!(*message, ClientJsonRpcMessage::Request(_));
+                if let ClientJsonRpcMessage::Request(request) = &*message {
+                    answering = true;
+                    request_id = serde_json::to_value(&request.id).ok();
+                }
             }
             Decoded::Reply(error) => return Ok(invalid(Some(&error))),
             Decoded::Drop(_) => return Ok(invalid(None)),
@@ -181,6 +186,8 @@ pub(crate) async fn handle<F: ServiceFactory>(
     }
 
     let counted = answering.then(|| edge.http_in_flight.token());
+    // A stateless request (2026-07-28): no session, no handshake.
+    let stateless = answering && bound.is_none() && initialize.is_none();
     // The session's protocol version (the one asked for, for an
     // `initialize`): priming events are for 2025-11-25 and later only.
     let version = match (&bound, &initialize) {
@@ -222,16 +229,22 @@ pub(crate) async fn handle<F: ServiceFactory>(
     let deleting = parts.method == Method::DELETE;
     let streaming = parts.method == Method::GET;
     let request = Request::from_parts(parts, Body::from(body));
-    let response = REQUEST
-        .scope(scope.clone(), edge.http.handle(request))
-        .await;
+    let http = edge.http.clone();
+    let answer = REQUEST.scope(scope.clone(), async move {
+        http.handle(request).await.map(Body::new)
+    });
+    let response = if stateless {
+        early::answer_early(answer, edge.config.ping_interval, request_id).await
+    } else {
+        answer.await
+    };
     // An `initialize` that rmcp refused before making a session for it: the
     // session opened for it ends now.
     let unclaimed = lock(&scope.opening).take();
     if let Some(opened) = unclaimed {
         opened.guard.close().await;
     }
-    let mut response = response.map(Body::new);
+    let mut response = response;
     if !primes {
         response = without_priming(response);
     }
