@@ -559,22 +559,8 @@ async fn a_stateless_2026_request_is_served_without_a_session() {
             reqwest::Method::POST,
             Some(&ana),
             None,
-            &[
-                ("mcp-protocol-version", "2026-07-28"),
-                ("mcp-method", "tools/call"),
-                ("mcp-name", "whoami"),
-            ],
-            Some(
-                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-                    "name": "whoami", "arguments": {},
-                    "_meta": {
-                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
-                        "io.modelcontextprotocol/clientCapabilities": {}
-                    }
-                }})
-                .to_string(),
-            ),
+            &stateless_headers("whoami"),
+            Some(stateless_call(1, "whoami", json!({}), json!({}))),
         )
         .await;
     let me = identity(&reply);
