@@ -103,6 +103,31 @@ async fn typescript(kind: &str, url: String, tokens: &str) -> Value {
     run_client(node, tokens).await
 }
 
+/// An older TypeScript SDK (1.17, still in editors) over Streamable HTTP
+/// reports no error across a whole session: it took every SSE priming
+/// event for a broken message ("Unexpected end of JSON input").
+#[tokio::test]
+async fn the_typescript_sdk_1_17_reports_no_error_over_streamable_http() {
+    let daemon = TestDaemon::start().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/node/old_client.mjs");
+    let modules = node_modules();
+    assert!(
+        modules.join("sdk-1-17").exists(),
+        "the TypeScript SDK 1.17 is not installed ({}): run `cargo xtask test`",
+        modules.display()
+    );
+    let mut node = tokio::process::Command::new("node");
+    node.arg("--no-warnings")
+        .arg(script)
+        .arg(format!("{}/mcp", daemon.http))
+        .env("EXAI_TEST_NODE_MODULES", modules);
+    let report = run_client(node, &token("ana@example.com")).await;
+    assert_eq!(report["email"], "ana@example.com", "{report}");
+    assert_eq!(report["chat"], "[echo] old but gold", "{report}");
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn the_typescript_sdk_speaks_websocket_and_streamable_http() {
     let daemon = slow_daemon().await;
