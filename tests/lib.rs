@@ -277,6 +277,13 @@ pub fn python_mcp2() -> std::path::PathBuf {
     tool_python("EXAI_TEST_PYTHON_MCP2", "venv-mcp2")
 }
 
+/// The Python with the MCP Python SDK 1.12 (`EXAI_TEST_PYTHON_MCP112`, or
+/// the virtual environment `cargo xtask test` makes), an older client
+/// still in use.
+pub fn python_mcp112() -> std::path::PathBuf {
+    tool_python("EXAI_TEST_PYTHON_MCP112", "venv-mcp112")
+}
+
 fn tool_python(variable: &str, venv: &str) -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os(variable)

@@ -128,6 +128,23 @@ async fn the_typescript_sdk_1_17_reports_no_error_over_streamable_http() {
     daemon.stop().await;
 }
 
+/// An older Python SDK (1.12) over Streamable HTTP logs no error across a
+/// whole session: it logged "Error parsing SSE message" with a traceback
+/// for every SSE priming event.
+#[tokio::test]
+async fn the_python_sdk_1_12_logs_no_error_over_streamable_http() {
+    let daemon = TestDaemon::start().await;
+    let mut python = tokio::process::Command::new(exai_tests::python_mcp112());
+    python
+        .arg(exai_tests::python_script("mcp_old_http_client.py"))
+        .arg(format!("{}/mcp", daemon.http));
+    let report = run_client(python, &token("ana@example.com")).await;
+    assert_eq!(report["email"], "ana@example.com", "{report}");
+    assert_eq!(report["chat"], "[echo] old but gold", "{report}");
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn the_typescript_sdk_speaks_websocket_and_streamable_http() {
     let daemon = slow_daemon().await;

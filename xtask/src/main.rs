@@ -78,13 +78,14 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let postgres = postgres_bin()?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    let [python, python_mcp2, node_modules] = tools.env();
+    let [python, python_mcp2, python_mcp112, node_modules] = tools.env();
     cargo_with_env(
         root,
         &args,
         &[
             python,
             python_mcp2,
+            python_mcp112,
             node_modules,
             ("EXAI_TEST_PG_BIN", postgres.as_os_str()),
         ],
@@ -249,14 +250,16 @@ fn command_output(program: &str, args: &[&str]) -> String {
 struct TestTools {
     python: PathBuf,
     python_mcp2: PathBuf,
+    python_mcp112: PathBuf,
     node_modules: PathBuf,
 }
 
 impl TestTools {
-    fn env(&self) -> [(&'static str, &std::ffi::OsStr); 3] {
+    fn env(&self) -> [(&'static str, &std::ffi::OsStr); 4] {
         [
             ("EXAI_TEST_PYTHON", self.python.as_os_str()),
             ("EXAI_TEST_PYTHON_MCP2", self.python_mcp2.as_os_str()),
+            ("EXAI_TEST_PYTHON_MCP112", self.python_mcp112.as_os_str()),
             ("EXAI_TEST_NODE_MODULES", self.node_modules.as_os_str()),
         ]
     }
@@ -266,6 +269,7 @@ fn test_tools(root: &Path) -> anyhow::Result<TestTools> {
     Ok(TestTools {
         python: venv(root, "venv", "requirements.txt")?,
         python_mcp2: venv(root, "venv-mcp2", "requirements-mcp2.txt")?,
+        python_mcp112: venv(root, "venv-mcp112", "requirements-mcp112.txt")?,
         node_modules: node_packages(root)?,
     })
 }
