@@ -69,7 +69,14 @@ async fn call(socket: &mut Socket, request_id: &str, name: &str, arguments: Valu
         json!({"op": "call_tool", "request_id": request_id, "name": name, "arguments": arguments}),
     )
     .await;
-    next(socket).await.expect("call_tool_res")
+    // Progress first (the model's answer as it streams), then the result.
+    loop {
+        let frame = next(socket).await.expect("call_tool_res");
+        if frame["op"] != "progress" {
+            return frame;
+        }
+        assert_eq!(frame["request_id"], request_id, "{frame}");
+    }
 }
 
 fn identity(result: &Value) -> Value {
@@ -208,6 +215,8 @@ async fn a_cancelled_call_gets_exactly_one_result() {
             }
             // A cancel that arrived after the answer: nothing to cancel.
             "error" => assert_eq!(frame["error"]["code"], "NOT_FOUND", "{frame}"),
+            // The answer as it streamed, before its result.
+            "progress" => {}
             other => panic!("unexpected {other}: {frame}"),
         }
     }
